@@ -1,0 +1,3 @@
+//! defender-bridge: Microsoft Defender alerts to SIEMs over syslog.
+pub mod alert;
+pub mod format;
