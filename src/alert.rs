@@ -217,9 +217,9 @@ impl Evidence {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum EvidenceDetail {
-    Device(Device),
+    Device(Box<Device>),
     File(FileEvidence),
-    Process(Process),
+    Process(Box<Process>),
     User(UserEvidence),
     Ip(Ip),
     Url(Url),

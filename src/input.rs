@@ -42,7 +42,7 @@ pub struct Problem {
 #[derive(Debug)]
 pub enum Decoded {
     /// An alert and the line it starts on.
-    Alert(usize, Alert),
+    Alert(usize, Box<Alert>),
     Problem(Problem),
 }
 
@@ -76,7 +76,11 @@ pub fn decode(input: &[u8], limits: Limits, mut emit: impl FnMut(Decoded)) {
             let _ = e;
             d.ndjson();
         }
-        Err(e) => d.problem(e.line().max(1), format!("invalid JSON: {}", strip_position(&e)), true),
+        Err(e) => d.problem(
+            e.line().max(1),
+            format!("invalid JSON: {}", strip_position(&e)),
+            true,
+        ),
     }
 }
 
@@ -157,14 +161,18 @@ impl<'t> Decoder<'t, '_> {
             return;
         }
         match Alert::from_json(json) {
-            Ok(a) => (self.emit)(Decoded::Alert(line, a)),
+            Ok(a) => (self.emit)(Decoded::Alert(line, Box::new(a))),
             Err(crate::alert::DecodeError::Json(e)) if is_surrogate_error(&e) => {
                 // Lone UTF-16 surrogates (`\ud800`) cannot be Rust strings; keep the alert with
                 // U+FFFD in their place.
                 match Alert::from_json(&replace_lone_surrogates(json)) {
                     Ok(a) => {
-                        self.problem(line, "lone UTF-16 surrogate escape replaced with U+FFFD".to_string(), false);
-                        (self.emit)(Decoded::Alert(line, a))
+                        self.problem(
+                            line,
+                            "lone UTF-16 surrogate escape replaced with U+FFFD".to_string(),
+                            false,
+                        );
+                        (self.emit)(Decoded::Alert(line, Box::new(a)))
                     }
                     Err(e) => self.problem(line, e.to_string(), true),
                 }
@@ -191,6 +199,10 @@ impl<'t> Decoder<'t, '_> {
                     ),
                     true,
                 );
+                continue;
+            }
+            if !trimmed.starts_with('{') {
+                self.problem(line_no, "expected an alert object".to_string(), true);
                 continue;
             }
             // A line may itself be an API page (Elastic's NDJSON ends with `{"value":[]}`).
@@ -310,7 +322,7 @@ fn line_of(bytes: &[u8], offset: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn run_with(input: &[u8], limits: Limits) -> (Vec<(usize, Alert)>, Vec<Problem>) {
+    fn run_with(input: &[u8], limits: Limits) -> (Vec<(usize, Box<Alert>)>, Vec<Problem>) {
         let mut alerts = Vec::new();
         let mut problems = Vec::new();
         decode(input, limits, |d| match d {
@@ -322,11 +334,16 @@ mod tests {
 
     fn run(input: &str) -> (Vec<(usize, String)>, Vec<Problem>) {
         let (alerts, problems) = run_with(input.as_bytes(), Limits::default());
-        (alerts.into_iter().map(|(l, a)| (l, a.id)).collect(), problems)
+        (
+            alerts.into_iter().map(|(l, a)| (l, a.id)).collect(),
+            problems,
+        )
     }
 
-    const A: &str = r#"{"id":"a1","title":"t","severity":"low","lastUpdateDateTime":"2024-01-01T00:00:00Z"}"#;
-    const B: &str = r#"{"id":"b2","title":"t","severity":"High","lastUpdateTime":"2024-01-01T00:00:00Z"}"#;
+    const A: &str =
+        r#"{"id":"a1","title":"t","severity":"low","lastUpdateDateTime":"2024-01-01T00:00:00Z"}"#;
+    const B: &str =
+        r#"{"id":"b2","title":"t","severity":"High","lastUpdateTime":"2024-01-01T00:00:00Z"}"#;
 
     #[test]
     fn shapes() {
@@ -347,7 +364,13 @@ mod tests {
         assert_eq!(alerts, vec![(1, "a1".into()), (5, "b2".into())]);
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, vec![2, 3, 4]);
-        assert!(problems[0].message.starts_with("invalid JSON: expected value"), "{}", problems[0].message);
+        assert!(
+            problems[0]
+                .message
+                .starts_with("invalid JSON: expected value"),
+            "{}",
+            problems[0].message
+        );
         assert!(problems.iter().all(|p| p.rejected));
     }
 
@@ -373,7 +396,11 @@ mod tests {
         );
         let (alerts, problems) = run(&deep_title);
         assert!(alerts.is_empty());
-        assert!(problems[0].message.contains("recursion limit"), "{}", problems[0].message);
+        assert!(
+            problems[0].message.contains("recursion limit"),
+            "{}",
+            problems[0].message
+        );
         // A dictionary kept verbatim is only scanned, so it stays with its alert.
         let deep_details = format!(
             "{{\"id\":\"x\",\"title\":\"t\",\"customDetails\":{{\"a\":{}{}}}}}",
@@ -387,12 +414,22 @@ mod tests {
 
     #[test]
     fn oversize_alert_is_refused() {
-        let big = format!("{A}\n{{\"id\":\"big\",\"title\":\"{}\"}}\n{B}", "x".repeat(5000));
-        let (alerts, problems) = run_with(big.as_bytes(), Limits { max_alert_bytes: 1000 });
+        let big = format!(
+            "{A}\n{{\"id\":\"big\",\"title\":\"{}\"}}\n{B}",
+            "x".repeat(5000)
+        );
+        let (alerts, problems) = run_with(
+            big.as_bytes(),
+            Limits {
+                max_alert_bytes: 1000,
+            },
+        );
         assert_eq!(alerts.len(), 2);
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].line, 2);
-        assert!(problems[0].message.contains("larger than the limit of 1000 bytes"));
+        assert!(problems[0]
+            .message
+            .contains("larger than the limit of 1000 bytes"));
     }
 
     #[test]
@@ -401,14 +438,20 @@ mod tests {
         bytes.extend_from_slice(&[0xff, 0xfe]);
         bytes.extend_from_slice(br#" bytes"}"#);
         let (alerts, problems) = run_with(&bytes, Limits::default());
-        assert_eq!(alerts[0].1.title.as_deref(), Some("bad \u{FFFD}\u{FFFD} bytes"));
+        assert_eq!(
+            alerts[0].1.title.as_deref(),
+            Some("bad \u{FFFD}\u{FFFD} bytes")
+        );
         assert!(!problems[0].rejected);
 
         let (alerts, problems) = run(r#"{"id":"s1","title":"x\ud800y \ud83d\ude00 \udc00"}"#);
         assert_eq!(alerts.len(), 1);
         assert_eq!(problems.len(), 1);
         assert!(!problems[0].rejected);
-        let (alerts, _) = run_with(br#"{"id":"s1","title":"x\ud800y \ud83d\ude00 \udc00"}"#, Limits::default());
+        let (alerts, _) = run_with(
+            br#"{"id":"s1","title":"x\ud800y \ud83d\ude00 \udc00"}"#,
+            Limits::default(),
+        );
         assert_eq!(alerts[0].1.title.as_deref(), Some("x\u{FFFD}y 😀 \u{FFFD}"));
     }
 }

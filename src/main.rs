@@ -88,10 +88,9 @@ fn convert(args: ConvertArgs) -> Result<ExitCode> {
                 }
             }
         };
-        let summary = defender_bridge::convert::convert(
-            &origin, &bytes, &encoder, &ctx, &mut out, &mut err,
-        )
-        .context("cannot write to stdout")?;
+        let summary =
+            defender_bridge::convert::convert(&origin, &bytes, &encoder, &ctx, &mut out, &mut err)
+                .context("cannot write to stdout")?;
         rejected += summary.rejected;
     }
     out.flush().context("cannot write to stdout")?;

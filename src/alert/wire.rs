@@ -322,7 +322,9 @@ struct WireEvidence {
 impl WireAlert<'_> {
     pub(super) fn into_alert(self) -> Result<Alert, DecodeError> {
         let w = self;
-        let id = w.id.clone().ok_or(DecodeError::NotAnAlert("it has no \"id\""))?;
+        let id =
+            w.id.clone()
+                .ok_or(DecodeError::NotAnAlert("it has no \"id\""))?;
         let graph_shape = w.created_date_time.is_some()
             || w.last_update_date_time.is_some()
             || w.tenant_id.is_some()
@@ -349,16 +351,16 @@ impl WireAlert<'_> {
         if api == Api::Mde && (w.machine_id.is_some() || w.computer_dns_name.is_some()) {
             // MDE names the device on the alert; Graph as deviceEvidence (defender-api.md §3.6).
             let (host, domain) = split_fqdn(w.computer_dns_name.as_deref());
-            evidence.push(plain_evidence(EvidenceDetail::Device(Device {
+            evidence.push(plain_evidence(EvidenceDetail::Device(Box::new(Device {
                 mde_device_id: w.machine_id.clone(),
                 device_dns_name: w.computer_dns_name.clone(),
                 host_name: host,
                 dns_domain: domain,
                 rbac_group_name: w.rbac_group_name.clone(),
                 ..Device::default()
-            })));
+            }))));
         }
-        for raw in &w.evidence {
+        for raw in w.evidence.iter().filter(|r| r.get() != "null") {
             evidence.push(decode_evidence(raw));
         }
         if let Some(user) = w.related_user {
@@ -517,7 +519,7 @@ fn decode_evidence(raw: &RawValue) -> Evidence {
     };
     let name = evidence_kind_name(&w).unwrap_or_else(|| "unknown".to_string());
     let detail = match name.to_ascii_lowercase().as_str() {
-        "device" | "machine" => EvidenceDetail::Device(with_host_and_domain(Device {
+        "device" | "machine" => EvidenceDetail::Device(Box::new(with_host_and_domain(Device {
             mde_device_id: w.mde_device_id.take(),
             azure_ad_device_id: w.azure_ad_device_id.take(),
             device_dns_name: w.device_dns_name.take(),
@@ -541,7 +543,7 @@ fn decode_evidence(raw: &RawValue) -> Evidence {
                 .into_iter()
                 .map(WireAccount::into_account)
                 .collect(),
-        })),
+        }))),
         "file" => EvidenceDetail::File(FileEvidence {
             file_details: match w.file_details.take() {
                 Some(f) => f.into(),
@@ -549,7 +551,7 @@ fn decode_evidence(raw: &RawValue) -> Evidence {
             },
             mde_device_id: w.mde_device_id.take(),
         }),
-        "process" => EvidenceDetail::Process(Process {
+        "process" => EvidenceDetail::Process(Box::new(Process {
             process_id: w.process_id.take(),
             parent_process_id: w.parent_process_id.take(),
             process_command_line: w.process_command_line.take(),
@@ -575,7 +577,7 @@ fn decode_evidence(raw: &RawValue) -> Evidence {
             },
             user_account: w.account(),
             mde_device_id: w.mde_device_id.take(),
-        }),
+        })),
         "user" | "account" => EvidenceDetail::User(UserEvidence {
             user_account: w.account(),
         }),
@@ -689,7 +691,10 @@ fn camel(mut s: String) -> String {
     if let Some(first) = s.chars().next() {
         if first.is_ascii_uppercase() {
             // An all-capitals acronym (`MTP`) is left alone.
-            if !s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+            if !s
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            {
                 s[..1].make_ascii_lowercase();
             }
         }

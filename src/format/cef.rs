@@ -90,14 +90,41 @@ pub static DICTIONARY: &[KeyInfo] = keys![
 
 /// Keys that ArcSight sets itself; producers must not send them (formats.md §1.9).
 pub static CONSUMER_ONLY: &[&str] = &[
-    "agentDnsDomain", "agentNtDomain", "agentTranslatedAddress", "agentTranslatedZoneExternalID",
-    "agentTranslatedZoneURI", "agentZoneExternalID", "agentZoneURI", "agt", "ahost", "aid",
-    "amac", "art", "at", "atz", "av", "customerExternalID", "customerURI",
-    "destinationTranslatedZoneExternalID", "destinationTranslatedZoneURI",
-    "destinationZoneExternalID", "destinationZoneURI", "deviceTranslatedZoneExternalID",
-    "deviceTranslatedZoneURI", "deviceZoneExternalID", "deviceZoneURI", "dlat", "dlong",
-    "eventId", "rawEvent", "slat", "slong", "sourceTranslatedZoneExternalID",
-    "sourceTranslatedZoneURI", "sourceZoneExternalID", "sourceZoneURI",
+    "agentDnsDomain",
+    "agentNtDomain",
+    "agentTranslatedAddress",
+    "agentTranslatedZoneExternalID",
+    "agentTranslatedZoneURI",
+    "agentZoneExternalID",
+    "agentZoneURI",
+    "agt",
+    "ahost",
+    "aid",
+    "amac",
+    "art",
+    "at",
+    "atz",
+    "av",
+    "customerExternalID",
+    "customerURI",
+    "destinationTranslatedZoneExternalID",
+    "destinationTranslatedZoneURI",
+    "destinationZoneExternalID",
+    "destinationZoneURI",
+    "deviceTranslatedZoneExternalID",
+    "deviceTranslatedZoneURI",
+    "deviceZoneExternalID",
+    "deviceZoneURI",
+    "dlat",
+    "dlong",
+    "eventId",
+    "rawEvent",
+    "slat",
+    "slong",
+    "sourceTranslatedZoneExternalID",
+    "sourceTranslatedZoneURI",
+    "sourceZoneExternalID",
+    "sourceZoneURI",
 ];
 
 pub fn lookup(key: &str) -> Option<&'static KeyInfo> {
@@ -120,8 +147,7 @@ pub fn label_max_len(key: &str) -> Option<usize> {
         || numbered("deviceCustomDate", 1..=2)
     {
         Some(1023)
-    } else if numbered("flexString", 1..=2) || numbered("flexNumber", 1..=2) || key == "flexDate1"
-    {
+    } else if numbered("flexString", 1..=2) || numbered("flexNumber", 1..=2) || key == "flexDate1" {
         Some(128)
     } else {
         None
@@ -234,7 +260,10 @@ pub fn write_record<'a>(
 #[cfg(test)]
 pub mod parse {
     /// Splits a record into its 7 unescaped header fields and its extension pairs.
-    pub fn parse(record: &str) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+    /// Header fields and key/value pairs.
+    pub type Parsed = (Vec<String>, Vec<(String, String)>);
+
+    pub fn parse(record: &str) -> Result<Parsed, String> {
         let rest = record.strip_prefix("CEF:").ok_or("no CEF: prefix")?;
         let mut header = Vec::new();
         let mut cur = String::new();
@@ -290,7 +319,9 @@ pub mod parse {
                 return Err("empty key".into());
             }
             let end = if n + 1 < eqs.len() {
-                key_starts[n + 1].checked_sub(1).ok_or("no space before key")?
+                key_starts[n + 1]
+                    .checked_sub(1)
+                    .ok_or("no space before key")?
             } else {
                 b.len()
             };
@@ -379,7 +410,14 @@ mod tests {
         let mut out = Vec::new();
         write_record(
             &mut out,
-            &["Microsoft", "Defender|ATP", "2.0", "id-1", "x src=1.2.3.4", "5"],
+            &[
+                "Microsoft",
+                "Defender|ATP",
+                "2.0",
+                "id-1",
+                "x src=1.2.3.4",
+                "5",
+            ],
             HeaderPipes::Escape,
             [("src", "10.0.0.1"), ("msg", "a=b\nc")].into_iter(),
         );

@@ -146,7 +146,10 @@ pub fn write_record<'a>(
 /// A LEEF parser written from IBM's guide, used by the tests as the oracle.
 #[cfg(test)]
 pub mod parse {
-    pub fn parse(record: &str) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+    /// Header fields and key/value pairs.
+    pub type Parsed = (Vec<String>, Vec<(String, String)>);
+
+    pub fn parse(record: &str) -> Result<Parsed, String> {
         let (version, rest) = if let Some(r) = record.strip_prefix("LEEF:2.0|") {
             (2, r)
         } else if let Some(r) = record.strip_prefix("LEEF:1.0|") {
@@ -205,7 +208,8 @@ mod tests {
 
     #[test]
     fn exact_bytes() {
-        let cases: &[(Dialect, [&str; 4], &[(&str, &str)], &str)] = &[
+        type Case<'a> = (Dialect, [&'a str; 4], &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 caret(),
                 ["Microsoft", "Defender", "1.0", "ev1"],

@@ -287,7 +287,11 @@ impl Compiler<'_> {
             + 1
     }
 
-    fn err<T>(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> Result<T, FormatError> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> Result<T, FormatError> {
         Err(FormatError {
             origin: self.origin.to_string(),
             line: Some(self.line(span.start)),
@@ -296,7 +300,9 @@ impl Compiler<'_> {
     }
 }
 
-const CEF_HEADER: [&str; 6] = ["vendor", "product", "version", "class_id", "name", "severity"];
+const CEF_HEADER: [&str; 6] = [
+    "vendor", "product", "version", "class_id", "name", "severity",
+];
 const LEEF_HEADER: [&str; 4] = ["vendor", "product", "version", "event_id"];
 
 /// Parses and checks a format file, and compiles it.
@@ -335,13 +341,19 @@ pub fn compile(origin: &str, src: &str) -> Result<Plan, FormatError> {
                 return c.err(raw.syntax.span(), "a [cef] section in a leef format");
             }
             let Some(l) = &raw.leef else {
-                return c.err(raw.syntax.span(), "a leef format needs a [leef] section with version");
+                return c.err(
+                    raw.syntax.span(),
+                    "a leef format needs a [leef] section with version",
+                );
             };
             Syntax::Leef(leef_dialect(&c, l)?)
         }
         "json" => {
             if raw.cef.is_some() || raw.leef.is_some() {
-                return c.err(raw.syntax.span(), "a [cef] or [leef] section in a json format");
+                return c.err(
+                    raw.syntax.span(),
+                    "a [cef] or [leef] section in a json format",
+                );
             }
             Syntax::Json
         }
@@ -352,11 +364,18 @@ pub fn compile(origin: &str, src: &str) -> Result<Plan, FormatError> {
             )
         }
     };
-    let per_evidence = match raw.records.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+    let per_evidence = match raw
+        .records
+        .as_ref()
+        .map(|r| (r.get_ref().as_str(), r.span()))
+    {
         None | Some(("alert", _)) => false,
         Some(("evidence", _)) => true,
         Some((other, span)) => {
-            return c.err(span, format!("records is {other:?}: use \"alert\" or \"evidence\""))
+            return c.err(
+                span,
+                format!("records is {other:?}: use \"alert\" or \"evidence\""),
+            )
         }
     };
 
@@ -399,7 +418,10 @@ pub fn compile(origin: &str, src: &str) -> Result<Plan, FormatError> {
             } else {
                 format!("the header fields are {}", header_names.join(", "))
             };
-            return c.err(f.span(), format!("unknown header field {name:?}: {allowed}"));
+            return c.err(
+                f.span(),
+                format!("unknown header field {name:?}: {allowed}"),
+            );
         }
     }
     let mut header = Vec::new();
@@ -421,7 +443,15 @@ pub fn compile(origin: &str, src: &str) -> Result<Plan, FormatError> {
         }
         let value = compile_value(&c, f, &tables, per_evidence)?;
         if *name == "severity" {
-            check_number_table(&c, f, &value, &tables, 0, 10, "CEF severity (formats.md §1.3)")?;
+            check_number_table(
+                &c,
+                f,
+                &value,
+                &tables,
+                0,
+                10,
+                "CEF severity (formats.md §1.3)",
+            )?;
         }
         header.push(value);
     }
@@ -435,7 +465,9 @@ pub fn compile(origin: &str, src: &str) -> Result<Plan, FormatError> {
         };
         let key_name = key.get_ref().clone();
         if key_name.is_empty()
-            || !key_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            || !key_name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
         {
             return c.err(
                 key.span(),
@@ -521,7 +553,12 @@ fn leef_dialect(c: &Compiler, l: &RawLeef) -> Result<Dialect, FormatError> {
     let version = match l.version.get_ref().as_str() {
         "1.0" => 1,
         "2.0" => 2,
-        other => return c.err(l.version.span(), format!("LEEF version {other:?}: use \"1.0\" or \"2.0\"")),
+        other => {
+            return c.err(
+                l.version.span(),
+                format!("LEEF version {other:?}: use \"1.0\" or \"2.0\""),
+            )
+        }
     };
     let delimiter = match (&l.delimiter, version) {
         (None, 1) => '\t',
@@ -531,9 +568,9 @@ fn leef_dialect(c: &Compiler, l: &RawLeef) -> Result<Dialect, FormatError> {
             let s = d.get_ref();
             let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix('x'));
             let ch = match hex {
-                Some(h) if !h.is_empty() && h.len() <= 4 => u32::from_str_radix(h, 16)
-                    .ok()
-                    .and_then(char::from_u32),
+                Some(h) if !h.is_empty() && h.len() <= 4 => {
+                    u32::from_str_radix(h, 16).ok().and_then(char::from_u32)
+                }
                 _ if s.chars().count() == 1 => s.chars().next(),
                 _ => None,
             };
@@ -554,7 +591,10 @@ fn leef_dialect(c: &Compiler, l: &RawLeef) -> Result<Dialect, FormatError> {
         None => " ".to_string(),
         Some(s) => {
             if s.get_ref().contains(delimiter) || s.get_ref().contains(['\r', '\n']) {
-                return c.err(s.span(), "delimiter_substitute must not contain the delimiter, CR or LF");
+                return c.err(
+                    s.span(),
+                    "delimiter_substitute must not contain the delimiter, CR or LF",
+                );
             }
             s.get_ref().clone()
         }
@@ -588,10 +628,7 @@ fn compile_value(
                 let path = path::compile(p.get_ref()).or_else(|m| c.err(p.span(), m))?;
                 match path {
                     Path::Current(_) if !per_evidence => {
-                        return c.err(
-                            p.span(),
-                            "`evidence.` paths need records = \"evidence\"",
-                        )
+                        return c.err(p.span(), "`evidence.` paths need records = \"evidence\"")
                     }
                     Path::Evidence(..) => has_evidence_path = true,
                     _ => {}
@@ -600,7 +637,11 @@ fn compile_value(
             }
         }
     }
-    let select = match rf.evidence.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+    let select = match rf
+        .evidence
+        .as_ref()
+        .map(|s| (s.get_ref().as_str(), s.span()))
+    {
         None | Some(("first", _)) => Select::First,
         Some(("all", _)) => Select::All,
         Some(("current", span)) => {
@@ -610,18 +651,29 @@ fn compile_value(
             Select::Current
         }
         Some((other, span)) => {
-            return c.err(span, format!("evidence is {other:?}: use \"first\", \"all\" or \"current\""))
+            return c.err(
+                span,
+                format!("evidence is {other:?}: use \"first\", \"all\" or \"current\""),
+            )
         }
     };
     if let Some(e) = &rf.evidence {
         if !has_evidence_path {
-            return c.err(e.span(), "evidence = … applies only to evidence paths (file.…, process.…)");
+            return c.err(
+                e.span(),
+                "evidence = … applies only to evidence paths (file.…, process.…)",
+            );
         }
     }
     let convert = match &rf.convert {
         None => Convert::None,
         Some(s) => Convert::parse(s.get_ref()).map_or_else(
-            || c.err(s.span(), format!("convert is {:?}: use one of {CONVERTS}", s.get_ref())),
+            || {
+                c.err(
+                    s.span(),
+                    format!("convert is {:?}: use one of {CONVERTS}", s.get_ref()),
+                )
+            },
             Ok,
         )?,
     };
@@ -630,7 +682,10 @@ fn compile_value(
         Some(t) => match tables.get(t.get_ref().as_str()) {
             Some((table, _, _)) => Some(table.clone()),
             None => {
-                return c.err(t.span(), format!("no table named {:?} in [tables]", t.get_ref()))
+                return c.err(
+                    t.span(),
+                    format!("no table named {:?} in [tables]", t.get_ref()),
+                )
             }
         },
     };
@@ -664,7 +719,10 @@ fn check_number_table(
         return Ok(());
     }
     let Some(t) = &v.table else {
-        return c.err(f.span(), format!("{what} needs a table that maps the alert's values to {lo}-{hi}"));
+        return c.err(
+            f.span(),
+            format!("{what} needs a table that maps the alert's values to {lo}-{hi}"),
+        );
     };
     let span = f
         .get_ref()
@@ -675,19 +733,33 @@ fn check_number_table(
         .unwrap_or(f.span());
     for (k, out) in t.entries.iter() {
         if !in_range(out) {
-            return c.err(span, format!("table value for {k:?} is {out:?}; {what} must be {lo}-{hi}"));
+            return c.err(
+                span,
+                format!("table value for {k:?} is {out:?}; {what} must be {lo}-{hi}"),
+            );
         }
     }
     match &t.fallback {
         Some(out) if in_range(out) => Ok(()),
-        Some(out) => c.err(span, format!("table value for \"*\" is {out:?}; {what} must be {lo}-{hi}")),
-        None => c.err(span, format!("a table for {what} needs a \"*\" entry for values it does not list")),
+        Some(out) => c.err(
+            span,
+            format!("table value for \"*\" is {out:?}; {what} must be {lo}-{hi}"),
+        ),
+        None => c.err(
+            span,
+            format!("a table for {what} needs a \"*\" entry for values it does not list"),
+        ),
     }
 }
 
 type KeyPlan = (Option<usize>, Check, Option<(String, String)>);
 
-fn cef_key(c: &Compiler, f: &Spanned<RawField>, key: &str, value: &Value) -> Result<KeyPlan, FormatError> {
+fn cef_key(
+    c: &Compiler,
+    f: &Spanned<RawField>,
+    key: &str,
+    value: &Value,
+) -> Result<KeyPlan, FormatError> {
     let rf = f.get_ref();
     let span = rf.key.as_ref().map_or(f.span(), |k| k.span());
     if reserved_cef_key(key) {
@@ -700,13 +772,19 @@ fn cef_key(c: &Compiler, f: &Spanned<RawField>, key: &str, value: &Value) -> Res
         (Some(max), Some(l)) => {
             let text = l.get_ref().trim();
             if text.is_empty() || text.chars().count() > max {
-                return c.err(l.span(), format!("the label of {key:?} must be 1-{max} characters"));
+                return c.err(
+                    l.span(),
+                    format!("the label of {key:?} must be 1-{max} characters"),
+                );
             }
             Some((format!("{key}Label"), text.to_string()))
         }
-        (Some(_), None) => {
-            return c.err(span, format!("{key:?} needs a label = \"…\" (formats.md §1.5: every custom field has a label)"))
-        }
+        (Some(_), None) => return c.err(
+            span,
+            format!(
+                "{key:?} needs a label = \"…\" (formats.md §1.5: every custom field has a label)"
+            ),
+        ),
         (None, Some(l)) => return c.err(l.span(), format!("{key:?} takes no label")),
         (None, None) => None,
     };
@@ -779,8 +857,10 @@ fn leef_key(
             check_number_table(c, f, value, tables, 1, 10, "LEEF sev (formats.md §2.3)")?;
             Check::LeefSeverity
         }
-        "src" | "dst" | "identSrc" | "srcPreNAT" | "dstPreNAT" | "srcPostNAT" | "dstPostNAT" | "vSrc" => Check::Ip,
-        "srcPort" | "dstPort" | "srcBytes" | "dstBytes" | "srcPackets" | "dstPackets" | "totalPackets" => Check::Integer,
+        "src" | "dst" | "identSrc" | "srcPreNAT" | "dstPreNAT" | "srcPostNAT" | "dstPostNAT"
+        | "vSrc" => Check::Ip,
+        "srcPort" | "dstPort" | "srcBytes" | "dstBytes" | "srcPackets" | "dstPackets"
+        | "totalPackets" => Check::Integer,
         _ => Check::Any,
     };
     if key == "devTime" && !matches!(value.convert, Convert::EpochMs) {
@@ -793,41 +873,60 @@ fn leef_key(
 
 impl Value {
     /// The value for one record, cleaned (formats.md rule 4), or `None` when there is none.
+    /// A value that `accept` refuses (an IP field's value that is not an address) is passed
+    /// over for the next evidence item, fallback or default.
     pub fn eval<'a>(
         &'a self,
         alert: &'a Alert,
         ctx: &Context<'a>,
         current: Option<&'a Evidence>,
+        accept: &dyn Fn(&str) -> bool,
     ) -> Option<Cow<'a, str>> {
         if let Some(k) = &self.constant {
-            return text::clean(k);
+            return text::clean(k).filter(|v| accept(v));
         }
         for path in &self.sources {
-            let v = self.read(*path, alert, ctx, current);
-            if v.is_none() {
+            if let (Path::Evidence(kind, g), Select::First) = (path, self.select) {
+                for e in alert.evidence_of(*kind) {
+                    if let Some(v) = self.finish(g(e), accept) {
+                        return Some(v);
+                    }
+                }
                 continue;
             }
-            if let Some(out) = self.convert_val(v) {
-                if let Some(cleaned) = clean_cow(out) {
-                    return Some(cleaned);
-                }
+            if let Some(v) = self.finish(self.read(*path, alert, ctx, current), accept) {
+                return Some(v);
             }
         }
-        self.default.as_deref().and_then(text::clean)
+        self.default
+            .as_deref()
+            .and_then(text::clean)
+            .filter(|v| accept(v))
     }
 
-    fn read<'a>(&self, path: Path, alert: &'a Alert, ctx: &Context<'a>, current: Option<&'a Evidence>) -> Val<'a> {
+    fn finish<'a>(&'a self, v: Val<'a>, accept: &dyn Fn(&str) -> bool) -> Option<Cow<'a, str>> {
+        if v.is_none() {
+            return None;
+        }
+        let cleaned = clean_cow(self.convert_val(v)?)?;
+        accept(&cleaned).then_some(cleaned)
+    }
+
+    fn read<'a>(
+        &self,
+        path: Path,
+        alert: &'a Alert,
+        ctx: &Context<'a>,
+        current: Option<&'a Evidence>,
+    ) -> Val<'a> {
         match path {
             Path::Alert(g) => g(alert),
             Path::TenantName => ctx.tenant_name.map_or(Val::None, Val::Str),
             Path::Current(g) => current.map_or(Val::None, g),
             Path::Evidence(kind, g) => match self.select {
                 Select::Current => current.filter(|e| e.kind() == kind).map_or(Val::None, g),
-                Select::First => alert
-                    .evidence_of(kind)
-                    .map(g)
-                    .find(|v| !v.is_none())
-                    .unwrap_or(Val::None),
+                // Handled item by item in `eval`.
+                Select::First => alert.evidence_of(kind).next().map_or(Val::None, g),
                 Select::All => {
                     let mut out: Vec<String> = Vec::new();
                     for v in alert.evidence_of(kind).map(g) {

@@ -105,7 +105,9 @@ static ALERT: &[(&str, AlertGetter)] = &[
                 .collect(),
         )
     }),
-    ("evidenceCount", |a| Val::Owned(a.evidence.len().to_string())),
+    ("evidenceCount", |a| {
+        Val::Owned(a.evidence.len().to_string())
+    }),
 ];
 
 static COMMON: &[(&str, EvidenceGetter)] = &[
@@ -149,7 +151,10 @@ static DEVICE: &[(&str, EvidenceGetter)] = &[
     ("defenderAvStatus", ev!(Device, s, defender_av_status)),
     ("firstSeenDateTime", ev!(Device, t, first_seen_date_time)),
     ("lastIpAddress", ev!(Device, s, last_ip_address)),
-    ("lastExternalIpAddress", ev!(Device, s, last_external_ip_address)),
+    (
+        "lastExternalIpAddress",
+        ev!(Device, s, last_external_ip_address),
+    ),
     ("ipInterfaces", ev!(Device, l, ip_interfaces)),
     ("loggedOnUsers", |e| match &e.detail {
         // `DOMAIN\name`, the SIEM API's LogOnUsers form (defender-api.md §2.3).
@@ -208,7 +213,10 @@ static PROCESS: &[(&str, EvidenceGetter)] = &[
     ("processId", ev!(Process, s, process_id)),
     ("parentProcessId", ev!(Process, s, parent_process_id)),
     ("processCommandLine", ev!(Process, s, process_command_line)),
-    ("processCreationDateTime", ev!(Process, t, process_creation_date_time)),
+    (
+        "processCreationDateTime",
+        ev!(Process, t, process_creation_date_time),
+    ),
     (
         "parentProcessCreationDateTime",
         ev!(Process, t, parent_process_creation_date_time),
@@ -235,7 +243,9 @@ static MAILBOX: &[(&str, EvidenceGetter)] = &[
 static MAILBOX_USER: &[(&str, EvidenceGetter)] = account_fields!(Mailbox, "user.", user_account);
 
 /// The evidence kinds a path may start with, and their field tables.
-fn kind_tables(kind: &str) -> Option<(EvidenceKind, Vec<&'static [(&'static str, EvidenceGetter)]>)> {
+type FieldTable = &'static [(&'static str, EvidenceGetter)];
+
+fn kind_tables(kind: &str) -> Option<(EvidenceKind, Vec<FieldTable>)> {
     Some(match kind {
         "device" => (EvidenceKind::Device, vec![DEVICE]),
         "file" => (EvidenceKind::File, vec![FILE, FILE_OTHER]),
@@ -300,12 +310,7 @@ pub fn compile(path: &str) -> Result<Path, String> {
     tables.push(COMMON);
     find(&tables, rest)
         .map(|g| Path::Evidence(kind, g))
-        .ok_or_else(|| {
-            format!(
-                "unknown path {path:?}: `{head}.` takes {}",
-                names(&tables)
-            )
-        })
+        .ok_or_else(|| format!("unknown path {path:?}: `{head}.` takes {}", names(&tables)))
 }
 
 #[cfg(test)]
@@ -333,6 +338,9 @@ mod tests {
         let err = compile("file.sha512").err().unwrap();
         assert!(err.contains("`file.` takes fileName"), "{err}");
         let err = compile("disk.size").err().unwrap();
-        assert!(err.contains("not an alert field nor an evidence kind"), "{err}");
+        assert!(
+            err.contains("not an alert field nor an evidence kind"),
+            "{err}"
+        );
     }
 }

@@ -168,7 +168,12 @@ mod tests {
 
     #[test]
     fn exact_headers() {
-        let h5424 = SyslogHeader::new(HeaderKind::Rfc5424, 20, "mssp-collector-1", "defender-bridge");
+        let h5424 = SyslogHeader::new(
+            HeaderKind::Rfc5424,
+            20,
+            "mssp-collector-1",
+            "defender-bridge",
+        );
         let h3164 = SyslogHeader::new(HeaderKind::Rfc3164, 16, "col1", "x").with_clock(Clock::Utc);
         let cases: Vec<(&SyslogHeader, u8, &str, Option<&str>, &str)> = vec![
             (
@@ -185,8 +190,20 @@ mod tests {
                 None,
                 "<163>1 2021-01-26T20:33:59.000000Z mssp-collector-1 defender-bridge - - - ",
             ),
-            (&h3164, 6, "2023-11-08T09:05:03.5Z", None, "<134>Nov  8 09:05:03 col1 "),
-            (&h3164, 6, "2023-11-18T09:05:03Z", None, "<134>Nov 18 09:05:03 col1 "),
+            (
+                &h3164,
+                6,
+                "2023-11-08T09:05:03.5Z",
+                None,
+                "<134>Nov  8 09:05:03 col1 ",
+            ),
+            (
+                &h3164,
+                6,
+                "2023-11-18T09:05:03Z",
+                None,
+                "<134>Nov 18 09:05:03 col1 ",
+            ),
             (
                 &h3164,
                 5,
@@ -207,7 +224,12 @@ mod tests {
         let h = SyslogHeader::new(HeaderKind::Rfc5424, 200, "bad host\nname", "");
         assert_eq!(h.hostname(), "bad_host_name");
         let mut out = Vec::new();
-        h.write(&mut out, 9, Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap(), None);
+        h.write(
+            &mut out,
+            9,
+            Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap(),
+            None,
+        );
         // Facility capped at 23, severity at 7: PRI 191, the RFC's maximum.
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -215,7 +237,9 @@ mod tests {
         );
         let long = "h".repeat(300);
         assert_eq!(
-            SyslogHeader::new(HeaderKind::Rfc5424, 1, &long, "a").hostname().len(),
+            SyslogHeader::new(HeaderKind::Rfc5424, 1, &long, "a")
+                .hostname()
+                .len(),
             255
         );
     }
