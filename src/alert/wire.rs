@@ -111,7 +111,7 @@ pub(super) struct WireAlert<'a> {
     #[serde(deserialize_with = "lenient_list")]
     comments: Vec<WireComment>,
     #[serde(borrow, deserialize_with = "evidence_list")]
-    evidence: Vec<&'a RawValue>,
+    evidence: Vec<RawEvidence<'a>>,
     // 2019-era MDE fields, before `evidence` existed (the demisto fixture).
     #[serde(borrow)]
     alert_user: Option<&'a RawValue>,
@@ -360,8 +360,10 @@ impl WireAlert<'_> {
                 ..Device::default()
             }))));
         }
-        for raw in w.evidence.iter().filter(|r| r.get() != "null") {
-            evidence.push(decode_evidence(raw));
+        for raw in w.evidence.iter().map(RawEvidence::raw) {
+            if raw.get() != "null" {
+                evidence.push(decode_evidence(raw));
+            }
         }
         if let Some(user) = w.related_user {
             let account = user.into_account();
@@ -848,36 +850,172 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     d.deserialize_any(V)
 }
 
-/// An object of type `T`, or `None` for null or anything that is not such an object.
+/// An object of type `T`, or `None` for null or anything that is not an object. Decoded in the
+/// same pass: `T`'s fields are all lenient themselves, so an object never fails to decode.
+struct LenientVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for LenientVisitor<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
 fn lenient<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    let raw: Option<&'de RawValue> = Option::deserialize(d)?;
-    Ok(raw.and_then(|r| serde_json::from_str(r.get()).ok()))
+    d.deserialize_any(LenientVisitor(std::marker::PhantomData))
 }
 
-/// A list of `T`; elements that are not a `T` are skipped, and a non-list is an empty list.
+struct Lenient<T>(Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient(d).map(Lenient)
+    }
+}
+
+/// A list of `T`; elements that are not objects are skipped, and a non-list is an empty list.
 fn lenient_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    let raw: Option<Vec<&'de RawValue>> = match Option::<&'de RawValue>::deserialize(d)? {
-        None => None,
-        Some(r) => serde_json::from_str(r.get()).ok(),
-    };
-    Ok(raw
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|r| serde_json::from_str(r.get()).ok())
-        .collect())
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of objects")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Lenient(item)) = seq.next_element::<Lenient<T>>()? {
+                out.extend(item);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map
+                .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(Vec::new())
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
 }
 
-/// `evidence` is a list of objects; Elastic's split shape gives one object (fixture
-/// `mde-alerts-elastic-split-evidence.ndjson`); null or absent means none.
-fn evidence_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
-    let raw: Option<&'de RawValue> = Option::deserialize(d)?;
-    let Some(raw) = raw else {
-        return Ok(Vec::new());
-    };
-    let text = raw.get();
-    match text.as_bytes().first() {
-        Some(b'[') => serde_json::from_str(text).map_err(de::Error::custom),
-        Some(b'{') => Ok(vec![raw]),
-        _ => Ok(Vec::new()),
+/// `evidence` is a list of objects, each kept as raw JSON for [`decode_evidence`] (which needs
+/// the whole object for kinds it does not type); Elastic's split shape gives one object (fixture
+/// `mde-alerts-elastic-split-evidence.ndjson`); null or absent means none. One pass either way.
+fn evidence_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvidence<'de>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<RawEvidence<'de>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of evidence objects")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                out.push(RawEvidence::Borrowed(raw));
+            }
+            Ok(out)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            let raw = serde_json::value::to_raw_value(&v).map_err(de::Error::custom)?;
+            Ok(vec![RawEvidence::Owned(raw)])
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// One evidence object's JSON: borrowed from the input, or rebuilt (the split shape).
+pub(super) enum RawEvidence<'a> {
+    Borrowed(&'a RawValue),
+    Owned(Box<RawValue>),
+}
+
+impl RawEvidence<'_> {
+    fn raw(&self) -> &RawValue {
+        match self {
+            RawEvidence::Borrowed(r) => r,
+            RawEvidence::Owned(r) => r,
+        }
     }
 }

@@ -15,6 +15,14 @@ pub const TRUNCATION_MARK: char = '…';
 /// (rsyslog turns TAB into `#011`, formats.md §6); any other C0 or C1 control and DEL become
 /// U+FFFD, so that an analyst can see that something was there.
 pub fn neutralize(s: &str) -> Cow<'_, str> {
+    // Fast path on bytes: every character replaced below is a C0 byte, DEL, or starts with 0xC2
+    // (U+0080-U+009F) or 0xE2 (U+2028, U+2029).
+    if !s
+        .bytes()
+        .any(|b| (b < 0x20 && b != b'\n' && b != b'\r') || b == 0x7f || b == 0xc2 || b == 0xe2)
+    {
+        return Cow::Borrowed(s);
+    }
     if !s.chars().any(needs_neutralizing) {
         return Cow::Borrowed(s);
     }
