@@ -100,9 +100,11 @@ impl TlsOptions {
                     })?
             }
             (None, None) => builder.with_no_client_auth(),
-            _ => return Err(Error::Config(format!(
+            _ => {
+                return Err(Error::Config(format!(
                 "{destination}: a client certificate needs its key and a key needs its certificate"
-            ))),
+            )))
+            }
         };
         Ok(TlsClient {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
