@@ -472,7 +472,7 @@ const WORDS: &[&str] = &[
     "naïve",
     "über",
     "[brackets]",
-    "\"quoted\"",
+    "said:\"quoted\"",
 ];
 
 fn text(rng: &mut StdRng, target: usize) -> String {
