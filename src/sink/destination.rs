@@ -133,9 +133,7 @@ impl FromStr for Destination {
             None => return Err(bad("the host is missing")),
             Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
             Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
-            Some(url::Host::Domain(name)) if name.is_empty() => {
-                return Err(bad("the host is missing"))
-            }
+            Some(url::Host::Domain("")) => return Err(bad("the host is missing")),
             Some(url::Host::Domain(name)) => match name.parse::<IpAddr>() {
                 Ok(ip) => Host::Ip(ip),
                 Err(_) => Host::Name(name.to_owned()),

@@ -112,7 +112,8 @@ pub struct Stats {
     pub reconnects: u64,
     /// Messages refused by [`Sink::send`]: too large, empty, or with an LF under LF framing.
     pub rejected: u64,
-    /// Datagrams that could not be sent (UDP only; they are dropped).
+    /// Datagrams known to be lost (UDP only): refused by the receiver (ICMP port unreachable,
+    /// reported on a later send) or not sent at all. They are not retried.
     pub send_errors: u64,
     /// Accepted messages not yet sent or dropped.
     pub queued: u64,

@@ -2,6 +2,7 @@
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,17 +26,32 @@ pub(crate) async fn bind(destination: &Destination) -> Result<(UdpSocket, Socket
     Ok((socket, peer))
 }
 
-/// Sends one datagram. A pending ICMP error belongs to an earlier datagram and is reported
-/// instead of sending this one (Linux), so after `ECONNREFUSED` the send is tried once more.
-async fn send(socket: &UdpSocket, msg: &[u8]) -> std::io::Result<usize> {
+/// What became of one datagram.
+enum Sent {
+    /// Sent, and no earlier datagram was reported refused.
+    Clean(usize),
+    /// Sent, but the send first reported that an earlier datagram was refused.
+    AfterRefusal(usize),
+    Failed(std::io::Error),
+}
+
+/// Sends one datagram. A pending ICMP port-unreachable belongs to an earlier datagram and is
+/// reported (as `ECONNREFUSED`) instead of sending this one (Linux), so the send is then tried
+/// once more.
+async fn send(socket: &UdpSocket, msg: &[u8]) -> Sent {
     match socket.send(msg).await {
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => socket.send(msg).await,
-        other => other,
+        Ok(n) => Sent::Clean(n),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => match socket.send(msg).await {
+            Ok(n) => Sent::AfterRefusal(n),
+            Err(e) => Sent::Failed(e),
+        },
+        Err(e) => Sent::Failed(e),
     }
 }
 
 /// The writer task. Send errors are counted and logged, never fatal: the datagram is dropped
-/// (UDP has no retransmission; RFC 5426 §3.1). Resolution or bind errors keep the message and
+/// (UDP has no retransmission; RFC 5426 §3.1). `send_errors` counts datagrams known lost:
+/// refused ones and ones that could not be sent. Resolution or bind errors keep the message and
 /// retry with backoff, like a TCP destination that is down.
 pub(crate) async fn run(
     destination: Destination,
@@ -72,12 +88,18 @@ pub(crate) async fn run(
             }
         };
         match send(sock, &msg).await {
-            Ok(n) => {
+            Sent::Clean(n) => {
                 failures = 0;
                 shared.up(*peer);
                 shared.sent(1, n);
             }
-            Err(e) => {
+            Sent::AfterRefusal(n) => {
+                // An earlier datagram was lost; this one went out.
+                shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                shared.down(format!("{peer} refused a datagram (ICMP port unreachable)"));
+                shared.sent(1, n);
+            }
+            Sent::Failed(e) => {
                 shared.dropped();
                 shared.down(format!("sending a datagram to {peer} failed: {e}"));
                 // Refused means the port is closed now; anything else may be a stale route

@@ -507,8 +507,7 @@ pub fn cef_fields(count: usize, budget: usize, seed: u64) -> Vec<CefFields> {
                 "1.0".into(),
                 format!("WindowsDefenderAv-{}", i % 13),
                 text(&mut rng, 40)
-                    .replace('|', "/")
-                    .replace('\\', "/")
+                    .replace(['|', '\\'], "/")
                     .replace(['\n', '\r'], " "),
                 sev.to_string(),
             ];
