@@ -77,6 +77,14 @@ async fn tls_delivers_every_record_byte_for_byte_in_order() {
 }
 
 #[tokio::test]
+async fn tls_receiver_restart_mid_stream_loses_nothing() {
+    let pki = Pki::new("server");
+    let mut ng = tls_receiver(&pki, "optional-untrusted").await;
+    let cfg = tls_to(ng.port, &pki.ca);
+    support::restart_mid_stream(&mut ng, cfg, &mixed_records(3000, 8192, 14)).await;
+}
+
+#[tokio::test]
 async fn tls_server_name_override_and_mutual_tls() {
     let pki = Pki::new("server");
     let ng = tls_receiver(&pki, "required-trusted").await;

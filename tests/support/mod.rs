@@ -227,12 +227,19 @@ fn syslog_ng_root() -> PathBuf {
 }
 
 /// rsyslog input kinds.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum RsyslogInput {
     /// imtcp: auto-detects LF and octet-counted framing.
     Tcp,
     /// imudp.
     Udp,
+    /// imtcp over TLS with the gtls driver (rsyslog-gnutls), server-authenticated only:
+    /// CA file, certificate, key.
+    Tls {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 /// Starts rsyslogd writing every message's raw bytes plus LF to `out.log`.
@@ -246,14 +253,28 @@ pub async fn rsyslog(input: RsyslogInput) -> Daemon {
         RsyslogInput::Tcp => (
             Proto::Tcp,
             r#"module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="PORT" ruleset="r")"#
+                .to_string(),
+        ),
+        RsyslogInput::Tls { ca, cert, key } => (
+            Proto::Tcp,
+            format!(
+                r#"global(DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{}"
+       DefaultNetstreamDriverCertFile="{}" DefaultNetstreamDriverKeyFile="{}")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")
 input(type="imtcp" address="127.0.0.1" port="PORT" ruleset="r")"#,
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
         ),
         // A large receive buffer (SO_RCVBUFFORCE as root): a burst of datagrams must not
         // overflow the socket while rsyslog starts reading.
         RsyslogInput::Udp => (
             Proto::Udp,
             r#"module(load="imudp")
-input(type="imudp" address="127.0.0.1" port="PORT" ruleset="r" rcvbufSize="64m")"#,
+input(type="imudp" address="127.0.0.1" port="PORT" ruleset="r" rcvbufSize="64m")"#
+                .to_string(),
         ),
     };
     let port = free_port(proto);
@@ -653,4 +674,70 @@ pub fn assert_in_order_at_least_once(got: &[Vec<u8>], want: &[Bytes]) {
             first_diff + k
         );
     }
+}
+
+async fn send_all(sink: &defender_bridge::sink::Sink, records: &[Bytes]) {
+    for r in records {
+        sink.send(r.clone()).await.expect("send");
+    }
+}
+
+/// Sends 40% of `records`, kills the receiver once it has written them, goes on sending
+/// while it is down, starts it again on the same port, and checks that every record
+/// arrived, in order, with duplicates (if any) only around the break.
+///
+/// Plain syslog over TCP or TLS has no acknowledgement: what a receiver holds unread when it
+/// dies is lost to any sender. So the kill comes once the receiver has written what it was
+/// sent; the rest of the stream is sent while it is away.
+pub async fn restart_mid_stream(
+    daemon: &mut Daemon,
+    cfg: defender_bridge::sink::SinkConfig,
+    records: &[Bytes],
+) {
+    use defender_bridge::sink::Status;
+    let (before, after) = records.split_at(records.len() * 2 / 5);
+    let sink = std::sync::Arc::new(cfg.build().expect("build sink"));
+    let mut status = sink.status();
+
+    send_all(&sink, before).await;
+    sink.flush(WAIT).await.expect("flush before the kill");
+    daemon.wait_for_lines(before.len()).await;
+    daemon.kill();
+
+    // The idle writer notices the dead connection without writing into it.
+    tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s, Status::Down { .. })))
+        .await
+        .expect("the sink reports the destination down")
+        .expect("status");
+
+    let sender = {
+        let sink = sink.clone();
+        let after = after.to_vec();
+        tokio::spawn(async move { send_all(&sink, &after).await })
+    };
+    tokio::time::timeout(
+        WAIT,
+        status.wait_for(|s| matches!(s, Status::Down { reason } if reason.contains("refused"))),
+    )
+    .await
+    .expect("reconnects are refused while the receiver is down")
+    .expect("status");
+
+    daemon.start().await;
+    sender.await.expect("sender task");
+    sink.flush(WAIT).await.expect("flush after the restart");
+
+    let lines = daemon
+        .wait_for_last_line(records.last().expect("records"))
+        .await;
+    assert_in_order_at_least_once(&lines, records);
+    let stats = sink.stats();
+    assert_eq!(stats.messages_sent, records.len() as u64);
+    assert!(stats.reconnects >= 1);
+    assert!(matches!(*status.borrow(), Status::Up { .. }));
+    std::sync::Arc::into_inner(sink)
+        .expect("the sender task is done")
+        .shutdown(WAIT)
+        .await
+        .expect("shutdown");
 }
