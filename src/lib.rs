@@ -1,4 +1,11 @@
-//! defender-bridge: Microsoft Defender alerts to SIEMs over syslog.
+//! defender-bridge: Microsoft Defender for Endpoint alerts of one or many tenants, as CEF, LEEF or
+//! JSON records over syslog, for the SIEM that a SOC or an MSSP already runs.
+//!
+//! The flow (DESIGN.md): a source polls the alert APIs → [`alert::Alert`] → a format
+//! ([`format::Formatter`], from `formats/*.toml`) → record bytes → a sink (UDP, TCP, TLS).
+
 pub mod alert;
+pub mod convert;
 pub mod format;
+pub mod input;
 pub mod sink;

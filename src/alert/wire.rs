@@ -1,0 +1,883 @@
+//! The alert as it comes over the wire, from either API, and its translation into [`Alert`].
+//!
+//! One struct holds the union of both APIs' field names, so a single serde pass decodes either
+//! shape; which API it was is decided afterwards from the fields present. Every scalar goes through
+//! [`scalar`], which takes a string, number, boolean or null (the docs and the real payloads
+//! disagree: `incidentId` is a number in MDE and a string in Graph, `osBuild` may be null, …).
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{
+    Account, Alert, Api, Comment, DecodeError, Device, Evidence, EvidenceDetail, FileDetails,
+    FileEvidence, Ip, Mailbox, Process, Registry, Severity, Timestamp, Url, UserEvidence,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct WireAlert<'a> {
+    #[serde(deserialize_with = "scalar")]
+    id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    provider_alert_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    incident_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    investigation_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    tenant_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    aad_tenant_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    title: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    description: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    recommended_actions: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    severity: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    status: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    classification: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    determination: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    category: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    service_source: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    detection_source: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    product_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    detector_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    alert_policy_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    investigation_state: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    threat_display_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    threat_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    threat_family_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    actor_display_name: Option<String>,
+    #[serde(deserialize_with = "strings")]
+    mitre_techniques: Vec<String>,
+    #[serde(deserialize_with = "strings")]
+    system_tags: Vec<String>,
+    #[serde(deserialize_with = "scalar")]
+    assigned_to: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    rbac_group_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    alert_web_url: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    incident_web_url: Option<String>,
+    // Graph times.
+    #[serde(deserialize_with = "time")]
+    created_date_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    last_update_date_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    first_activity_date_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    last_activity_date_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    resolved_date_time: Option<Timestamp>,
+    // MDE times (defender-api.md §3.6 pairs them with the Graph ones).
+    #[serde(deserialize_with = "time")]
+    alert_creation_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    last_update_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    first_event_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    last_event_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    resolved_time: Option<Timestamp>,
+    // MDE device and user, which Graph carries as evidence.
+    #[serde(deserialize_with = "scalar")]
+    machine_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    computer_dns_name: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    related_user: Option<WireAccount>,
+    #[serde(deserialize_with = "lenient_list")]
+    comments: Vec<WireComment>,
+    #[serde(borrow, deserialize_with = "evidence_list")]
+    evidence: Vec<&'a RawValue>,
+    // 2019-era MDE fields, before `evidence` existed (the demisto fixture).
+    #[serde(borrow)]
+    alert_user: Option<&'a RawValue>,
+    #[serde(borrow)]
+    alert_files: Option<&'a RawValue>,
+    #[serde(borrow)]
+    alert_domains: Option<&'a RawValue>,
+    #[serde(borrow)]
+    alert_ips: Option<&'a RawValue>,
+    custom_details: Option<Box<RawValue>>,
+    additional_data: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct WireComment {
+    #[serde(deserialize_with = "scalar")]
+    comment: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    created_by_display_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    created_by: Option<String>,
+    #[serde(deserialize_with = "time")]
+    created_date_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    created_time: Option<Timestamp>,
+    // The MDE docs' text says `createTime`, its examples `createdTime` (defender-api.md §1.6).
+    #[serde(deserialize_with = "time")]
+    create_time: Option<Timestamp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct WireAccount {
+    #[serde(deserialize_with = "scalar")]
+    account_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    user_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    domain_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    user_sid: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    azure_ad_user_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    aad_user_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    user_principal_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    display_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct WireFile {
+    #[serde(deserialize_with = "scalar")]
+    file_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    file_path: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    sha1: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    sha256: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    md5: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    file_size: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    file_publisher: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    signer: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    issuer: Option<String>,
+}
+
+/// The union of Graph `alertEvidence` subtypes and the flat MDE evidence object.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct WireEvidence {
+    #[serde(rename = "@odata.type", deserialize_with = "scalar")]
+    odata_type: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    entity_type: Option<String>,
+    #[serde(deserialize_with = "time")]
+    created_date_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    evidence_creation_time: Option<Timestamp>,
+    #[serde(deserialize_with = "scalar")]
+    verdict: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    remediation_status: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    detection_status: Option<String>,
+    #[serde(deserialize_with = "strings")]
+    roles: Vec<String>,
+    #[serde(deserialize_with = "strings")]
+    tags: Vec<String>,
+    // deviceEvidence
+    #[serde(deserialize_with = "scalar")]
+    mde_device_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    azure_ad_device_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    device_dns_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    host_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    nt_domain: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    dns_domain: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    os_platform: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    os_build: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    version: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    health_status: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    risk_score: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    rbac_group_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    rbac_group_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    onboarding_status: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    defender_av_status: Option<String>,
+    #[serde(deserialize_with = "time")]
+    first_seen_date_time: Option<Timestamp>,
+    #[serde(deserialize_with = "scalar")]
+    last_ip_address: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    last_external_ip_address: Option<String>,
+    #[serde(deserialize_with = "strings")]
+    ip_interfaces: Vec<String>,
+    #[serde(deserialize_with = "lenient_list")]
+    logged_on_users: Vec<WireAccount>,
+    // fileEvidence / processEvidence
+    #[serde(deserialize_with = "lenient")]
+    file_details: Option<WireFile>,
+    #[serde(deserialize_with = "lenient")]
+    image_file: Option<WireFile>,
+    #[serde(deserialize_with = "lenient")]
+    parent_process_image_file: Option<WireFile>,
+    #[serde(deserialize_with = "lenient")]
+    user_account: Option<WireAccount>,
+    #[serde(deserialize_with = "scalar")]
+    process_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    parent_process_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    process_command_line: Option<String>,
+    #[serde(deserialize_with = "time")]
+    process_creation_date_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    parent_process_creation_date_time: Option<Timestamp>,
+    // ipEvidence, urlEvidence, registry*Evidence, mailboxEvidence
+    #[serde(deserialize_with = "scalar")]
+    ip_address: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    country_letter_code: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    url: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    registry_key: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    registry_hive: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    registry_value_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    registry_value: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    registry_value_type: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    display_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    primary_address: Option<String>,
+    // The flat MDE evidence fields (defender-api.md §1.6).
+    #[serde(deserialize_with = "scalar")]
+    sha1: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    sha256: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    file_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    file_path: Option<String>,
+    #[serde(deserialize_with = "time")]
+    process_creation_time: Option<Timestamp>,
+    #[serde(deserialize_with = "time")]
+    parent_process_creation_time: Option<Timestamp>,
+    #[serde(deserialize_with = "scalar")]
+    parent_process_file_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    parent_process_file_path: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    account_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    domain_name: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    user_sid: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    aad_user_id: Option<String>,
+    #[serde(deserialize_with = "scalar")]
+    user_principal_name: Option<String>,
+}
+
+impl WireAlert<'_> {
+    pub(super) fn into_alert(self) -> Result<Alert, DecodeError> {
+        let w = self;
+        let id =
+            w.id.clone()
+                .ok_or(DecodeError::NotAnAlert("it has no \"id\""))?;
+        let graph_shape = w.created_date_time.is_some()
+            || w.last_update_date_time.is_some()
+            || w.tenant_id.is_some()
+            || w.service_source.is_some()
+            || w.provider_alert_id.is_some()
+            || w.alert_web_url.is_some();
+        let mde_shape = w.alert_creation_time.is_some()
+            || w.last_update_time.is_some()
+            || w.machine_id.is_some()
+            || w.aad_tenant_id.is_some()
+            || w.computer_dns_name.is_some();
+        if !graph_shape && !mde_shape && w.title.is_none() && w.severity.is_none() {
+            return Err(DecodeError::NotAnAlert(
+                "it has none of the fields of a Graph or Defender for Endpoint alert",
+            ));
+        }
+        let api = if mde_shape && !graph_shape {
+            Api::Mde
+        } else {
+            Api::Graph
+        };
+
+        let mut evidence = Vec::with_capacity(w.evidence.len() + 2);
+        if api == Api::Mde && (w.machine_id.is_some() || w.computer_dns_name.is_some()) {
+            // MDE names the device on the alert; Graph as deviceEvidence (defender-api.md §3.6).
+            let (host, domain) = split_fqdn(w.computer_dns_name.as_deref());
+            evidence.push(plain_evidence(EvidenceDetail::Device(Box::new(Device {
+                mde_device_id: w.machine_id.clone(),
+                device_dns_name: w.computer_dns_name.clone(),
+                host_name: host,
+                dns_domain: domain,
+                rbac_group_name: w.rbac_group_name.clone(),
+                ..Device::default()
+            }))));
+        }
+        for raw in w.evidence.iter().filter(|r| r.get() != "null") {
+            evidence.push(decode_evidence(raw));
+        }
+        if let Some(user) = w.related_user {
+            let account = user.into_account();
+            let known = evidence.iter().any(|e| match &e.detail {
+                EvidenceDetail::User(u) => {
+                    u.user_account.account_name.is_some()
+                        && u.user_account.account_name == account.account_name
+                }
+                _ => false,
+            });
+            if !known && account.account_name.is_some() {
+                evidence.push(plain_evidence(EvidenceDetail::User(UserEvidence {
+                    user_account: account,
+                })));
+            }
+        }
+        for (name, raw) in [
+            ("alertUser", w.alert_user),
+            ("alertFiles", w.alert_files),
+            ("alertDomains", w.alert_domains),
+            ("alertIps", w.alert_ips),
+        ] {
+            if let Some(raw) = raw {
+                let text = raw.get().trim();
+                if text != "null" && text != "[]" && text != "{}" {
+                    evidence.push(plain_evidence(EvidenceDetail::Other {
+                        name: name.to_string(),
+                        raw: compact(raw),
+                    }));
+                }
+            }
+        }
+
+        let service_source = w
+            .service_source
+            .map(camel)
+            .or_else(|| (api == Api::Mde).then(|| "microsoftDefenderForEndpoint".to_string()));
+        Ok(Alert {
+            api,
+            id,
+            provider_alert_id: w.provider_alert_id,
+            tenant_id: w.tenant_id.or(w.aad_tenant_id),
+            incident_id: w.incident_id,
+            investigation_id: w.investigation_id,
+            title: w.title,
+            description: w.description,
+            recommended_actions: w.recommended_actions,
+            severity: w
+                .severity
+                .as_deref()
+                .map(Severity::parse)
+                .unwrap_or_default(),
+            status: w.status.map(camel),
+            classification: w.classification.map(camel),
+            determination: w.determination.map(camel),
+            // The 2019 API sent the string "null" (demisto fixture).
+            category: w.category.filter(|c| c != "null"),
+            service_source,
+            detection_source: w.detection_source.map(detection_source),
+            product_name: w.product_name,
+            detector_id: w.detector_id,
+            alert_policy_id: w.alert_policy_id,
+            investigation_state: w.investigation_state.map(camel),
+            threat_display_name: w.threat_display_name.or(w.threat_name),
+            threat_family_name: w.threat_family_name,
+            actor_display_name: w.actor_display_name,
+            mitre_techniques: w.mitre_techniques,
+            system_tags: w.system_tags,
+            assigned_to: w.assigned_to,
+            rbac_group_name: w.rbac_group_name,
+            alert_web_url: w.alert_web_url,
+            incident_web_url: w.incident_web_url,
+            created_date_time: w.created_date_time.or(w.alert_creation_time),
+            last_update_date_time: w.last_update_date_time.or(w.last_update_time),
+            first_activity_date_time: w.first_activity_date_time.or(w.first_event_time),
+            last_activity_date_time: w.last_activity_date_time.or(w.last_event_time),
+            resolved_date_time: w.resolved_date_time.or(w.resolved_time),
+            comments: w
+                .comments
+                .into_iter()
+                .map(|c| Comment {
+                    comment: c.comment,
+                    created_by: c.created_by_display_name.or(c.created_by),
+                    created_date_time: c.created_date_time.or(c.created_time).or(c.create_time),
+                })
+                .collect(),
+            evidence,
+            custom_details: w
+                .custom_details
+                .filter(|r| r.get() != "{}")
+                .map(|r| compact(&r)),
+            additional_data: w.additional_data.map(|r| compact(&r)),
+        })
+    }
+}
+
+impl WireAccount {
+    fn into_account(self) -> Account {
+        Account {
+            account_name: self.account_name.or(self.user_name),
+            domain_name: self.domain_name,
+            user_sid: self.user_sid,
+            azure_ad_user_id: self.azure_ad_user_id.or(self.aad_user_id),
+            user_principal_name: self.user_principal_name,
+            display_name: self.display_name,
+        }
+    }
+}
+
+impl From<WireFile> for FileDetails {
+    fn from(f: WireFile) -> Self {
+        FileDetails {
+            file_name: f.file_name,
+            file_path: f.file_path,
+            sha1: f.sha1,
+            sha256: f.sha256,
+            md5: f.md5,
+            file_size: f.file_size,
+            file_publisher: f.file_publisher,
+            signer: f.signer,
+            issuer: f.issuer,
+        }
+    }
+}
+
+fn plain_evidence(detail: EvidenceDetail) -> Evidence {
+    Evidence {
+        created_date_time: None,
+        verdict: None,
+        remediation_status: None,
+        detection_status: None,
+        roles: Vec::new(),
+        tags: Vec::new(),
+        detail,
+    }
+}
+
+/// `#microsoft.graph.security.fileEvidence` → `file`; MDE `entityType` `File` → `file`.
+fn evidence_kind_name(w: &WireEvidence) -> Option<String> {
+    if let Some(t) = &w.odata_type {
+        let t = t.rsplit('.').next().unwrap_or(t);
+        let t = t.strip_suffix("Evidence").unwrap_or(t);
+        return Some(camel(t.to_string()));
+    }
+    w.entity_type.clone().map(camel)
+}
+
+fn decode_evidence(raw: &RawValue) -> Evidence {
+    let Ok(mut w) = serde_json::from_str::<WireEvidence>(raw.get()) else {
+        // Not an object we understand: keep it whole rather than drop it.
+        return plain_evidence(EvidenceDetail::Other {
+            name: "unknown".to_string(),
+            raw: compact(raw),
+        });
+    };
+    let name = evidence_kind_name(&w).unwrap_or_else(|| "unknown".to_string());
+    let detail = match name.to_ascii_lowercase().as_str() {
+        "device" | "machine" => EvidenceDetail::Device(Box::new(with_host_and_domain(Device {
+            mde_device_id: w.mde_device_id.take(),
+            azure_ad_device_id: w.azure_ad_device_id.take(),
+            device_dns_name: w.device_dns_name.take(),
+            host_name: w.host_name.take(),
+            nt_domain: w.nt_domain.take(),
+            dns_domain: w.dns_domain.take(),
+            os_platform: w.os_platform.take(),
+            os_build: w.os_build.take(),
+            version: w.version.take(),
+            health_status: w.health_status.take(),
+            risk_score: w.risk_score.take(),
+            rbac_group_id: w.rbac_group_id.take(),
+            rbac_group_name: w.rbac_group_name.take(),
+            onboarding_status: w.onboarding_status.take(),
+            defender_av_status: w.defender_av_status.take(),
+            first_seen_date_time: w.first_seen_date_time.take(),
+            last_ip_address: w.last_ip_address.take(),
+            last_external_ip_address: w.last_external_ip_address.take(),
+            ip_interfaces: std::mem::take(&mut w.ip_interfaces),
+            logged_on_users: std::mem::take(&mut w.logged_on_users)
+                .into_iter()
+                .map(WireAccount::into_account)
+                .collect(),
+        }))),
+        "file" => EvidenceDetail::File(FileEvidence {
+            file_details: match w.file_details.take() {
+                Some(f) => f.into(),
+                None => w.flat_file(),
+            },
+            mde_device_id: w.mde_device_id.take(),
+        }),
+        "process" => EvidenceDetail::Process(Box::new(Process {
+            process_id: w.process_id.take(),
+            parent_process_id: w.parent_process_id.take(),
+            process_command_line: w.process_command_line.take(),
+            process_creation_date_time: w
+                .process_creation_date_time
+                .take()
+                .or(w.process_creation_time.take()),
+            parent_process_creation_date_time: w
+                .parent_process_creation_date_time
+                .take()
+                .or(w.parent_process_creation_time.take()),
+            image_file: match w.image_file.take() {
+                Some(f) => f.into(),
+                None => w.flat_file(),
+            },
+            parent_process_image_file: match w.parent_process_image_file.take() {
+                Some(f) => f.into(),
+                None => FileDetails {
+                    file_name: w.parent_process_file_name.take(),
+                    file_path: w.parent_process_file_path.take(),
+                    ..FileDetails::default()
+                },
+            },
+            user_account: w.account(),
+            mde_device_id: w.mde_device_id.take(),
+        })),
+        "user" | "account" => EvidenceDetail::User(UserEvidence {
+            user_account: w.account(),
+        }),
+        "ip" => EvidenceDetail::Ip(Ip {
+            ip_address: w.ip_address.take(),
+            country_letter_code: w.country_letter_code.take(),
+        }),
+        "url" => EvidenceDetail::Url(Url { url: w.url.take() }),
+        "registrykey" | "registryvalue" | "registry" => EvidenceDetail::Registry(Registry {
+            registry_key: w.registry_key.take(),
+            registry_hive: w.registry_hive.take(),
+            registry_value_name: w.registry_value_name.take(),
+            registry_value: w.registry_value.take(),
+            registry_value_type: w.registry_value_type.take(),
+        }),
+        "mailbox" => EvidenceDetail::Mailbox(Mailbox {
+            display_name: w.display_name.take(),
+            primary_address: w.primary_address.take(),
+            user_account: w.account(),
+        }),
+        _ => EvidenceDetail::Other {
+            name,
+            raw: compact(raw),
+        },
+    };
+    Evidence {
+        created_date_time: w.created_date_time.or(w.evidence_creation_time),
+        verdict: w.verdict.map(camel),
+        remediation_status: w.remediation_status.map(camel),
+        detection_status: w.detection_status.map(camel),
+        roles: w.roles,
+        tags: w.tags,
+        detail,
+    }
+}
+
+impl WireEvidence {
+    /// Graph's nested `userAccount`, else MDE's flat account fields.
+    fn account(&mut self) -> Account {
+        match self.user_account.take() {
+            Some(a) => a.into_account(),
+            None => Account {
+                account_name: self.account_name.take(),
+                domain_name: self.domain_name.take(),
+                user_sid: self.user_sid.take(),
+                azure_ad_user_id: self.aad_user_id.take(),
+                user_principal_name: self.user_principal_name.take(),
+                display_name: None,
+            },
+        }
+    }
+
+    /// MDE's flat file fields.
+    fn flat_file(&mut self) -> FileDetails {
+        FileDetails {
+            file_name: self.file_name.take(),
+            file_path: self.file_path.take(),
+            sha1: self.sha1.take(),
+            sha256: self.sha256.take(),
+            ..FileDetails::default()
+        }
+    }
+}
+
+/// Graph sends `hostName` and `dnsDomain` only since 2026 (the Wazuh fixture); before that the
+/// device is named by `deviceDnsName` alone, which is split so that format files can rely on both.
+fn with_host_and_domain(mut d: Device) -> Device {
+    if d.host_name.is_none() || d.dns_domain.is_none() {
+        let (host, domain) = split_fqdn(d.device_dns_name.as_deref());
+        if d.host_name.is_none() {
+            d.host_name = host;
+        }
+        if d.dns_domain.is_none() {
+            d.dns_domain = domain;
+        }
+    }
+    d
+}
+
+/// Raw JSON kept in the model without its line breaks and indentation, so that a JSON record
+/// that embeds it stays on one line.
+fn compact(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get();
+    if !text.contains(['\n', '\r', '\t']) {
+        return raw.to_owned();
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::value::to_raw_value(&v).ok())
+        .unwrap_or_else(|| raw.to_owned())
+}
+
+/// `host.example.com` → (`host`, `example.com`).
+fn split_fqdn(fqdn: Option<&str>) -> (Option<String>, Option<String>) {
+    match fqdn {
+        None => (None, None),
+        // An address is not a name to split.
+        Some(f) if f.parse::<std::net::IpAddr>().is_ok() => (Some(f.to_string()), None),
+        Some(f) => match f.split_once('.') {
+            Some((h, d)) if !h.is_empty() && !d.is_empty() => {
+                (Some(h.to_string()), Some(d.to_string()))
+            }
+            _ => (Some(f.to_string()), None),
+        },
+    }
+}
+
+/// PascalCase enum members (MDE, some Graph examples) → Graph's camelCase (defender-api.md §3.2:
+/// "parse enums case-insensitively").
+fn camel(mut s: String) -> String {
+    if let Some(first) = s.chars().next() {
+        if first.is_ascii_uppercase() {
+            // An all-capitals acronym (`MTP`) is left alone.
+            if !s
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            {
+                s[..1].make_ascii_lowercase();
+            }
+        }
+    }
+    s
+}
+
+/// MDE `detectionSource` values → the Graph enum (defender-api.md §3.6, §1.7). Unknown values are
+/// kept, camelCased.
+fn detection_source(s: String) -> String {
+    let mapped = match s.as_str() {
+        "WindowsDefenderAv" => "antivirus",
+        "WindowsDefenderAtp" => "microsoftDefenderForEndpoint",
+        "CustomerTI" => "customTi",
+        "CustomDetection" => "customDetection",
+        "AutomatedInvestigation" => "automatedInvestigation",
+        "WindowsDefenderSmartScreen" => "smartScreen",
+        "ThreatExperts" => "microsoftThreatExperts",
+        "MTP" => "microsoft365Defender",
+        "OfficeATP" => "microsoftDefenderForOffice365",
+        "MCAS" => "cloudAppSecurity",
+        "AzureATP" => "microsoftDefenderForIdentity",
+        _ => return camel(s),
+    };
+    mapped.to_string()
+}
+
+// ---- lenient deserializers ----------------------------------------------------------------
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, number, boolean or null")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(non_empty(v).map(str::to_string))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(if non_empty(&v).is_some() {
+            Some(v)
+        } else {
+            None
+        })
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    // An object or array where a scalar was expected: keep it as compact JSON text.
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        let v = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        Ok(Some(v.to_string()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(Some(v.to_string()))
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    if s.trim().is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    d.deserialize_any(ScalarVisitor)
+}
+
+fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    Ok(scalar(d)?.map(|s| Timestamp::parse(&s)))
+}
+
+struct Scalar(Option<String>);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar(d).map(Scalar)
+    }
+}
+
+/// A list of strings; also a single string (the MDE docs type `mitreTechniques` as String) or null.
+fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of strings")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Scalar(s)) = seq.next_element()? {
+                out.extend(s);
+            }
+            Ok(out)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.split(',')
+                .filter_map(|s| non_empty(s.trim()))
+                .map(str::to_string)
+                .collect())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            Ok(vec![v.to_string()])
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// An object of type `T`, or `None` for null or anything that is not such an object.
+fn lenient<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    let raw: Option<&'de RawValue> = Option::deserialize(d)?;
+    Ok(raw.and_then(|r| serde_json::from_str(r.get()).ok()))
+}
+
+/// A list of `T`; elements that are not a `T` are skipped, and a non-list is an empty list.
+fn lenient_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let raw: Option<Vec<&'de RawValue>> = match Option::<&'de RawValue>::deserialize(d)? {
+        None => None,
+        Some(r) => serde_json::from_str(r.get()).ok(),
+    };
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| serde_json::from_str(r.get()).ok())
+        .collect())
+}
+
+/// `evidence` is a list of objects; Elastic's split shape gives one object (fixture
+/// `mde-alerts-elastic-split-evidence.ndjson`); null or absent means none.
+fn evidence_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
+    let raw: Option<&'de RawValue> = Option::deserialize(d)?;
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'[') => serde_json::from_str(text).map_err(de::Error::custom),
+        Some(b'{') => Ok(vec![raw]),
+        _ => Ok(Vec::new()),
+    }
+}

@@ -1,0 +1,171 @@
+//! Rules every encoder applies to a value before its own escaping (formats.md §0).
+//!
+//! Order matters: neutralise control characters, trim, then truncate on the *unescaped* value
+//! (CEF lengths are characters of the unescaped value, rule 5), and only then escape. Truncation
+//! therefore can never cut an escape sequence, and it cuts on `char` boundaries, never inside a
+//! UTF-8 sequence.
+
+use std::borrow::Cow;
+
+/// Appended to a value that was cut, so an analyst sees that it was.
+pub const TRUNCATION_MARK: char = '…';
+
+/// Replaces control characters that no receiver treats well. CR and LF are kept: each encoder
+/// escapes or replaces them itself. TAB and the Unicode line/paragraph separators become a space
+/// (rsyslog turns TAB into `#011`, formats.md §6); any other C0 or C1 control and DEL become
+/// U+FFFD, so that an analyst can see that something was there.
+pub fn neutralize(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_neutralizing) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .map(|c| match c {
+                '\t' | '\u{2028}' | '\u{2029}' | '\u{85}' => ' ',
+                c if needs_neutralizing(c) => '\u{FFFD}',
+                c => c,
+            })
+            .collect(),
+    )
+}
+
+fn needs_neutralizing(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\r') || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// Neutralised and trimmed of leading and trailing white space (CEF rule 4: no leading or
+/// trailing spaces in values). Returns `None` for a value that is then empty (rule 4: no key with
+/// an empty value).
+pub fn clean(s: &str) -> Option<Cow<'_, str>> {
+    let trimmed = s.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    match neutralize(trimmed) {
+        Cow::Borrowed(b) => Some(Cow::Borrowed(b)),
+        Cow::Owned(o) => {
+            let t = o.trim();
+            if t.is_empty() {
+                None
+            } else if t.len() == o.len() {
+                Some(Cow::Owned(o))
+            } else {
+                Some(Cow::Owned(t.to_string()))
+            }
+        }
+    }
+}
+
+/// Cuts `s` to at most `max_chars` characters, the last of which is [`TRUNCATION_MARK`].
+/// Returns whether it cut.
+pub fn truncate_chars(s: &mut Cow<'_, str>, max_chars: usize) -> bool {
+    if max_chars == 0 {
+        return false;
+    }
+    // Fast path: a byte length within the limit means a char count within it too.
+    if s.len() <= max_chars {
+        return false;
+    }
+    let Some((cut, _)) = s.char_indices().nth(max_chars - 1) else {
+        return false; // fewer chars than max_chars
+    };
+    if s[cut..].chars().count() <= 1 {
+        return false; // exactly max_chars
+    }
+    let mut out = String::with_capacity(cut + TRUNCATION_MARK.len_utf8());
+    out.push_str(s[..cut].trim_end());
+    out.push(TRUNCATION_MARK);
+    *s = Cow::Owned(out);
+    true
+}
+
+/// Cuts `s` so that `escaped_len` of the result (with the mark) is at most `max_bytes`.
+/// Returns false when even one character and the mark do not fit.
+pub fn truncate_to_escaped_bytes(
+    s: &mut Cow<'_, str>,
+    max_bytes: usize,
+    escaped_len: impl Fn(char) -> usize,
+) -> bool {
+    let mark = escaped_len(TRUNCATION_MARK);
+    if max_bytes <= mark {
+        return false;
+    }
+    let budget = max_bytes - mark;
+    let mut used = 0;
+    let mut cut = 0;
+    for (i, c) in s.char_indices() {
+        let n = escaped_len(c);
+        if used + n > budget {
+            break;
+        }
+        used += n;
+        cut = i + c.len_utf8();
+    }
+    if cut == 0 {
+        return false;
+    }
+    let mut out = String::with_capacity(cut + 3);
+    out.push_str(&s[..cut]);
+    out.push(TRUNCATION_MARK);
+    *s = Cow::Owned(out);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neutralize_table() {
+        let cases: &[(&str, &str)] = &[
+            ("plain", "plain"),
+            ("a\tb", "a b"),
+            ("a\u{0}b", "a\u{FFFD}b"),
+            ("a\u{7f}b\u{9b}c", "a\u{FFFD}b\u{FFFD}c"),
+            ("keep\r\nnewlines", "keep\r\nnewlines"),
+            ("sep\u{2028}par\u{2029}nel\u{85}", "sep par nel "),
+            ("bell\u{7}", "bell\u{FFFD}"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(neutralize(input), *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn clean_trims_and_drops_empty() {
+        assert_eq!(clean("  x y  ").as_deref(), Some("x y"));
+        assert_eq!(clean(" \t \u{2028} "), None);
+        assert_eq!(clean(""), None);
+        assert_eq!(clean("\tx\t").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn truncate_counts_chars_not_bytes() {
+        let cases: &[(&str, usize, &str, bool)] = &[
+            ("abcdef", 6, "abcdef", false),
+            ("abcdefg", 6, "abcde…", true),
+            ("日本語のテキスト", 5, "日本語の…", true),
+            ("日本語の", 4, "日本語の", false),
+            ("ab cdefg", 4, "ab…", true),
+            ("😀😀😀😀", 3, "😀😀…", true),
+        ];
+        for (input, max, want, cut) in cases {
+            let mut v = Cow::Borrowed(*input);
+            assert_eq!(truncate_chars(&mut v, *max), *cut, "{input}");
+            assert_eq!(v, *want);
+            assert!(v.chars().count() <= *max);
+        }
+    }
+
+    #[test]
+    fn truncate_to_bytes_never_splits_an_escape() {
+        // '=' escapes to two bytes in a CEF extension.
+        let esc = |c: char| if c == '=' { 2 } else { c.len_utf8() };
+        let mut v = Cow::Borrowed("a=b=c=d");
+        assert!(truncate_to_escaped_bytes(&mut v, 7, esc));
+        // "a=" costs 3, "b" 1, mark 3: "a=b" + "…" = 7 bytes escaped.
+        assert_eq!(v, "a=b…");
+        let mut v = Cow::Borrowed("==");
+        assert!(!truncate_to_escaped_bytes(&mut v, 4, esc));
+    }
+}
