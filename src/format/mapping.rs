@@ -779,12 +779,14 @@ fn cef_key(
             }
             Some((format!("{key}Label"), text.to_string()))
         }
-        (Some(_), None) => return c.err(
-            span,
-            format!(
+        (Some(_), None) => {
+            return c.err(
+                span,
+                format!(
                 "{key:?} needs a label = \"…\" (formats.md §1.5: every custom field has a label)"
             ),
-        ),
+            )
+        }
         (None, Some(l)) => return c.err(l.span(), format!("{key:?} takes no label")),
         (None, None) => None,
     };
