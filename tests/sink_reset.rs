@@ -229,3 +229,52 @@ async fn udp_refusals_are_counted_and_not_fatal() {
     assert!(matches!(*sink.status().borrow(), Status::Up { .. }));
     sink.shutdown(WAIT).await.unwrap();
 }
+
+/// `shutdown` ends a TLS session with `close_notify` (RFC 5425 §4.4): the receiver's read
+/// ends cleanly (rustls reports a missing close_notify as an `UnexpectedEof` error).
+#[tokio::test]
+async fn tls_shutdown_sends_close_notify() {
+    use tokio_rustls::rustls::crypto::aws_lc_rs;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::ServerConfig;
+
+    let pki = support::Pki::new("server");
+    let certs = CertificateDer::pem_file_iter(&pki.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pki.key).unwrap();
+    let server = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut buf = Vec::new();
+        let end = tokio::time::timeout(WAIT, tls.read_to_end(&mut buf))
+            .await
+            .expect("the sink closes within the wait");
+        (buf, end.map_err(|e| e.to_string()))
+    });
+
+    let records = mixed_records(1000, 8192, 61);
+    let mut cfg = config(&format!("tls://{addr}"));
+    cfg.tls.ca_file = Some(pki.ca.clone());
+    let sink = cfg.build().unwrap();
+    send_all(&sink, &records).await;
+    sink.shutdown(WAIT).await.unwrap();
+
+    let (got, end) = receiver.await.unwrap();
+    assert!(
+        end.is_ok(),
+        "the session ended without close_notify: {end:?}"
+    );
+    assert!(got == framed(&records, Framing::OctetCounting));
+}

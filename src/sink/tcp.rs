@@ -59,8 +59,10 @@ impl Connector {
                 }
             }
         }
-        // resolve() never returns an empty list.
-        Err(last.expect("at least one address"))
+        Err(last.unwrap_or_else(|| Error::Resolve {
+            host: self.destination.host.to_string(),
+            source: std::io::Error::other("no addresses"),
+        }))
     }
 
     async fn connect_to(&self, addr: SocketAddr) -> Result<Stream, Error> {
