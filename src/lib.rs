@@ -8,3 +8,4 @@ pub mod alert;
 pub mod convert;
 pub mod format;
 pub mod input;
+pub mod sink;

@@ -1,0 +1,211 @@
+//! Where a sink sends: `udp://host:514`, `tcp://host:514`, `tls://host:6514`.
+//!
+//! Hosts are IPv4 literals, IPv6 literals in brackets (`tcp://[::1]:514`) or names. Names are
+//! kept as written and resolved again on every (re)connect, so a SIEM that moves behind a DNS
+//! name is followed without a restart.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use super::Error;
+
+/// The transport named by the URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// RFC 5426: one message per datagram.
+    Udp,
+    /// RFC 6587: a plain TCP stream.
+    Tcp,
+    /// RFC 5425: a TLS stream.
+    Tls,
+}
+
+impl Transport {
+    /// The scheme as written in a URL.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// Port used when the URL has none: 514 for UDP (RFC 5426 §3.3) and for TCP (the de-facto
+    /// port, formats.md §4), 6514 for TLS (RFC 5425 §4.1).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Udp | Transport::Tcp => 514,
+            Transport::Tls => 6514,
+        }
+    }
+}
+
+/// A host as written in the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    /// A DNS name, resolved on every connect.
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A parsed destination URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub transport: Transport,
+    pub host: Host,
+    pub port: u16,
+}
+
+impl Destination {
+    /// Resolves the host now (names through the system resolver), in the resolver's order.
+    pub async fn resolve(&self) -> Result<Vec<SocketAddr>, Error> {
+        match &self.host {
+            Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, self.port)]),
+            Host::Name(name) => {
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), self.port))
+                    .await
+                    .map_err(|source| Error::Resolve {
+                        host: name.clone(),
+                        source,
+                    })?
+                    .collect();
+                if addrs.is_empty() {
+                    return Err(Error::Resolve {
+                        host: name.clone(),
+                        source: std::io::Error::other("no addresses"),
+                    });
+                }
+                Ok(addrs)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}:{}",
+            self.transport.scheme(),
+            self.host,
+            self.port
+        )
+    }
+}
+
+impl FromStr for Destination {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::Destination {
+            url: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+        let transport = match url.scheme() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            _ => return Err(bad("the scheme must be udp, tcp or tls")),
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("a user name or password has no meaning here"));
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(bad(
+                "only scheme://host:port is allowed (no path, query or fragment)",
+            ));
+        }
+        // For non-special schemes the url crate keeps IPv4 literals as opaque names; IPv6
+        // literals come back parsed.
+        let host = match url.host() {
+            None => return Err(bad("the host is missing")),
+            Some(url::Host::Ipv6(ip)) => Host::Ip(IpAddr::V6(ip)),
+            Some(url::Host::Ipv4(ip)) => Host::Ip(IpAddr::V4(ip)),
+            Some(url::Host::Domain("")) => return Err(bad("the host is missing")),
+            Some(url::Host::Domain(name)) => match name.parse::<IpAddr>() {
+                Ok(ip) => Host::Ip(ip),
+                Err(_) => Host::Name(name.to_owned()),
+            },
+        };
+        let port = url.port().unwrap_or_else(|| transport.default_port());
+        if port == 0 {
+            return Err(bad("port 0 is not a destination"));
+        }
+        Ok(Destination {
+            transport,
+            host,
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Destination {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_all_forms() {
+        let d = parse("udp://127.0.0.1:5514");
+        assert_eq!(d.transport, Transport::Udp);
+        assert_eq!(d.host, Host::Ip("127.0.0.1".parse().unwrap()));
+        assert_eq!(d.port, 5514);
+
+        let d = parse("tcp://[::1]:601");
+        assert_eq!(d.host, Host::Ip("::1".parse().unwrap()));
+        assert_eq!(d.to_string(), "tcp://[::1]:601");
+
+        let d = parse("tls://siem.example.net");
+        assert_eq!(d.host, Host::Name("siem.example.net".into()));
+        assert_eq!(d.port, 6514);
+        assert_eq!(parse("tcp://siem").port, 514);
+        assert_eq!(parse("udp://siem/").port, 514);
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_destination() {
+        for bad in [
+            "http://host:514",
+            "tcp://",
+            "tcp://host:70000",
+            "tcp://host:0",
+            "tcp://user:pw@host:514",
+            "tcp://host:514/path",
+            "tcp://host:514?x=1",
+            "tcp://[::1:514",
+            "host:514",
+        ] {
+            let err = bad.parse::<Destination>().unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn resolves_names_and_literals() {
+        let d = parse("tcp://localhost:514");
+        let addrs = d.resolve().await.unwrap();
+        assert!(addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 514));
+        let d = parse("tcp://[::1]:99");
+        assert_eq!(
+            d.resolve().await.unwrap(),
+            vec!["[::1]:99".parse().unwrap()]
+        );
+    }
+}

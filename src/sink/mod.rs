@@ -1,0 +1,541 @@
+//! Syslog destinations: UDP (RFC 5426), TCP (RFC 6587) and TLS (RFC 5425).
+//!
+//! A [`SinkConfig`] is validated and turned by [`SinkConfig::build`] into a running [`Sink`]: a
+//! handle plus one tokio writer task per destination, so a slow or dead destination never
+//! holds up another (they share nothing on the hot path). The handle takes complete syslog
+//! messages (header included, no framing) in order; the writer frames them, batches them
+//! into few syscalls, connects lazily, reconnects with capped exponential backoff and jitter,
+//! and reports [`Status`] changes.
+//!
+//! Delivery over TCP and TLS is **at least once** from the writer's point of view: messages
+//! wait in a bounded in-memory queue while the destination is down (a full queue makes
+//! [`Sink::send`] wait), and a batch whose write failed is written again, whole, on the next
+//! connection, so the receiver may see the messages of that one batch twice. Plain syslog
+//! over TCP has no acknowledgement (RFC 6587 §4 / RFC 5425 §4.3): what a receiver had in its
+//! socket buffer when it died is lost to any sender. UDP is best effort: a datagram the
+//! network refuses is counted and dropped, never retried.
+
+mod destination;
+mod framing;
+mod tcp;
+mod tls;
+mod udp;
+
+pub use destination::{Destination, Host, Transport};
+pub use framing::Framing;
+pub use tls::TlsOptions;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Errors of configuration, of sending and of connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid destination {url:?}: {reason}")]
+    Destination { url: String, reason: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("{}: {reason}", path.display())]
+    TlsFile { path: PathBuf, reason: String },
+    #[error("message of {size} bytes is larger than the maximum of {max} bytes for {destination}")]
+    TooLarge {
+        destination: String,
+        size: usize,
+        max: usize,
+    },
+    #[error("message contains a line feed, which LF framing would split in two; use octet-counting framing")]
+    ContainsLf,
+    #[error("empty message")]
+    Empty,
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{destination}: {unsent} message(s) not written within {timeout:?}")]
+    Unsent {
+        destination: String,
+        unsent: u64,
+        timeout: Duration,
+    },
+    #[error("{destination}: everything was written, but closing the connection took longer than {timeout:?}")]
+    CloseTimeout {
+        destination: String,
+        timeout: Duration,
+    },
+    #[error("{destination}: the writer has stopped")]
+    Closed { destination: String },
+}
+
+/// Connection state of a destination, as reported by [`Sink::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Not connected yet: connections are made when the first message waits.
+    Idle,
+    /// Connected (TCP/TLS) or sending without errors (UDP) to this address.
+    Up { peer: SocketAddr },
+    /// Not connected, or the last datagram failed; messages wait (TCP/TLS).
+    Down { reason: String },
+}
+
+/// Counters of one sink. `messages_sent` counts each message once, even when a broken
+/// batch was written again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages taken by [`Sink::send`].
+    pub accepted: u64,
+    /// Messages written to the socket (TCP/TLS: and flushed through TLS).
+    pub messages_sent: u64,
+    /// Bytes written to the socket, framing included.
+    pub bytes_sent: u64,
+    /// Connections made after the first one.
+    pub reconnects: u64,
+    /// Messages refused by [`Sink::send`]: too large, empty, or with an LF under LF framing.
+    pub rejected: u64,
+    /// Datagrams known to be lost (UDP only): refused by the receiver (ICMP port unreachable,
+    /// reported on a later send) or not sent at all. They are not retried.
+    pub send_errors: u64,
+    /// Accepted messages not yet sent or dropped.
+    pub queued: u64,
+}
+
+/// Reconnect delays: `initial * 2^(n-1)` capped at `max` for the n-th consecutive failure,
+/// each picked at random in its upper half (jitter, so many bridges do not reconnect in step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    fn delay(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(31);
+        let base = self.initial.saturating_mul(1 << exp).min(self.max);
+        let half = base / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+/// Settings of one destination. [`SinkConfig::new`] gives the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    pub destination: Destination,
+    /// Stream framing; `None` means octet counting for TLS and LF for TCP. Must be `None` for
+    /// UDP.
+    pub framing: Option<Framing>,
+    /// Largest syslog message (header included, framing excluded) that may be sent; `None`
+    /// means 8192 for TCP and TLS (formats.md §0 rule 14) and 2048 for UDP (RFC 5426 §3.2).
+    pub max_message_size: Option<usize>,
+    /// Used by `tls://` only.
+    pub tls: TlsOptions,
+    /// Messages held in memory while the destination is slow or down; when full,
+    /// [`Sink::send`] waits.
+    pub queue_capacity: usize,
+    /// Limit for resolving, connecting and the TLS handshake together.
+    pub connect_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+/// The largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP header octets).
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
+impl SinkConfig {
+    pub fn new(destination: Destination) -> Self {
+        SinkConfig {
+            destination,
+            framing: None,
+            max_message_size: None,
+            tls: TlsOptions::default(),
+            queue_capacity: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// The framing in effect: `None` for UDP.
+    pub fn effective_framing(&self) -> Option<Framing> {
+        match self.destination.transport {
+            Transport::Udp => None,
+            Transport::Tcp => Some(self.framing.unwrap_or(Framing::Lf)),
+            Transport::Tls => Some(self.framing.unwrap_or(Framing::OctetCounting)),
+        }
+    }
+
+    /// The maximum message size in effect.
+    pub fn effective_max_message_size(&self) -> usize {
+        self.max_message_size
+            .unwrap_or(match self.destination.transport {
+                Transport::Udp => 2048,
+                Transport::Tcp | Transport::Tls => 8192,
+            })
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let dest = &self.destination;
+        let max = self.effective_max_message_size();
+        if dest.transport == Transport::Udp {
+            if self.framing.is_some() {
+                return Err(Error::Config(format!(
+                    "{dest}: framing applies to tcp:// and tls:// only (UDP sends one message per datagram)"
+                )));
+            }
+            if max > MAX_UDP_PAYLOAD {
+                return Err(Error::Config(format!(
+                    "{dest}: maximum message size {max} exceeds the largest UDP datagram ({MAX_UDP_PAYLOAD})"
+                )));
+            }
+        }
+        if dest.transport != Transport::Tls && self.tls != TlsOptions::default() {
+            return Err(Error::Config(format!(
+                "{dest}: TLS options need a tls:// destination"
+            )));
+        }
+        if max == 0 {
+            return Err(Error::Config(format!(
+                "{dest}: the maximum message size must be at least 1"
+            )));
+        }
+        if self.queue_capacity == 0 {
+            return Err(Error::Config(format!(
+                "{dest}: the queue capacity must be at least 1"
+            )));
+        }
+        if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
+            return Err(Error::Config(format!(
+                "{dest}: backoff needs 0 < initial <= max"
+            )));
+        }
+        Ok(())
+    }
+
+    fn connector(&self) -> Result<tcp::Connector, Error> {
+        let tls = match self.destination.transport {
+            Transport::Tls => Some(
+                self.tls
+                    .build(&self.destination.host, &self.destination.to_string())?,
+            ),
+            _ => None,
+        };
+        Ok(tcp::Connector {
+            destination: self.destination.clone(),
+            tls,
+            timeout: self.connect_timeout,
+        })
+    }
+
+    /// Validates the settings, loads the TLS files and starts the writer task. Must be called
+    /// inside a tokio runtime. Nothing connects until the first message waits.
+    pub fn build(&self) -> Result<Sink, Error> {
+        self.validate()?;
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let shared = Arc::new(Shared::new(self.destination.to_string()));
+        let task = match self.effective_framing() {
+            Some(framing) => {
+                let connector = self.connector()?;
+                tokio::spawn(tcp::run(
+                    connector,
+                    framing,
+                    self.backoff,
+                    rx,
+                    shared.clone(),
+                ))
+            }
+            None => tokio::spawn(udp::run(
+                self.destination.clone(),
+                self.backoff,
+                rx,
+                shared.clone(),
+            )),
+        };
+        Ok(Sink {
+            tx,
+            shared,
+            task: AbortOnDrop(task),
+            framing: self.effective_framing(),
+            max_message_size: self.effective_max_message_size(),
+        })
+    }
+
+    /// Connects now (TCP, TLS handshake included) and closes again, for `check --online`
+    /// and `send-test`. Returns the address connected to. For UDP only resolution and
+    /// binding can be checked.
+    pub async fn probe(&self) -> Result<SocketAddr, Error> {
+        self.validate()?;
+        match self.destination.transport {
+            Transport::Udp => udp::bind(&self.destination).await.map(|(_, peer)| peer),
+            Transport::Tcp | Transport::Tls => {
+                let (mut stream, peer) = self.connector()?.connect().await?;
+                tcp::close(&mut stream).await;
+                Ok(peer)
+            }
+        }
+    }
+}
+
+/// State shared by a [`Sink`] handle and its writer task.
+struct Shared {
+    destination: String,
+    accepted: AtomicU64,
+    messages_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    reconnects: AtomicU64,
+    rejected: AtomicU64,
+    send_errors: AtomicU64,
+    /// Messages sent or dropped so far, in queue order: [`Sink::flush`] waits on it.
+    done: watch::Sender<u64>,
+    status: watch::Sender<Status>,
+}
+
+impl Shared {
+    fn new(destination: String) -> Self {
+        Shared {
+            destination,
+            accepted: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            done: watch::Sender::new(0),
+            status: watch::Sender::new(Status::Idle),
+        }
+    }
+
+    fn sent(&self, messages: usize, bytes: usize) {
+        self.messages_sent
+            .fetch_add(messages as u64, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.done.send_modify(|n| *n += messages as u64);
+    }
+
+    fn dropped(&self) {
+        self.send_errors.fetch_add(1, Ordering::Relaxed);
+        self.done.send_modify(|n| *n += 1);
+    }
+
+    fn up(&self, peer: SocketAddr) {
+        let status = Status::Up { peer };
+        if *self.status.borrow() != status {
+            tracing::info!(destination = %self.destination, %peer, "destination up");
+            self.status.send_replace(status);
+        }
+    }
+
+    /// Logs a transition to down at warn level; repeated failures while down go to debug so
+    /// that a long outage does not flood the log.
+    fn down(&self, reason: String) {
+        let was_down = matches!(*self.status.borrow(), Status::Down { .. });
+        if was_down {
+            tracing::debug!(destination = %self.destination, %reason, "destination still down");
+        } else {
+            tracing::warn!(destination = %self.destination, %reason, "destination down");
+        }
+        self.status.send_replace(Status::Down { reason });
+    }
+}
+
+/// Aborts the writer task when the handle is dropped without [`Sink::shutdown`].
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A running destination. Dropping it without [`Sink::shutdown`] stops the writer and
+/// abandons what is still queued.
+pub struct Sink {
+    tx: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+    task: AbortOnDrop,
+    framing: Option<Framing>,
+    max_message_size: usize,
+}
+
+impl Sink {
+    /// Queues one complete syslog message (header included, unframed). Waits while the queue
+    /// is full. Refuses, and counts, a message larger than the maximum size, an empty one, and
+    /// under LF framing one containing LF: such a message is never sent.
+    pub async fn send(&self, msg: Bytes) -> Result<(), Error> {
+        if let Err(e) = self.check(&msg) {
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        // Reserve first: if this future is dropped while waiting, nothing was counted.
+        let permit = self.tx.reserve().await.map_err(|_| self.closed())?;
+        self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+        permit.send(msg);
+        Ok(())
+    }
+
+    fn check(&self, msg: &[u8]) -> Result<(), Error> {
+        if msg.len() > self.max_message_size {
+            return Err(Error::TooLarge {
+                destination: self.shared.destination.clone(),
+                size: msg.len(),
+                max: self.max_message_size,
+            });
+        }
+        match self.framing {
+            Some(framing) => framing.check(msg),
+            None if msg.is_empty() => Err(Error::Empty),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every message accepted so far has been written (TCP/TLS: and flushed
+    /// through TLS) or, for UDP, sent or dropped. Fails with [`Error::Unsent`] after `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        let target = self.shared.accepted.load(Ordering::Relaxed);
+        let mut done = self.shared.done.subscribe();
+        let waited = tokio::time::timeout(timeout, done.wait_for(|&n| n >= target))
+            .await
+            .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.closed()),
+            Err(_) => Err(Error::Unsent {
+                destination: self.shared.destination.clone(),
+                unsent: target.saturating_sub(*done.borrow()),
+                timeout,
+            }),
+        }
+    }
+
+    /// Flushes, then closes the connection cleanly (TLS: `close_notify`, RFC 5425 §4.4) and
+    /// stops the writer, all within `timeout`. On timeout the writer is stopped anyway and the
+    /// error says how many messages were not written.
+    pub async fn shutdown(self, timeout: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let flushed = self.flush(timeout).await;
+        let Sink {
+            tx, shared, task, ..
+        } = self;
+        flushed?;
+        // End of input: the writer drains (nothing is left), closes and returns.
+        drop(tx);
+        let mut task = task;
+        match tokio::time::timeout_at(deadline, &mut task.0).await {
+            Ok(_) => Ok(()),
+            // Dropping `task` aborts the writer.
+            Err(_) => Err(Error::CloseTimeout {
+                destination: shared.destination.clone(),
+                timeout,
+            }),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        let accepted = s.accepted.load(Ordering::Relaxed);
+        Stats {
+            accepted,
+            messages_sent: s.messages_sent.load(Ordering::Relaxed),
+            bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+            rejected: s.rejected.load(Ordering::Relaxed),
+            send_errors: s.send_errors.load(Ordering::Relaxed),
+            queued: accepted.saturating_sub(*s.done.borrow()),
+        }
+    }
+
+    /// The connection state; `changed().await` on the receiver to follow transitions.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.shared.status.subscribe()
+    }
+
+    /// The destination as a canonical URL.
+    pub fn destination(&self) -> &str {
+        &self.shared.destination
+    }
+
+    /// The largest message [`Sink::send`] accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    fn closed(&self) -> Error {
+        Error::Closed {
+            destination: self.shared.destination.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        for (failures, base) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (60, 1000),
+        ] {
+            let d = b.delay(failures);
+            let base = Duration::from_millis(base);
+            assert!(d >= base / 2 && d <= base, "{failures}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_transport() {
+        let cfg = |url: &str| SinkConfig::new(url.parse().unwrap());
+        assert_eq!(cfg("tcp://h").effective_framing(), Some(Framing::Lf));
+        assert_eq!(
+            cfg("tls://h").effective_framing(),
+            Some(Framing::OctetCounting)
+        );
+        assert_eq!(cfg("udp://h").effective_framing(), None);
+        assert_eq!(cfg("udp://h").effective_max_message_size(), 2048);
+        assert_eq!(cfg("tls://h").effective_max_message_size(), 8192);
+
+        let mut c = cfg("udp://h");
+        c.framing = Some(Framing::Lf);
+        assert!(c.validate().unwrap_err().to_string().contains("framing"));
+        let mut c = cfg("tcp://h");
+        c.tls.insecure_skip_verify = true;
+        assert!(c.validate().unwrap_err().to_string().contains("tls://"));
+        let mut c = cfg("udp://h");
+        c.max_message_size = Some(70_000);
+        assert!(c.validate().is_err());
+    }
+}

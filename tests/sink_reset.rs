@@ -1,0 +1,280 @@
+//! In-process receivers for what a syslog daemon will not do on demand: close or reset a
+//! connection at a chosen moment, stall, refuse datagrams. Loopback only.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use defender_bridge::sink::{Backoff, Error, Framing, Sink, SinkConfig, Status};
+use support::{mixed_records, WAIT};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+fn config(url: &str) -> SinkConfig {
+    let mut c = SinkConfig::new(url.parse().expect("destination URL"));
+    c.backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(500),
+    };
+    c
+}
+
+async fn send_all(sink: &Sink, records: &[Bytes]) {
+    for r in records {
+        sink.send(r.clone()).await.expect("send");
+    }
+}
+
+fn framed(records: &[Bytes], framing: Framing) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for r in records {
+        framing.encode(r, &mut out);
+    }
+    out.to_vec()
+}
+
+async fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut buf))
+        .await
+        .expect("the sink writes within the wait")
+        .expect("read");
+    buf
+}
+
+async fn read_to_end(mut stream: TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("the sink closes within the wait")
+        .expect("read");
+    buf
+}
+
+/// The receiver reads batch A, then closes (FIN) or resets (RST) the connection, stops
+/// listening for a while (connections refused), then listens again on the same port and
+/// reads batch B. Nothing may be lost or duplicated: the sink notices the dead connection
+/// before it writes B.
+#[tokio::test]
+async fn a_receiver_that_closes_or_resets_loses_nothing() {
+    for reset in [false, true] {
+        for framing in [Framing::Lf, Framing::OctetCounting] {
+            let a = mixed_records(200, 8192, 31);
+            let b = mixed_records(300, 8192, 32);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr: SocketAddr = listener.local_addr().unwrap();
+            let a_len = framed(&a, framing).len();
+
+            let (closed_tx, closed_rx) = oneshot::channel();
+            let (reopen_tx, reopen_rx) = oneshot::channel::<()>();
+            let receiver = tokio::spawn(async move {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let first = read_exactly(&mut conn, a_len).await;
+                if reset {
+                    conn.set_zero_linger().unwrap();
+                }
+                drop(conn);
+                drop(listener);
+                closed_tx.send(()).unwrap();
+                reopen_rx.await.unwrap();
+                let listener = TcpListener::bind(addr).await.unwrap();
+                let (conn, _) = listener.accept().await.unwrap();
+                (first, read_to_end(conn).await)
+            });
+
+            let mut cfg = config(&format!("tcp://{addr}"));
+            cfg.framing = Some(framing);
+            let sink = cfg.build().unwrap();
+            let mut status = sink.status();
+            send_all(&sink, &a).await;
+            sink.flush(WAIT).await.unwrap();
+            closed_rx.await.unwrap();
+
+            let reason =
+                tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s, Status::Down { .. })))
+                    .await
+                    .expect("down is reported while idle")
+                    .unwrap()
+                    .clone();
+            let reason = format!("{reason:?}");
+            if reset {
+                assert!(reason.contains("reset"), "{reason}");
+            } else {
+                assert!(reason.contains("closed the connection"), "{reason}");
+            }
+
+            // B waits while connections are refused, and goes out once the port listens.
+            send_all(&sink, &b).await;
+            tokio::time::timeout(
+                WAIT,
+                status.wait_for(
+                    |s| matches!(s, Status::Down { reason } if reason.contains("refused")),
+                ),
+            )
+            .await
+            .expect("refused while not listening")
+            .unwrap();
+            reopen_tx.send(()).unwrap();
+            sink.shutdown(WAIT).await.unwrap();
+
+            let (first, second) = receiver.await.unwrap();
+            assert!(first == framed(&a, framing), "first connection");
+            assert!(
+                second == framed(&b, framing),
+                "second connection (reset={reset}, {framing})"
+            );
+        }
+    }
+}
+
+/// One stalled destination (accepts, never reads) and one refused destination never hold up
+/// a third: separate writer tasks, separate queues. The stalled one applies backpressure to
+/// its own caller only, and its shutdown reports what it could not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_dead_destination_does_not_hold_up_another() {
+    let stalled = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalled_addr = stalled.local_addr().unwrap();
+    let (hold_tx, hold_rx) = oneshot::channel::<()>();
+    let staller = tokio::spawn(async move {
+        let (conn, _) = stalled.accept().await.unwrap();
+        let _ = hold_rx.await; // keep the connection open, read nothing
+        drop(conn);
+    });
+    let refused_port = support::free_port(support::Proto::Tcp);
+
+    let healthy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let healthy_addr = healthy.local_addr().unwrap();
+    let reader = tokio::spawn(async move {
+        let (conn, _) = healthy.accept().await.unwrap();
+        read_to_end(conn).await
+    });
+
+    let mut slow_cfg = config(&format!("tcp://{stalled_addr}"));
+    slow_cfg.queue_capacity = 16;
+    let slow = Arc::new(slow_cfg.build().unwrap());
+    let dead = config(&format!("tcp://127.0.0.1:{refused_port}"))
+        .build()
+        .unwrap();
+    let good = config(&format!("tcp://{healthy_addr}")).build().unwrap();
+
+    // 40 MB cannot fit in the socket buffers and a 16-message queue: this caller blocks.
+    let big = mixed_records(20_000, 8192, 41);
+    let blocked = {
+        let slow = slow.clone();
+        tokio::spawn(async move { send_all(&slow, &big).await })
+    };
+    let records = mixed_records(2000, 8192, 42);
+    for r in &records[..50] {
+        dead.send(r.clone()).await.unwrap();
+    }
+    send_all(&good, &records).await;
+    good.shutdown(WAIT).await.unwrap();
+    assert!(reader.await.unwrap() == framed(&records, Framing::Lf));
+
+    assert!(
+        !blocked.is_finished(),
+        "the stalled destination applies backpressure"
+    );
+    assert!(slow.stats().queued > 0);
+    let err = dead.shutdown(Duration::from_millis(200)).await.unwrap_err();
+    assert!(matches!(err, Error::Unsent { unsent: 50, .. }), "{err}");
+
+    blocked.abort();
+    let _ = blocked.await;
+    let slow = Arc::into_inner(slow).expect("sender gone");
+    let err = slow.shutdown(Duration::from_millis(200)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unsent { unsent, .. } if unsent > 0),
+        "{err}"
+    );
+    hold_tx.send(()).unwrap();
+    staller.await.unwrap();
+}
+
+/// UDP to a closed port: ICMP refusals are counted and logged, never fatal; once a receiver
+/// binds the port, datagrams arrive again.
+#[tokio::test]
+async fn udp_refusals_are_counted_and_not_fatal() {
+    let port = support::free_port(support::Proto::Udp);
+    let sink = config(&format!("udp://127.0.0.1:{port}")).build().unwrap();
+    let lost = mixed_records(50, 2048, 51);
+    send_all(&sink, &lost).await;
+    sink.flush(WAIT).await.unwrap();
+    let stats = sink.stats();
+    assert!(stats.send_errors > 0, "{stats:?}");
+    assert!(
+        matches!(&*sink.status().borrow(), Status::Down { reason } if reason.contains("refused")),
+        "{:?}",
+        *sink.status().borrow()
+    );
+
+    let receiver = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let records = mixed_records(20, 2048, 52);
+    send_all(&sink, &records).await;
+    sink.flush(WAIT).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    for want in &records {
+        let n = tokio::time::timeout(WAIT, receiver.recv(&mut buf))
+            .await
+            .expect("datagram")
+            .unwrap();
+        assert!(buf[..n] == want[..]);
+    }
+    assert!(matches!(*sink.status().borrow(), Status::Up { .. }));
+    sink.shutdown(WAIT).await.unwrap();
+}
+
+/// `shutdown` ends a TLS session with `close_notify` (RFC 5425 §4.4): the receiver's read
+/// ends cleanly (rustls reports a missing close_notify as an `UnexpectedEof` error).
+#[tokio::test]
+async fn tls_shutdown_sends_close_notify() {
+    use tokio_rustls::rustls::crypto::aws_lc_rs;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::ServerConfig;
+
+    let pki = support::Pki::new("server");
+    let certs = CertificateDer::pem_file_iter(&pki.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pki.key).unwrap();
+    let server = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut buf = Vec::new();
+        let end = tokio::time::timeout(WAIT, tls.read_to_end(&mut buf))
+            .await
+            .expect("the sink closes within the wait");
+        (buf, end.map_err(|e| e.to_string()))
+    });
+
+    let records = mixed_records(1000, 8192, 61);
+    let mut cfg = config(&format!("tls://{addr}"));
+    cfg.tls.ca_file = Some(pki.ca.clone());
+    let sink = cfg.build().unwrap();
+    send_all(&sink, &records).await;
+    sink.shutdown(WAIT).await.unwrap();
+
+    let (got, end) = receiver.await.unwrap();
+    assert!(
+        end.is_ok(),
+        "the session ended without close_notify: {end:?}"
+    );
+    assert!(got == framed(&records, Framing::OctetCounting));
+}
