@@ -37,6 +37,7 @@ fn encode(c: &mut Criterion) {
         };
         let ctx = Context {
             tenant_name: Some("Contoso"),
+            hostname: None,
         };
         let mut out = Vec::with_capacity(8192);
         group.bench_function(*name, |b| {

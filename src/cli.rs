@@ -21,9 +21,102 @@ pub struct Cli {
 pub enum Command {
     /// Convert alerts (JSON files or stdin) to records on stdout, one per line
     Convert(ConvertArgs),
+    /// Send alerts (JSON files or stdin) to syslog destinations; exits 0 only when every
+    /// record was written and flushed
+    Send(SendArgs),
+    /// Send one clearly marked synthetic test alert to a destination
+    SendTest(SendTestArgs),
     /// List or show the built-in formats
     #[command(subcommand)]
     Formats(FormatsCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// Tenant name to put in the records (`tenant.name` in format files)
+    #[arg(long, value_name = "NAME")]
+    pub tenant_name: Option<String>,
+
+    /// Append records too large for the destination here, with the reason (JSON lines)
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter: Option<PathBuf>,
+
+    /// How long to wait for everything to be written before giving up
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+
+    /// Alert files: a single alert, an API page {"value": [...]}, a JSON array or NDJSON.
+    /// Reads stdin when none is given or for `-`.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SendTestArgs {
+    #[command(flatten)]
+    pub destination: DestinationArgs,
+
+    /// How long to wait for the record to be written
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// One syslog destination and how its records are made.
+#[derive(Args, Debug)]
+pub struct DestinationArgs {
+    /// Destination: udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT (IPv6 in brackets).
+    /// May be given more than once: each destination gets its own writer
+    #[arg(long, value_name = "URL", required = true)]
+    pub to: Vec<String>,
+
+    /// Built-in format name (see `formats list`) or the path of a format file
+    #[arg(long, short = 'f', value_name = "NAME|PATH")]
+    pub format: String,
+
+    /// Syslog header in front of each record
+    #[arg(long, value_enum, default_value_t = SyslogArg::Rfc5424)]
+    pub syslog: SyslogArg,
+
+    /// TCP/TLS framing [default: octet-counting for tls://, lf for tcp://]
+    #[arg(long, value_enum)]
+    pub framing: Option<FramingArg>,
+
+    /// Largest message in bytes, syslog header included; longer values are cut to fit
+    /// [default: 8192 for TCP and TLS, 2048 for UDP]
+    #[arg(long, value_name = "BYTES")]
+    pub max_size: Option<usize>,
+
+    #[command(flatten)]
+    pub header: HeaderArgs,
+
+    /// CA certificate(s) (PEM) to verify a TLS destination with, instead of the system roots
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for TLS destinations that require one (mutual TLS)
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the client certificate
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
+    /// Name to verify the TLS destination's certificate against [default: the URL's host]
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+
+    /// Do not verify the TLS destination's certificate (insecure; warned about at every start)
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FramingArg {
+    Lf,
+    OctetCounting,
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,6 +6,8 @@
 
 pub mod alert;
 pub mod convert;
+pub mod dead_letter;
 pub mod format;
 pub mod input;
+pub mod output;
 pub mod sink;

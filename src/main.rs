@@ -9,13 +9,22 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
-use cli::{Cli, Command, ConvertArgs, FormatsCommand, HeaderArgs, SyslogArg};
+use cli::{
+    Cli, Command, ConvertArgs, DestinationArgs, FormatsCommand, FramingArg, HeaderArgs, SendArgs,
+    SendTestArgs, SyslogArg,
+};
+use defender_bridge::alert::Alert;
 use defender_bridge::format::{self, syslog, Context, Formatter, MessageEncoder, SyslogHeader};
+use defender_bridge::input::{self, Decoded, Limits};
+use defender_bridge::output::{self, Output, OutputConfig};
+use defender_bridge::sink::{Framing, SinkConfig};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Convert(args) => convert(args),
+        Command::Send(args) => block_on(send(args)),
+        Command::SendTest(args) => block_on(send_test(args)),
         Command::Formats(cmd) => formats(cmd),
     };
     match result {
@@ -23,6 +32,217 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("defender-bridge: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a command on a tokio runtime. The runtime is not waited for at the end: a blocking
+/// read of stdin interrupted by a signal must not keep the process alive.
+fn block_on(f: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(f);
+    rt.shutdown_background();
+    result
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `--to` and its options → one output config per destination.
+fn output_configs(
+    d: &DestinationArgs,
+    dead_letter: Option<&std::path::Path>,
+) -> Result<Vec<OutputConfig>> {
+    // Load the format once, up front, so a mistake in it is reported before anything connects.
+    Formatter::load(&d.format)?;
+    let header = syslog_header(d.syslog, &d.header)?;
+    d.to.iter()
+        .map(|url| {
+            let mut sink = SinkConfig::new(url.parse()?);
+            sink.framing = d.framing.map(|f| match f {
+                FramingArg::Lf => Framing::Lf,
+                FramingArg::OctetCounting => Framing::OctetCounting,
+            });
+            sink.max_message_size = d.max_size;
+            sink.tls.ca_file = d.ca.clone();
+            sink.tls.client_cert = d.client_cert.clone();
+            sink.tls.client_key = d.client_key.clone();
+            sink.tls.server_name = d.server_name.clone();
+            sink.tls.insecure_skip_verify = d.insecure_skip_verify;
+            Ok(OutputConfig {
+                sink,
+                format: d.format.clone(),
+                header: header.clone(),
+                dead_letter: dead_letter.map(|p| p.to_path_buf()),
+            })
+        })
+        .collect()
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn send(args: SendArgs) -> Result<ExitCode> {
+    init_logging();
+    let configs = output_configs(&args.destination, args.dead_letter.as_deref())?;
+    let outputs = configs
+        .iter()
+        .map(Output::build)
+        .collect::<Result<Vec<_>, _>>()?;
+    let ctx = Context {
+        tenant_name: args.tenant_name.as_deref(),
+        hostname: None,
+    };
+    let mut rejected = 0usize;
+    let mut alerts = 0usize;
+    let work = async {
+        for name in input_names(&args.files) {
+            // Read off the async threads: a signal must still be noticed while stdin blocks.
+            let (read, unreadable) = tokio::task::spawn_blocking(move || {
+                let mut unreadable = 0;
+                read_input(&name, &mut unreadable).map(|r| (r, unreadable))
+            })
+            .await
+            .context("reading input")??;
+            rejected += unreadable;
+            let Some((origin, bytes)) = read else {
+                continue;
+            };
+            let mut decoded: Vec<Box<Alert>> = Vec::new();
+            input::decode(&bytes, Limits::default(), |d| match d {
+                Decoded::Alert(_, a) => decoded.push(a),
+                Decoded::Problem(p) => {
+                    if p.rejected {
+                        rejected += 1;
+                    }
+                    let kind = if p.rejected { "" } else { "warning: " };
+                    eprintln!("{origin}:{}: {kind}{}", p.line, p.message);
+                }
+            });
+            for alert in decoded {
+                for o in &outputs {
+                    o.send(&alert, &ctx).await?;
+                }
+                alerts += 1;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let interrupted = tokio::select! {
+        r = work => { r?; false }
+        _ = shutdown_signal() => true,
+    };
+    if interrupted {
+        eprintln!("defender-bridge: interrupted; flushing what was accepted");
+    }
+    let mut failed = interrupted || rejected > 0;
+    for o in outputs {
+        let destination = o.destination().to_string();
+        match o.shutdown(args.timeout).await {
+            Ok(stats) => {
+                eprintln!(
+                    "{destination}: {} record(s) written, {} value(s) truncated, {} dead-lettered",
+                    stats.sink.accepted, stats.truncated, stats.dead_lettered
+                );
+                // A dead-lettered record was not written: not a success.
+                failed |= stats.dead_lettered > 0;
+            }
+            Err(e) => {
+                eprintln!("defender-bridge: {e}");
+                failed = true;
+            }
+        }
+    }
+    eprintln!("{alerts} alert(s) read, {rejected} input(s) rejected");
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn send_test(args: SendTestArgs) -> Result<ExitCode> {
+    init_logging();
+    let configs = output_configs(&args.destination, None)?;
+    let alert = output::test_alert();
+    let mut failed = false;
+    for cfg in &configs {
+        let url = cfg.sink.destination.to_string();
+        // Connect first, so that a wrong address, CA or certificate is said plainly.
+        if let Err(e) = cfg.sink.probe().await {
+            eprintln!("{url}: FAILED: {e}");
+            failed = true;
+            continue;
+        }
+        let result = async {
+            let o = Output::build(cfg)?;
+            o.send(&alert, &Context::default()).await?;
+            o.shutdown(args.timeout).await
+        }
+        .await;
+        match result {
+            Ok(_) => println!("{url}: OK: sent test alert {}", alert.id),
+            Err(e) => {
+                eprintln!("{url}: FAILED: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn input_names(files: &[std::path::PathBuf]) -> Vec<String> {
+    if files.is_empty() {
+        vec!["-".to_string()]
+    } else {
+        files
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+/// Reads one input; a file that cannot be read is reported and counted, not fatal.
+fn read_input(name: &str, rejected: &mut usize) -> Result<Option<(String, Vec<u8>)>> {
+    if name == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read stdin")?;
+        return Ok(Some(("<stdin>".to_string(), buf)));
+    }
+    match std::fs::read(name) {
+        Ok(b) => Ok(Some((name.to_string(), b))),
+        Err(e) => {
+            eprintln!("{name}: cannot read: {e}");
+            *rejected += 1;
+            Ok(None)
         }
     }
 }
@@ -58,35 +278,15 @@ fn convert(args: ConvertArgs) -> Result<ExitCode> {
     };
     let ctx = Context {
         tenant_name: args.tenant_name.as_deref(),
+        hostname: None,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let mut err = std::io::stderr();
     let mut rejected = 0;
-    let inputs: Vec<String> = if args.files.is_empty() {
-        vec!["-".to_string()]
-    } else {
-        args.files
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect()
-    };
-    for name in &inputs {
-        let (origin, bytes) = if name == "-" {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("cannot read stdin")?;
-            ("<stdin>".to_string(), buf)
-        } else {
-            match std::fs::read(name) {
-                Ok(b) => (name.clone(), b),
-                Err(e) => {
-                    writeln!(err, "{name}: cannot read: {e}")?;
-                    rejected += 1;
-                    continue;
-                }
-            }
+    for name in input_names(&args.files) {
+        let Some((origin, bytes)) = read_input(&name, &mut rejected)? else {
+            continue;
         };
         let summary =
             defender_bridge::convert::convert(&origin, &bytes, &encoder, &ctx, &mut out, &mut err)

@@ -34,6 +34,7 @@ fn render(sample: &str, encoder: &MessageEncoder) -> String {
     let mut err = Vec::new();
     let ctx = Context {
         tenant_name: Some("Contoso (EMEA)"),
+        hostname: None,
     };
     convert(sample, &input, encoder, &ctx, &mut out, &mut err).unwrap();
     let out = String::from_utf8(out).expect("records are UTF-8");

@@ -44,6 +44,7 @@ fn messages(kind: HeaderKind, max: usize, count: usize) -> (Vec<Bytes>, u64) {
     let alerts = alerts();
     let ctx = Context {
         tenant_name: Some("Contoso Ltd"),
+        hostname: None,
     };
     let mut once = Vec::new();
     let mut truncated = 0;

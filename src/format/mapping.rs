@@ -269,6 +269,9 @@ pub struct Plan {
 pub struct Context<'a> {
     /// The tenant's configured name (`tenant.name`).
     pub tenant_name: Option<&'a str>,
+    /// The syslog HOSTNAME to use instead of the destination's (a per-tenant hostname lets
+    /// QRadar file each customer under its own log source).
+    pub hostname: Option<&'a str>,
 }
 
 // ---- compiling ----------------------------------------------------------------------------

@@ -370,8 +370,9 @@ impl MessageEncoder {
             .or(alert.created_date_time.as_ref())
             .and_then(|t| t.valid().copied())
             .unwrap_or_else(Utc::now);
-        self.header.write(
+        self.header.write_as(
             out,
+            ctx.hostname,
             syslog::syslog_severity(&alert.severity),
             time,
             self.formatter.syslog_tag(),
@@ -431,6 +432,7 @@ mod tests {
             alert,
             &Context {
                 tenant_name: Some("acme"),
+                hostname: None,
             },
             0,
             limit,

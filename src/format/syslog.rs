@@ -110,8 +110,28 @@ impl SyslogHeader {
     /// Writes the header for a record stamped `time`. `tag` goes between HOSTNAME and the message
     /// in RFC 3164 (JSON records only: CEF and LEEF take no TAG, rule 11).
     pub fn write(&self, out: &mut Vec<u8>, severity: u8, time: DateTime<Utc>, tag: Option<&str>) {
+        self.write_as(out, None, severity, time, tag)
+    }
+
+    /// [`write`](Self::write) with another HOSTNAME (reduced to what the RFC allows).
+    pub fn write_as(
+        &self,
+        out: &mut Vec<u8>,
+        hostname: Option<&str>,
+        severity: u8,
+        time: DateTime<Utc>,
+        tag: Option<&str>,
+    ) {
         use std::io::Write;
         let pri = u16::from(self.facility) * 8 + u16::from(severity.min(7));
+        let own;
+        let hostname = match hostname {
+            Some(h) => {
+                own = printable(h, 255);
+                own.as_str()
+            }
+            None => self.hostname.as_str(),
+        };
         match self.kind {
             HeaderKind::None => {}
             HeaderKind::Rfc5424 => {
@@ -120,7 +140,7 @@ impl SyslogHeader {
                     out,
                     "<{pri}>1 {} {} {} - - - ",
                     time.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
-                    self.hostname,
+                    hostname,
                     self.app_name
                 );
             }
@@ -133,7 +153,7 @@ impl SyslogHeader {
                         .format("%b %e %H:%M:%S")
                         .to_string(),
                 };
-                let _ = write!(out, "<{pri}>{stamp} {} ", self.hostname);
+                let _ = write!(out, "<{pri}>{stamp} {hostname} ");
                 if let Some(tag) = tag {
                     let _ = write!(out, "{}: ", printable(tag, 32));
                 }

@@ -1,0 +1,212 @@
+//! An output: one configured destination with the format, syslog header and size limit its
+//! messages are made with, its writer ([`sink::Sink`]) and its dead-letter file.
+//!
+//! Each output has its own writer task and queue, so a slow or dead SIEM holds up no other
+//! output until its own queue is full. (While the queue is in memory, a full queue pushes back
+//! on the caller; the durable queue of a later issue gives each destination its own cursor.)
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::alert::Alert;
+use crate::dead_letter::{DeadLetterFile, Letter};
+use crate::format::{Context, EncodeError, FormatError, Formatter, MessageEncoder, SyslogHeader};
+use crate::sink::{self, Sink, SinkConfig};
+
+/// Everything one output is built from.
+#[derive(Debug, Clone)]
+pub struct OutputConfig {
+    pub sink: SinkConfig,
+    /// A built-in format name or a format file path.
+    pub format: String,
+    pub header: SyslogHeader,
+    /// Where records that cannot fit go; without one they are logged and counted.
+    pub dead_letter: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Sink(#[from] sink::Error),
+    #[error("dead-letter file {path}: {source}")]
+    DeadLetter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Counters of one output: the writer's, plus what encoding did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputStats {
+    pub sink: sink::Stats,
+    /// Values cut short to their key's length or to fit the message size.
+    pub truncated: u64,
+    /// Records that could not fit and went to the dead-letter file (or, without one, the log).
+    pub dead_lettered: u64,
+}
+
+/// A running output.
+pub struct Output {
+    encoder: MessageEncoder,
+    sink: Sink,
+    dead_letter: Option<Arc<DeadLetterFile>>,
+    truncated: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl Output {
+    /// Loads the format, opens the dead-letter file and starts the writer (inside a tokio
+    /// runtime). `dead_letters` lets outputs that name the same file share it.
+    pub fn build(cfg: &OutputConfig) -> Result<Output, Error> {
+        let formatter = Formatter::load(&cfg.format)?;
+        let dead_letter = match &cfg.dead_letter {
+            None => None,
+            Some(path) => Some(Arc::new(DeadLetterFile::open(path).map_err(|source| {
+                Error::DeadLetter {
+                    path: path.clone(),
+                    source,
+                }
+            })?)),
+        };
+        let sink = cfg.sink.build()?;
+        Ok(Output {
+            encoder: MessageEncoder {
+                formatter: Arc::new(formatter),
+                header: cfg.header.clone(),
+                max_message: Some(sink.max_message_size()),
+            },
+            sink,
+            dead_letter,
+            truncated: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        })
+    }
+
+    /// The destination URL.
+    pub fn destination(&self) -> &str {
+        self.sink.destination()
+    }
+
+    pub fn formatter(&self) -> &Formatter {
+        &self.encoder.formatter
+    }
+
+    /// Makes the alert's messages and queues them, in order. A record that cannot fit the
+    /// destination's size goes to the dead-letter file with the reason. Waits while the
+    /// writer's queue is full. Returns how many messages were queued.
+    pub async fn send(&self, alert: &Alert, ctx: &Context<'_>) -> Result<usize, Error> {
+        let mut queued = 0;
+        for index in 0..self.encoder.formatter.record_count(alert) {
+            let mut buf = Vec::with_capacity(2048);
+            match self.encoder.encode(alert, ctx, index, &mut buf) {
+                Ok(e) => {
+                    self.truncated
+                        .fetch_add(u64::from(e.truncated), Ordering::Relaxed);
+                    self.sink.send(Bytes::from(buf)).await?;
+                    queued += 1;
+                }
+                Err(e @ EncodeError::TooLarge { .. }) => self.dead_letter(alert, ctx, index, &e)?,
+            }
+        }
+        Ok(queued)
+    }
+
+    fn dead_letter(
+        &self,
+        alert: &Alert,
+        ctx: &Context<'_>,
+        index: usize,
+        e: &EncodeError,
+    ) -> Result<(), Error> {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let mut whole = Vec::new();
+        let unlimited = MessageEncoder {
+            max_message: None,
+            ..self.encoder.clone()
+        };
+        // Without a limit encoding cannot fail.
+        let _ = unlimited.encode(alert, ctx, index, &mut whole);
+        let record = String::from_utf8_lossy(&whole);
+        let reason = e.to_string();
+        tracing::warn!(
+            destination = self.destination(),
+            alert = %alert.id,
+            %reason,
+            dead_letter = ?self.dead_letter.as_ref().map(|d| d.path().to_path_buf()),
+            "record does not fit the destination"
+        );
+        let Some(file) = &self.dead_letter else {
+            return Ok(());
+        };
+        file.write(&Letter {
+            destination: self.destination(),
+            alert_id: &alert.id,
+            last_update_date_time: alert.last_update().map(|t| t.to_rfc3339()),
+            tenant_name: ctx.tenant_name,
+            reason,
+            record: &record,
+        })
+        .map_err(|source| Error::DeadLetter {
+            path: file.path().to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn stats(&self) -> OutputStats {
+        OutputStats {
+            sink: self.sink.stats(),
+            truncated: self.truncated.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn status(&self) -> tokio::sync::watch::Receiver<sink::Status> {
+        self.sink.status()
+    }
+
+    /// Waits until everything queued has been written.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        Ok(self.sink.flush(timeout).await?)
+    }
+
+    /// Flushes and closes within `timeout`.
+    pub async fn shutdown(self, timeout: Duration) -> Result<OutputStats, Error> {
+        let stats = self.stats();
+        self.sink.shutdown(timeout).await?;
+        Ok(stats)
+    }
+}
+
+/// The synthetic alert of `send-test`: clearly marked, informational, never mistaken for a
+/// detection.
+pub fn test_alert() -> Alert {
+    let now = chrono::Utc::now();
+    let id = format!("defender-bridge-test-{}", uuid::Uuid::new_v4());
+    let json = serde_json::json!({
+        "id": id,
+        "title": "defender-bridge test alert (not a real detection)",
+        "description": "A synthetic alert sent by `defender-bridge send-test` to check that this destination receives and parses defender-bridge records. No action is needed.",
+        "severity": "informational",
+        "status": "resolved",
+        "classification": "informationalExpectedActivity",
+        "determination": "securityTesting",
+        "category": "Test",
+        "serviceSource": "unknown",
+        "detectionSource": "manual",
+        "productName": "defender-bridge",
+        "detectorId": "defender-bridge-test",
+        "createdDateTime": now.to_rfc3339(),
+        "lastUpdateDateTime": now.to_rfc3339(),
+        "firstActivityDateTime": now.to_rfc3339(),
+        "lastActivityDateTime": now.to_rfc3339(),
+        "evidence": [],
+    });
+    // The literal above is a valid alert.
+    Alert::from_json(&json.to_string()).expect("the test alert decodes")
+}

@@ -1,0 +1,297 @@
+//! `defender-bridge send` and `send-test`, the real binary, to real rsyslog and syslog-ng
+//! receivers on 127.0.0.1.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::{rsyslog, split_lines, syslog_ng, Pki, Proto, RsyslogInput};
+
+const SAMPLES: &[&str] = &[
+    "tests/data/graph-alerts-v2-list-docs.json",
+    "tests/data/realistic-graph-alert.json",
+    "tests/data/hostile-graph-alert.json",
+    "tests/data/mde-alerts-list-docs-expand-evidence.json",
+    "tests/data/graph-alerts-v2-demisto-linux-and-air.json",
+];
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_defender-bridge"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// What `convert` makes of the samples with the same options: the oracle for what the
+/// receiver must have written.
+fn converted(format: &str, extra: &[&str]) -> Vec<Vec<u8>> {
+    let out = bin()
+        .args([
+            "convert",
+            "-f",
+            format,
+            "--syslog",
+            "rfc5424",
+            "--hostname",
+            "bridge-test",
+        ])
+        .args(extra)
+        .args(SAMPLES)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    split_lines(&out.stdout)
+}
+
+async fn run(cmd: &mut Command) -> Output {
+    let cmd = std::mem::replace(cmd, Command::new("true"));
+    let mut cmd = tokio::process::Command::from(cmd);
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the command finishes")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_writes_exactly_what_convert_makes() {
+    let tcp = rsyslog(RsyslogInput::Tcp).await;
+    let udp = rsyslog(RsyslogInput::Udp).await;
+    let out = run(bin()
+        .args([
+            "send",
+            "-f",
+            "sentinel",
+            "--hostname",
+            "bridge-test",
+            "--tenant-name",
+            "Contoso",
+        ])
+        .args(["--to", &format!("tcp://127.0.0.1:{}", tcp.port)])
+        .args([
+            "--to",
+            &format!("udp://127.0.0.1:{}", udp.port),
+            "--max-size",
+            "8192",
+        ])
+        .args(SAMPLES))
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = converted("sentinel", &["--tenant-name", "Contoso"]);
+    assert_eq!(want.len(), 6);
+    assert_eq!(tcp.wait_for_lines(want.len()).await, want);
+    assert_eq!(udp.wait_for_lines(want.len()).await, want);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} record(s) written", want.len())),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_destination_holds_up_no_other_and_fails_the_run() {
+    let live = syslog_ng(
+        Proto::Tcp,
+        r#"source s { syslog(ip(127.0.0.1) port(PORT) transport(tcp) flags(no-parse)); };
+destination d { file("OUT" template("${MSG}\n")); };
+log { source(s); destination(d); };"#,
+    )
+    .await;
+    let dead = support::free_port(Proto::Tcp);
+    let out = run(bin()
+        .args([
+            "send",
+            "-f",
+            "qradar",
+            "--hostname",
+            "bridge-test",
+            "--framing",
+            "octet-counting",
+        ])
+        .args(["--to", &format!("tcp://127.0.0.1:{dead}")])
+        .args(["--to", &format!("tcp://127.0.0.1:{}", live.port)])
+        .args(["--timeout", "2s"])
+        .args(SAMPLES))
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let want = converted("qradar", &[]);
+    assert_eq!(live.wait_for_lines(want.len()).await, want);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "tcp://127.0.0.1:{dead}: {} message(s) not written within 2s",
+            want.len()
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_size_records_are_cut_or_dead_lettered() {
+    let udp = rsyslog(RsyslogInput::Udp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dead_letter = dir.path().join("dead.jsonl");
+    // 1500 bytes: the hostile alert's record is cut to fit; at 400 bytes its header and
+    // must-keep keys alone are too long, so it goes to the dead-letter file.
+    for (max, expect_dead) in [("1500", false), ("400", true)] {
+        let out = run(bin()
+            .args(["send", "-f", "arcsight", "--hostname", "bridge-test"])
+            .args([
+                "--to",
+                &format!("udp://127.0.0.1:{}", udp.port),
+                "--max-size",
+                max,
+            ])
+            .args(["--dead-letter", dead_letter.to_str().unwrap()])
+            .arg("tests/data/hostile-graph-alert.json"))
+        .await;
+        let stderr = text(&out.stderr);
+        if expect_dead {
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.contains("0 record(s) written, 0 value(s) truncated, 1 dead-lettered"),
+                "{stderr}"
+            );
+        } else {
+            assert!(out.status.success(), "{stderr}");
+            assert!(stderr.contains("1 record(s) written"), "{stderr}");
+            assert!(!stderr.contains(" 0 value(s) truncated"), "{stderr}");
+        }
+    }
+    let got = udp.wait_for_lines(1).await;
+    assert!(
+        got[0].len() <= 1500 && got[0].len() > 1400,
+        "{}",
+        got[0].len()
+    );
+    assert!(text(&got[0]).contains("externalId=da0000hostile-0001_1"));
+    assert!(text(&got[0]).contains('…'));
+
+    let letters = std::fs::read_to_string(&dead_letter).unwrap();
+    let lines: Vec<&str> = letters.lines().collect();
+    assert_eq!(lines.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["alertId"], "da0000hostile-0001_1");
+    assert_eq!(v["destination"], format!("udp://127.0.0.1:{}", udp.port));
+    assert!(v["reason"]
+        .as_str()
+        .unwrap()
+        .contains("the limit is 400 bytes"));
+    let whole = converted_one("arcsight", "tests/data/hostile-graph-alert.json");
+    assert_eq!(v["record"].as_str().unwrap().as_bytes(), whole.as_slice());
+}
+
+fn converted_one(format: &str, file: &str) -> Vec<u8> {
+    let out = bin()
+        .args([
+            "convert",
+            "-f",
+            format,
+            "--syslog",
+            "rfc5424",
+            "--hostname",
+            "bridge-test",
+            file,
+        ])
+        .output()
+        .unwrap();
+    split_lines(&out.stdout).remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_reaches_a_tls_receiver_and_names_a_wrong_ca() {
+    let pki = Pki::new("receiver");
+    let other = Pki::new("someone else");
+    let tls = rsyslog(RsyslogInput::Tls {
+        ca: pki.ca.clone(),
+        cert: pki.cert.clone(),
+        key: pki.key.clone(),
+    })
+    .await;
+    let to = format!("tls://localhost:{}", tls.port);
+    let out = run(bin().args([
+        "send-test",
+        "-f",
+        "splunk",
+        "--to",
+        &to,
+        "--ca",
+        pki.ca.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(&format!("{to}: OK: sent test alert defender-bridge-test-"))
+    );
+    let got = tls.wait_for_lines(1).await;
+    let record = text(&got[0]);
+    assert!(record.contains("CEF:0|Microsoft|Defender for Endpoint|1.0|defender-bridge-test|defender-bridge test alert (not a real detection)|1|"), "{record}");
+
+    let out = run(bin().args([
+        "send-test",
+        "-f",
+        "splunk",
+        "--to",
+        &to,
+        "--ca",
+        other.ca.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("{to}: FAILED: TLS handshake with 127.0.0.1:{} failed: invalid peer certificate: UnknownIssuer", tls.port)), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_within_the_timeout_and_says_what_was_lost() {
+    let dead = support::free_port(Proto::Tcp);
+    let mut child = tokio::process::Command::from({
+        let mut c = bin();
+        c.args([
+            "send",
+            "-f",
+            "json",
+            "--to",
+            &format!("tcp://127.0.0.1:{dead}"),
+            "--timeout",
+            "1s",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        c
+    })
+    .spawn()
+    .unwrap();
+    // Keep stdin open so the run is waiting for input, as a pipe from a slow producer would.
+    let stdin = child.stdin.take();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap() as i32;
+    assert_eq!(unsafe_kill(pid), 0);
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("exits soon after SIGTERM")
+        .unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("interrupted; flushing what was accepted"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// SIGTERM through the `kill` command (no libc dependency for one call).
+fn unsafe_kill(pid: i32) -> i32 {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .map(|s| s.code().unwrap_or(-1))
+        .unwrap_or(-1)
+}
