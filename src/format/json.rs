@@ -66,7 +66,7 @@ pub fn cuttable_texts(alert: &mut Alert) -> Vec<&mut String> {
             out.extend(p.process_command_line.as_mut());
         }
     }
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.sort_by_cached_key(|s| std::cmp::Reverse(s.chars().map(escaped_len).sum::<usize>()));
     out
 }
 

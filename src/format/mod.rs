@@ -311,30 +311,36 @@ fn encode_whole_alert(
     let mut copy = alert.clone();
     let mut stats = Encoded::default();
     let mut size = size;
+    let escaped = |s: &str| s.chars().map(json::escaped_len).sum::<usize>();
     loop {
         let excess = size - limit;
-        let mut texts = json::cuttable_texts(&mut copy);
-        let Some(longest) = texts
-            .first_mut()
-            .filter(|s| s.chars().nth(MIN_KEEP_CHARS).is_some())
-        else {
-            return Err(EncodeError::TooLarge { size, limit });
-        };
-        let len: usize = longest.chars().map(json::escaped_len).sum();
-        let mut value = Cow::Borrowed(longest.as_str());
-        let floor = MIN_KEEP_CHARS * 6 + 3;
-        if !text::truncate_to_escaped_bytes(
-            &mut value,
-            len.saturating_sub(excess).max(floor),
-            json::escaped_len,
-        ) {
+        let mut cut_one = false;
+        for text in json::cuttable_texts(&mut copy) {
+            if text.chars().nth(MIN_KEEP_CHARS).is_none() {
+                continue;
+            }
+            let len = escaped(text);
+            let floor = text
+                .chars()
+                .take(MIN_KEEP_CHARS)
+                .map(json::escaped_len)
+                .sum::<usize>()
+                + json::escaped_len(text::TRUNCATION_MARK);
+            let mut value = Cow::Borrowed(text.as_str());
+            if text::truncate_to_escaped_bytes(
+                &mut value,
+                len.saturating_sub(excess).max(floor),
+                json::escaped_len,
+            ) && escaped(&value) < len
+            {
+                *text = value.into_owned();
+                cut_one = true;
+                break;
+            }
+        }
+        if !cut_one {
             return Err(EncodeError::TooLarge { size, limit });
         }
-        let cut = value.into_owned();
-        if cut.len() >= longest.len() {
-            return Err(EncodeError::TooLarge { size, limit });
-        }
-        **longest = cut;
         stats.truncated += 1;
         json::write_alert(out, &copy, ctx.tenant_name);
         size = out.len() - start;
