@@ -341,8 +341,11 @@ impl Poller {
         let (mut lo, end) = self.window();
         let top = self.settings.page_size.max(1) as usize;
         let tick = chrono::Duration::nanoseconds(100);
+        // Window length: halved after a full page, doubled after one that fit, so a burst
+        // costs a few extra requests instead of a halving series for every window after it.
+        let mut span = end - lo;
         while lo < end {
-            let mut hi = end;
+            let mut hi = if end - lo > span { floor_tick(lo + span).max(lo + tick) } else { end };
             let mut skip = 0usize;
             loop {
                 let page = self.get_page(&self.mde_url(lo, hi, skip)).await?;
@@ -352,6 +355,7 @@ impl Poller {
                     // Too many alerts for one page: halve the window and ask again.
                     let half = floor_tick(lo + (hi - lo) / 2);
                     hi = if half > lo { half } else { lo + tick };
+                    span = hi - lo;
                     continue;
                 }
                 stats.received += page.value.len();
@@ -369,6 +373,7 @@ impl Poller {
                 break;
             }
             lo = hi;
+            span = span.checked_mul(2).unwrap_or(span).min(end - lo);
         }
         Ok(())
     }

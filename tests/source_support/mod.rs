@@ -63,6 +63,9 @@ impl Harness {
         s.page_size = 10;
         s.backoff_base = Duration::from_millis(20);
         s.backoff_max = Duration::from_millis(200);
+        // The documented limits (100/min for MDE) would make these tests slow; the rate
+        // limiter has its own test (source_faults.rs).
+        s.rate_limits = Some(vec![(100_000, Duration::from_secs(60))]);
         s
     }
 
