@@ -1,6 +1,7 @@
 //! Fake Entra ID v2 token endpoint: `POST /{tenant}/oauth2/v2.0/token`, client credentials
 //! with a secret or a certificate assertion. Error bodies follow Entra's shape
-//! (`error`, `error_description` starting with the AADSTS code, `error_codes`).
+//! (`error`, `error_description` starting with the AADSTS code and ending in
+//! `\r\nTrace ID: … \r\nCorrelation ID: … \r\nTimestamp: …`, `error_codes`).
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ fn entra_error(status: u16, error: &str, code: u32, description: &str) -> Respon
         json!({
             "error": error,
             "error_description": format!(
-                "AADSTS{code}: {description} Trace ID: {trace} Correlation ID: {corr} Timestamp: {now}"
+                "AADSTS{code}: {description}\r\nTrace ID: {trace}\r\nCorrelation ID: {corr}\r\nTimestamp: {now}"
             ),
             "error_codes": [code],
             "timestamp": now.to_string(),
@@ -129,7 +130,7 @@ fn answer<'a>(shared: &Shared, tenant_id: &str, field: impl Fn(&str) -> Option<&
                     401,
                     "invalid_client",
                     700027,
-                    &format!("Client assertion failed signature validation. ({why})"),
+                    &format!("Client assertion failed signature validation. ({})", why.replace('"', "'")),
                 );
             }
         }

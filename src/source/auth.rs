@@ -60,9 +60,10 @@ pub enum AuthError {
     UnknownTenant { tenant_id: String },
     #[error("proxy authentication required (HTTP 407): check the user and password in the proxy setting")]
     ProxyAuthRequired,
-    #[error("Entra ID refused the sign-in (HTTP {status}, {code}): {description}")]
+    #[error("Entra ID refused the sign-in ({code}): {description}")]
     Refused {
-        status: u16,
+        /// The HTTP status when the SDK kept it.
+        status: Option<u16>,
         code: String,
         description: String,
     },
@@ -77,7 +78,10 @@ pub enum AuthError {
 impl AuthError {
     /// Errors that will not go away by retrying soon; the poller backs off to its maximum.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, AuthError::Transport(_) | AuthError::Refused { status: 500.., .. })
+        !matches!(
+            self,
+            AuthError::Transport(_) | AuthError::Refused { status: Some(500..), .. }
+        )
     }
 }
 
@@ -224,7 +228,10 @@ impl TokenProvider for EntraTokenProvider {
 
 /// Maps an azure_identity error to its meaning. The SDK wraps the token endpoint's answer as
 /// `ErrorKind::HttpResponse { status, error_code: "7000215,…" }` inside a `Credential` error
-/// (azure_identity 1.0 `handle_entra_response`, rust-stack.md §1.2).
+/// (azure_identity 1.0 `handle_entra_response`, rust-stack.md §1.2). But azure_identity 1.0
+/// reads `error_description` as a borrowed `&str`, which fails for any description holding a
+/// JSON escape (Entra writes `\r\n` before "Trace ID"); the answer then only survives as text
+/// in a deserialisation error, so the AADSTS codes are also looked for in the text.
 fn classify(err: &azure_core::Error, client_id: &str, tenant_id: &str) -> AuthError {
     use azure_core::error::ErrorKind;
     let mut current = err;
@@ -233,43 +240,18 @@ fn classify(err: &azure_core::Error, client_id: &str, tenant_id: &str) -> AuthEr
             status, error_code, ..
         } = current.kind()
         {
-            let code = error_code.clone().unwrap_or_default();
-            let codes: Vec<&str> = code.split(',').map(str::trim).collect();
-            let has = |c: &str| codes.contains(&c);
+            let codes: Vec<String> = error_code
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect();
             let status = u16::from(*status);
-            if has("7000222") {
-                return AuthError::SecretExpired {
-                    client_id: client_id.to_string(),
-                };
-            }
-            if has("7000215") {
-                return AuthError::WrongSecret {
-                    client_id: client_id.to_string(),
-                };
-            }
-            if has("700016") {
-                return AuthError::AppNotConsented {
-                    client_id: client_id.to_string(),
-                    tenant_id: tenant_id.to_string(),
-                };
-            }
-            if has("90002") {
-                return AuthError::UnknownTenant {
-                    tenant_id: tenant_id.to_string(),
-                };
-            }
-            if status == 407 {
+            if codes.is_empty() && status == 407 {
                 return AuthError::ProxyAuthRequired;
             }
-            return AuthError::Refused {
-                status,
-                code: if code.is_empty() {
-                    "no error code".into()
-                } else {
-                    format!("AADSTS{}", code.replace(',', ",AADSTS"))
-                },
-                description: first_sentence(&current.to_string()),
-            };
+            return by_code(&codes, Some(status), &current.to_string(), client_id, tenant_id);
         }
         match current
             .get_ref()
@@ -279,8 +261,6 @@ fn classify(err: &azure_core::Error, client_id: &str, tenant_id: &str) -> AuthEr
             None => break,
         }
     }
-    // Not an HTTP answer: transport trouble. Look through the whole chain for the proxy's 407
-    // (hyper-util's tunnel says "proxy authorization required").
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -288,22 +268,120 @@ fn classify(err: &azure_core::Error, client_id: &str, tenant_id: &str) -> AuthEr
         text.push_str(&s.to_string());
         source = s.source();
     }
+    let codes = aadsts_codes(&text);
+    if !codes.is_empty() {
+        let from = text.find("AADSTS").unwrap_or(0);
+        return by_code(&codes, None, &text[from..], client_id, tenant_id);
+    }
+    // Transport trouble. A proxy's 407 on CONNECT: hyper-util's tunnel says "proxy
+    // authorization required".
     if text.contains("proxy authorization required") || text.contains(" 407") {
         return AuthError::ProxyAuthRequired;
     }
-    AuthError::Transport(first_sentence(&text.replace('\n', " ")))
+    AuthError::Transport(first_sentence(&text))
+}
+
+/// The meaning of Entra's error codes (issue 4 §2; peers.md §6).
+fn by_code(
+    codes: &[String],
+    status: Option<u16>,
+    description: &str,
+    client_id: &str,
+    tenant_id: &str,
+) -> AuthError {
+    let has = |c: &str| codes.iter().any(|x| x == c);
+    if has("7000222") {
+        AuthError::SecretExpired {
+            client_id: client_id.to_string(),
+        }
+    } else if has("7000215") {
+        AuthError::WrongSecret {
+            client_id: client_id.to_string(),
+        }
+    } else if has("700016") {
+        AuthError::AppNotConsented {
+            client_id: client_id.to_string(),
+            tenant_id: tenant_id.to_string(),
+        }
+    } else if has("90002") {
+        AuthError::UnknownTenant {
+            tenant_id: tenant_id.to_string(),
+        }
+    } else {
+        AuthError::Refused {
+            status,
+            code: if codes.is_empty() {
+                "no error code".into()
+            } else {
+                codes
+                    .iter()
+                    .map(|c| format!("AADSTS{c}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            description: first_sentence(description),
+        }
+    }
+}
+
+/// Every `AADSTS<digits>` in `text`, digits only, without repeats.
+fn aadsts_codes(text: &str) -> Vec<String> {
+    let mut codes: Vec<String> = Vec::new();
+    for (i, _) in text.match_indices("AADSTS") {
+        let digits: String = text[i + 6..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if !digits.is_empty() && !codes.contains(&digits) {
+            codes.push(digits);
+        }
+    }
+    codes
 }
 
 /// Entra descriptions end with "Trace ID: … Correlation ID: … Timestamp: …"; keep the meaning.
 fn first_sentence(s: &str) -> String {
-    let s = s.split(" Trace ID:").next().unwrap_or(s);
-    let s = s
-        .split("\nTo troubleshoot")
-        .next()
-        .unwrap_or(s)
-        .trim()
-        .replace('\n', " ");
+    let s = s.replace("\\r\\n", " ").replace(['\r', '\n'], " ");
+    let s = s.split("Trace ID:").next().unwrap_or(&s);
+    let s = s.split("To troubleshoot").next().unwrap_or(s).trim();
     s.chars().take(400).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azure_core::error::ErrorKind;
+
+    fn http_error(status: u16, code: &str) -> azure_core::Error {
+        let inner = azure_core::Error::new(
+            ErrorKind::HttpResponse {
+                status: azure_core::http::StatusCode::from(status),
+                error_code: Some(code.to_string()),
+                raw_response: None,
+            },
+            "AADSTS7000222: The provided client secret keys for app 'x' are expired. Trace ID: 1",
+        );
+        azure_core::Error::with_error(ErrorKind::Credential, inner, "ClientSecretCredential authentication failed.")
+    }
+
+    #[test]
+    fn typed_sdk_errors_map_by_code() {
+        let e = classify(&http_error(401, "7000222"), "app", "t");
+        assert!(matches!(e, AuthError::SecretExpired { .. }), "{e:?}");
+        let e = classify(&http_error(400, "700016"), "app", "t");
+        assert!(matches!(e, AuthError::AppNotConsented { .. }), "{e:?}");
+        let e = classify(&http_error(400, "50126,12345"), "app", "t");
+        assert!(e.to_string().contains("AADSTS50126,AADSTS12345"), "{e}");
+    }
+
+    #[test]
+    fn codes_found_in_text() {
+        assert_eq!(aadsts_codes("x AADSTS7000215: y AADSTS7000215 AADSTS9"), ["7000215", "9"]);
+        assert_eq!(
+            first_sentence("AADSTS1: bad thing.\\r\\nTrace ID: 5"),
+            "AADSTS1: bad thing."
+        );
+    }
 }
 
 /// An RS256 key and its certificate's thumbprint.
