@@ -11,8 +11,8 @@ use base64::Engine as _;
 use defender_bridge::fake_api::samples::graph_alert;
 use defender_bridge::fake_api::FakeCredential;
 use defender_bridge::source::{
-    build_http_client, Api, AuthError, Credential, EntraTokenProvider, HttpSettings, Poller, SecretString,
-    TokenProvider,
+    build_http_client, Api, AuthError, Credential, EntraTokenProvider, HttpSettings, Poller,
+    SecretString, TokenProvider,
 };
 use source_support::{ago, assert_exactly, Harness, Received};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +33,8 @@ fn make_cert() -> (rcgen::KeyPair, rcgen::Certificate) {
 
 async fn poll_one_alert(h: &Harness, settings: defender_bridge::source::TenantSettings) {
     let t = ago(10.0);
-    h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, "da-cert", t, "new", 0));
+    h.fake
+        .upsert_alert(T1, Api::Graph, graph_alert(T1, "da-cert", t, "new", 0));
     let got = Received::default();
     Poller::connect(settings, h.http.clone(), &h.state_dir())
         .expect("poller")
@@ -51,16 +52,24 @@ async fn certificate_pem_signs_in() {
     for combined in [false, true] {
         let h = Harness::new().await;
         let (key, cert) = make_cert();
-        h.fake.add_tenant(T1, CLIENT, FakeCredential::Certificate(cert.pem()));
+        h.fake
+            .add_tenant(T1, CLIENT, FakeCredential::Certificate(cert.pem()));
         let cert_path = h.dir.path().join("app.crt");
         let key_path = h.dir.path().join("app.key");
         let credential = if combined {
-            std::fs::write(&cert_path, format!("{}{}", cert.pem(), key.serialize_pem())).expect("write");
-            Credential::CertificatePem { cert: cert_path, key: None }
+            std::fs::write(&cert_path, format!("{}{}", cert.pem(), key.serialize_pem()))
+                .expect("write");
+            Credential::CertificatePem {
+                cert: cert_path,
+                key: None,
+            }
         } else {
             std::fs::write(&cert_path, cert.pem()).expect("write");
             std::fs::write(&key_path, key.serialize_pem()).expect("write");
-            Credential::CertificatePem { cert: cert_path, key: Some(key_path) }
+            Credential::CertificatePem {
+                cert: cert_path,
+                key: Some(key_path),
+            }
         };
         poll_one_alert(&h, h.settings("cert", T1, Api::Graph, credential)).await;
     }
@@ -71,7 +80,8 @@ async fn certificate_pem_signs_in() {
 async fn certificate_pfx_signs_in() {
     let h = Harness::new().await;
     let (key, cert) = make_cert();
-    h.fake.add_tenant(T1, CLIENT, FakeCredential::Certificate(cert.pem()));
+    h.fake
+        .add_tenant(T1, CLIENT, FakeCredential::Certificate(cert.pem()));
     let chain = p12_keystore::PrivateKeyChain::new(
         vec![1u8; 20],
         p12_keystore::PrivateKey::from_der(&key.serialize_der()).expect("pkcs8"),
@@ -84,13 +94,19 @@ async fn certificate_pfx_signs_in() {
     std::fs::write(&path, pfx).expect("write");
 
     // A wrong password is a clear error at start.
-    let bad = Credential::CertificatePfx { path: path.clone(), password: Some(SecretString::new("nope")) };
+    let bad = Credential::CertificatePfx {
+        path: path.clone(),
+        password: Some(SecretString::new("nope")),
+    };
     let err = EntraTokenProvider::new(&h.settings("pfx", T1, Api::Graph, bad), h.http.clone())
         .err()
         .expect("wrong PFX password");
     assert!(err.to_string().contains("wrong password"), "{err}");
 
-    let good = Credential::CertificatePfx { path, password: Some(SecretString::new("pfx-pass")) };
+    let good = Credential::CertificatePfx {
+        path,
+        password: Some(SecretString::new("pfx-pass")),
+    };
     poll_one_alert(&h, h.settings("pfx", T1, Api::Graph, good)).await;
 }
 
@@ -100,10 +116,19 @@ async fn unknown_certificate_is_refused() {
     let h = Harness::new().await;
     let (_, registered) = make_cert();
     let (key, other) = make_cert();
-    h.fake.add_tenant(T1, CLIENT, FakeCredential::Certificate(registered.pem()));
+    h.fake
+        .add_tenant(T1, CLIENT, FakeCredential::Certificate(registered.pem()));
     let path = h.dir.path().join("other.pem");
     std::fs::write(&path, format!("{}{}", other.pem(), key.serialize_pem())).expect("write");
-    let settings = h.settings("cert", T1, Api::Graph, Credential::CertificatePem { cert: path, key: None });
+    let settings = h.settings(
+        "cert",
+        T1,
+        Api::Graph,
+        Credential::CertificatePem {
+            cert: path,
+            key: None,
+        },
+    );
     let provider = EntraTokenProvider::new(&settings, h.http.clone()).expect("provider");
     let err = provider.token().await.expect_err("refused");
     assert!(matches!(err, AuthError::Refused { .. }), "{err:?}");
@@ -127,7 +152,11 @@ async fn tokens_are_cached_and_refreshed_before_expiry() {
     let provider = EntraTokenProvider::new(&settings, h.http.clone()).expect("provider");
     let first = provider.token().await.expect("token");
     let second = provider.token().await.expect("token");
-    assert_ne!(first.token.secret(), second.token.secret(), "renewed inside the refresh margin");
+    assert_ne!(
+        first.token.secret(),
+        second.token.secret(),
+        "renewed inside the refresh margin"
+    );
     assert_eq!(h.fake.tokens_issued(T1), 3);
 }
 
@@ -138,13 +167,21 @@ async fn unknown_tenant_and_missing_consent() {
     let settings = h.tenant("contoso", T1, Api::Graph);
     let mut unknown = settings.clone();
     unknown.tenant_id = "99999999-9999-4999-8999-999999999999".into();
-    let err = EntraTokenProvider::new(&unknown, h.http.clone()).expect("provider").token().await.expect_err("unknown");
+    let err = EntraTokenProvider::new(&unknown, h.http.clone())
+        .expect("provider")
+        .token()
+        .await
+        .expect_err("unknown");
     assert!(matches!(err, AuthError::UnknownTenant { .. }), "{err:?}");
     assert!(err.to_string().contains("AADSTS90002"));
 
     let mut other_app = settings;
     other_app.client_id = "00000000-aaaa-4bbb-8ccc-dddddddddddd".into();
-    let err = EntraTokenProvider::new(&other_app, h.http.clone()).expect("provider").token().await.expect_err("no consent");
+    let err = EntraTokenProvider::new(&other_app, h.http.clone())
+        .expect("provider")
+        .token()
+        .await
+        .expect_err("no consent");
     assert!(matches!(err, AuthError::AppNotConsented { .. }), "{err:?}");
     assert!(err.to_string().contains("consent-url"), "{err}");
 }
@@ -152,7 +189,9 @@ async fn unknown_tenant_and_missing_consent() {
 /// A minimal HTTP CONNECT proxy on loopback that wants basic auth `user:pa ss`, tunnels to the
 /// fake, and records the CONNECT targets.
 async fn start_proxy(target: std::net::SocketAddr) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -162,7 +201,9 @@ async fn start_proxy(target: std::net::SocketAddr) -> (String, Arc<Mutex<Vec<Str
     );
     tokio::spawn(async move {
         loop {
-            let Ok((mut client, _)) = listener.accept().await else { return };
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
             let (log, expected) = (log.clone(), expected.clone());
             tokio::spawn(async move {
                 let mut head = Vec::new();
@@ -174,15 +215,23 @@ async fn start_proxy(target: std::net::SocketAddr) -> (String, Arc<Mutex<Vec<Str
                     head.push(byte[0]);
                 }
                 let head = String::from_utf8_lossy(&head).to_lowercase();
-                log.lock().expect("lock").push(head.lines().next().unwrap_or("").to_string());
+                log.lock()
+                    .expect("lock")
+                    .push(head.lines().next().unwrap_or("").to_string());
                 if !head.lines().any(|l| l.trim() == expected.to_lowercase()) {
                     let _ = client
                         .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n")
                         .await;
                     return;
                 }
-                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else { return };
-                if client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_ok() {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_ok()
+                {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 }
             });
@@ -198,12 +247,17 @@ async fn proxy_setting_is_used_and_407_is_explained() {
     let h = Harness::new().await;
     let settings = h.tenant("contoso", T1, Api::Graph);
     let t = ago(10.0);
-    h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, "da-proxy", t, "new", 0));
+    h.fake
+        .upsert_alert(T1, Api::Graph, graph_alert(T1, "da-proxy", t, "new", 0));
     let (proxy, seen) = start_proxy(h.fake.local_addr()).await;
     let ca = h.fake.write_ca_file(h.dir.path()).expect("ca");
     let client = |proxy_url: String| {
-        build_http_client(&HttpSettings { proxy: Some(proxy_url), extra_ca_file: Some(ca.clone()), ..HttpSettings::default() })
-            .expect("client")
+        build_http_client(&HttpSettings {
+            proxy: Some(proxy_url),
+            extra_ca_file: Some(ca.clone()),
+            ..HttpSettings::default()
+        })
+        .expect("client")
     };
 
     let good = client(format!("http://user:pa%20ss@{proxy}"));
@@ -218,10 +272,19 @@ async fn proxy_setting_is_used_and_407_is_explained() {
     let port = h.fake.local_addr().port();
     let connects = seen.lock().expect("lock").clone();
     assert!(!connects.is_empty());
-    assert!(connects.iter().all(|l| l == &format!("connect localhost:{port} http/1.1")), "{connects:?}");
+    assert!(
+        connects
+            .iter()
+            .all(|l| l == &format!("connect localhost:{port} http/1.1")),
+        "{connects:?}"
+    );
 
     let bad = client(format!("http://user:wrong@{proxy}"));
-    let err = EntraTokenProvider::new(&settings, bad).expect("provider").token().await.expect_err("407");
+    let err = EntraTokenProvider::new(&settings, bad)
+        .expect("provider")
+        .token()
+        .await
+        .expect_err("407");
     assert!(matches!(err, AuthError::ProxyAuthRequired), "{err:?}");
     assert!(!err.to_string().contains("wrong"));
 }

@@ -19,7 +19,8 @@ fn seed(h: &Harness, tenant: &str, n: usize, prefix: &str) -> BTreeSet<Version> 
         .map(|i| {
             let t = ago(90.0 - i as f64);
             let id = format!("da-{prefix}-{i:03}");
-            h.fake.upsert_alert(tenant, Api::Graph, graph_alert(tenant, &id, t, "new", i));
+            h.fake
+                .upsert_alert(tenant, Api::Graph, graph_alert(tenant, &id, t, "new", i));
             (tenant.to_string(), id, t)
         })
         .collect()
@@ -42,16 +43,27 @@ async fn throttled_requests_wait_retry_after_and_rate_stays_under_limit() {
     poller.poll_once(&got.channel()).await.expect("poll");
     assert_exactly(&got.all(), &expected);
 
-    let reqs: Vec<_> = h.fake.requests().into_iter().filter(|r| r.method == "GET").collect();
+    let reqs: Vec<_> = h
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
     assert_eq!(reqs.iter().filter(|r| r.status == 429).count(), 2);
     for pair in reqs.windows(2) {
         if pair[0].status == 429 {
             let waited = pair[1].at.duration_since(pair[0].at);
-            assert!(waited >= Duration::from_secs(1), "asked again after {waited:?}");
+            assert!(
+                waited >= Duration::from_secs(1),
+                "asked again after {waited:?}"
+            );
         }
     }
     for (i, r) in reqs.iter().enumerate() {
-        let in_window = reqs[i..].iter().take_while(|u| u.at.duration_since(r.at) < period).count();
+        let in_window = reqs[i..]
+            .iter()
+            .take_while(|u| u.at.duration_since(r.at) < period)
+            .count();
         assert!(in_window <= 20, "{in_window} requests within {period:?}");
     }
 }
@@ -78,10 +90,21 @@ async fn server_errors_for_one_tenant_do_not_delay_the_others() {
         tokio::spawn(poller.run(got.channel(), stop.clone()));
     }
     let status_a = status_a.expect("status of A");
-    wait_until("B and C complete", || got.of(B).len() == 15 && got.of(C).len() == 15).await;
-    wait_until("A reported failing", || status_a.lock().expect("lock").consecutive_failures >= 2).await;
+    wait_until("B and C complete", || {
+        got.of(B).len() == 15 && got.of(C).len() == 15
+    })
+    .await;
+    wait_until("A reported failing", || {
+        status_a.lock().expect("lock").consecutive_failures >= 2
+    })
+    .await;
     assert!(got.of(A).is_empty());
-    let err = status_a.lock().expect("lock").last_error.clone().expect("error text");
+    let err = status_a
+        .lock()
+        .expect("lock")
+        .last_error
+        .clone()
+        .expect("error text");
     assert!(err.contains("HTTP 500"), "{err}");
     // More alerts for B during A's outage still flow.
     let more_b = seed(&h, B, 20, "b2");
@@ -92,7 +115,13 @@ async fn server_errors_for_one_tenant_do_not_delay_the_others() {
     h.fake.fail_for(A, Duration::ZERO);
     wait_until("A catches up", || got.of(A).len() == 15).await;
     stop.cancel();
-    let of = |t: &str| expected.iter().filter(|v| v.0 == t).cloned().collect::<BTreeSet<_>>();
+    let of = |t: &str| {
+        expected
+            .iter()
+            .filter(|v| v.0 == t)
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
     assert_exactly(&got.of(A), &of(A));
     assert_exactly(&got.of(B), &of(B));
     assert_exactly(&got.of(C), &of(C));
@@ -107,11 +136,24 @@ async fn token_expiry_in_the_middle_of_paging() {
     let expected = seed(&h, A, 30, "exp");
     h.fake.expire_tokens_after(A, 1);
     let got = Received::default();
-    h.poller(settings).poll_once(&got.channel()).await.expect("poll");
+    h.poller(settings)
+        .poll_once(&got.channel())
+        .await
+        .expect("poll");
     assert_exactly(&got.all(), &expected);
     assert_eq!(h.fake.tokens_issued(A), 2, "one sign-in, one renewal");
-    let statuses: Vec<u16> = h.fake.requests().iter().filter(|r| r.method == "GET").map(|r| r.status).collect();
-    assert_eq!(statuses, [200, 401, 200, 200], "page 1, expired, page 2 again, page 3");
+    let statuses: Vec<u16> = h
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 401, 200, 200],
+        "page 1, expired, page 2 again, page 3"
+    );
 }
 
 /// Two responses break off mid-body (connection dropped): retried with backoff, nothing lost.
@@ -122,7 +164,10 @@ async fn dropped_connections_are_retried() {
     let expected = seed(&h, A, 12, "drop");
     h.fake.drop_connections(A, 2);
     let got = Received::default();
-    h.poller(settings).poll_once(&got.channel()).await.expect("poll");
+    h.poller(settings)
+        .poll_once(&got.channel())
+        .await
+        .expect("poll");
     assert_exactly(&got.all(), &expected);
 }
 
@@ -143,12 +188,27 @@ async fn wrong_and_expired_secrets_are_clear_and_isolated() {
 
     // One poll each shows the error text directly.
     let got = Received::default();
-    let e = h.poller(wrong.clone()).poll_once(&got.channel()).await.expect_err("wrong secret");
+    let e = h
+        .poller(wrong.clone())
+        .poll_once(&got.channel())
+        .await
+        .expect_err("wrong secret");
     let text = e.to_string();
-    assert!(text.contains("wrong client secret (AADSTS7000215)"), "{text}");
+    assert!(
+        text.contains("wrong client secret (AADSTS7000215)"),
+        "{text}"
+    );
     assert!(!text.contains(wrong_secret) && !format!("{e:?}").contains(wrong_secret));
-    let e = h.poller(expired.clone()).poll_once(&got.channel()).await.expect_err("expired");
-    assert!(e.to_string().contains("client secret expired (AADSTS7000222)"), "{e}");
+    let e = h
+        .poller(expired.clone())
+        .poll_once(&got.channel())
+        .await
+        .expect_err("expired");
+    assert!(
+        e.to_string()
+            .contains("client secret expired (AADSTS7000222)"),
+        "{e}"
+    );
 
     // Running together, the good tenant is unaffected.
     let stop = CancellationToken::new();
@@ -159,11 +219,24 @@ async fn wrong_and_expired_secrets_are_clear_and_isolated() {
     tokio::spawn(h.poller(good).run(got.channel(), stop.clone()));
     wait_until("good tenant complete", || got.of(C).len() == 12).await;
     wait_until("failures reported", || {
-        sa.lock().expect("lock").last_error.is_some() && sb.lock().expect("lock").last_error.is_some()
+        sa.lock().expect("lock").last_error.is_some()
+            && sb.lock().expect("lock").last_error.is_some()
     })
     .await;
     stop.cancel();
     assert_exactly(&got.all(), &expected_c);
-    assert!(sa.lock().expect("lock").last_error.as_deref().unwrap_or("").contains("AADSTS7000215"));
-    assert!(sb.lock().expect("lock").last_error.as_deref().unwrap_or("").contains("AADSTS7000222"));
+    assert!(sa
+        .lock()
+        .expect("lock")
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("AADSTS7000215"));
+    assert!(sb
+        .lock()
+        .expect("lock")
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("AADSTS7000222"));
 }

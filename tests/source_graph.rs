@@ -20,7 +20,8 @@ async fn pages_through_next_link() {
     for i in 0..25 {
         let t = ago(60.0 - i as f64);
         let id = format!("da{i:04}");
-        h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, &id, t, "new", i));
+        h.fake
+            .upsert_alert(T1, Api::Graph, graph_alert(T1, &id, t, "new", i));
         expected.insert((T1.to_string(), id, t));
     }
     let mut poller = h.poller(settings);
@@ -35,11 +36,18 @@ async fn pages_through_next_link() {
         .filter(|r| r.path == "/v1.0/security/alerts_v2")
         .collect();
     assert_eq!(lists.len(), 3);
-    assert!(lists[1].query.iter().any(|(k, _)| k == "$skiptoken"), "second page follows nextLink");
+    assert!(
+        lists[1].query.iter().any(|(k, _)| k == "$skiptoken"),
+        "second page follows nextLink"
+    );
     let first: std::collections::HashMap<_, _> = lists[0].query.iter().cloned().collect();
     assert_eq!(first["$orderby"], "lastUpdateDateTime asc");
     assert_eq!(first["$top"], "10");
-    assert!(first["$filter"].starts_with("lastUpdateDateTime ge "), "{}", first["$filter"]);
+    assert!(
+        first["$filter"].starts_with("lastUpdateDateTime ge "),
+        "{}",
+        first["$filter"]
+    );
 
     // A second poll sees the same alerts again (overlap) and forwards none of them.
     poller.poll_once(&got.channel()).await.expect("second poll");
@@ -57,7 +65,8 @@ async fn fifty_alerts_with_one_timestamp_split_across_pages() {
     let mut expected = BTreeSet::new();
     for i in 0..50 {
         let id = format!("da-tie-{i:02}");
-        h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, &id, t, "new", i));
+        h.fake
+            .upsert_alert(T1, Api::Graph, graph_alert(T1, &id, t, "new", i));
         expected.insert((T1.to_string(), id, t));
     }
     let got = Received::default();
@@ -66,7 +75,10 @@ async fn fifty_alerts_with_one_timestamp_split_across_pages() {
     assert_exactly(&got.all(), &expected);
     // The checkpoint holds all 50 versions so a new poller re-reading the tie sends nothing.
     let mut again = h.poller(settings);
-    again.poll_once(&got.channel()).await.expect("poll after restart");
+    again
+        .poll_once(&got.channel())
+        .await
+        .expect("poll after restart");
     assert_exactly(&got.all(), &expected);
 }
 
@@ -79,14 +91,22 @@ async fn late_arrival_inside_overlap_is_caught() {
     let mut poller = h.poller(settings);
     let got = Received::default();
     let on_time = ago(5.0);
-    h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, "da-on-time", on_time, "new", 0));
+    h.fake.upsert_alert(
+        T1,
+        Api::Graph,
+        graph_alert(T1, "da-on-time", on_time, "new", 0),
+    );
     poller.poll_once(&got.channel()).await.expect("poll 1");
     assert_eq!(got.len(), 1);
     assert!(poller.checkpoint().cursor > on_time);
 
     let late = ago(20.0);
-    assert!(late < poller.checkpoint().cursor, "the late alert is behind the cursor");
-    h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, "da-late", late, "new", 1));
+    assert!(
+        late < poller.checkpoint().cursor,
+        "the late alert is behind the cursor"
+    );
+    h.fake
+        .upsert_alert(T1, Api::Graph, graph_alert(T1, "da-late", late, "new", 1));
     poller.poll_once(&got.channel()).await.expect("poll 2");
     let expected: BTreeSet<Version> = [
         (T1.to_string(), "da-on-time".to_string(), on_time),
@@ -112,13 +132,15 @@ async fn status_updates_under_each_policy() {
         let v3 = ago(20.0);
         let v4 = ago(10.0);
         // v1 new; v2 a comment only (same triage); v3 resolved; v4 classified.
-        h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, id, v1, "new", 0));
+        h.fake
+            .upsert_alert(T1, Api::Graph, graph_alert(T1, id, v1, "new", 0));
         poller.poll_once(&got.channel()).await.expect("poll v1");
         let mut a = graph_alert(T1, id, v2, "new", 0);
         a["comments"] = serde_json::json!([{"comment": "looking", "createdByDisplayName": "soc"}]);
         h.fake.upsert_alert(T1, Api::Graph, a);
         poller.poll_once(&got.channel()).await.expect("poll v2");
-        h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, id, v3, "resolved", 0));
+        h.fake
+            .upsert_alert(T1, Api::Graph, graph_alert(T1, id, v3, "resolved", 0));
         poller.poll_once(&got.channel()).await.expect("poll v3");
         let mut a = graph_alert(T1, id, v4, "resolved", 0);
         a["classification"] = "truePositive".into();
@@ -152,16 +174,32 @@ async fn filters_are_pushed_into_the_query() {
     for v in 0..4 {
         let t = ago(50.0 - v as f64);
         let id = format!("da-sev-{v}");
-        h.fake.upsert_alert(T1, Api::Graph, graph_alert(T1, &id, t, "new", v));
+        h.fake
+            .upsert_alert(T1, Api::Graph, graph_alert(T1, &id, t, "new", v));
         if v != 2 {
             expected.insert((T1.to_string(), id, t));
         }
     }
     let got = Received::default();
-    h.poller(settings).poll_once(&got.channel()).await.expect("poll");
+    h.poller(settings)
+        .poll_once(&got.channel())
+        .await
+        .expect("poll");
     assert_exactly(&got.all(), &expected);
-    let q = &h.fake.requests().into_iter().find(|r| r.path.ends_with("alerts_v2")).expect("a list request").query;
+    let q = &h
+        .fake
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("alerts_v2"))
+        .expect("a list request")
+        .query;
     let filter = &q.iter().find(|(k, _)| k == "$filter").expect("$filter").1;
-    assert!(filter.contains("(severity eq 'medium' or severity eq 'high')"), "{filter}");
-    assert!(filter.contains("(serviceSource eq 'microsoftDefenderForEndpoint')"), "{filter}");
+    assert!(
+        filter.contains("(severity eq 'medium' or severity eq 'high')"),
+        "{filter}"
+    );
+    assert!(
+        filter.contains("(serviceSource eq 'microsoftDefenderForEndpoint')"),
+        "{filter}"
+    );
 }

@@ -28,7 +28,8 @@ async fn full_page_halves_the_window() {
     for i in 0..35 {
         let t = ago(100.0 - 2.0 * i as f64);
         let id = format!("da63{i:04}_100");
-        h.fake.upsert_alert(T1, Api::Mde, mde_alert(T1, &id, t, "New"));
+        h.fake
+            .upsert_alert(T1, Api::Mde, mde_alert(T1, &id, t, "New"));
         expected.insert((T1.to_string(), id, t));
     }
     let got = Received::default();
@@ -36,13 +37,20 @@ async fn full_page_halves_the_window() {
     poller.poll_once(&got.channel()).await.expect("poll");
     assert_exactly(&got.all(), &expected);
     let queries = list_queries(&h);
-    assert!(queries.len() > 4, "the window was split: {} requests", queries.len());
+    assert!(
+        queries.len() > 4,
+        "the window was split: {} requests",
+        queries.len()
+    );
     for q in &queries {
         assert_eq!(q["$expand"], "evidence");
         assert_eq!(q["$top"], "10");
         assert!(!q.contains_key("$skip"));
         let f = &q["$filter"];
-        assert!(f.starts_with("lastUpdateTime ge ") && f.contains(" and lastUpdateTime lt "), "{f}");
+        assert!(
+            f.starts_with("lastUpdateTime ge ") && f.contains(" and lastUpdateTime lt "),
+            "{f}"
+        );
     }
     // Nothing new: the next poll forwards nothing.
     poller.poll_once(&got.channel()).await.expect("poll 2");
@@ -59,13 +67,15 @@ async fn one_full_instant_is_paged_with_skip() {
     let mut expected = BTreeSet::new();
     for i in 0..25 {
         let id = format!("da63tie{i:02}_7");
-        h.fake.upsert_alert(T1, Api::Mde, mde_alert(T1, &id, t, "New"));
+        h.fake
+            .upsert_alert(T1, Api::Mde, mde_alert(T1, &id, t, "New"));
         expected.insert((T1.to_string(), id, t));
     }
     // Two neighbours on either side of the instant.
     for (id, secs) in [("da63before_1", 31.0), ("da63after_1", 29.0)] {
         let t = ago(secs);
-        h.fake.upsert_alert(T1, Api::Mde, mde_alert(T1, id, t, "New"));
+        h.fake
+            .upsert_alert(T1, Api::Mde, mde_alert(T1, id, t, "New"));
         expected.insert((T1.to_string(), id.to_string(), t));
     }
     let got = Received::default();
@@ -78,7 +88,10 @@ async fn one_full_instant_is_paged_with_skip() {
         .collect();
     assert_eq!(skips, ["10".to_string(), "20".to_string()].into());
     // A restarted poller re-reads the instant (overlap) and sends nothing again.
-    h.poller(settings).poll_once(&got.channel()).await.expect("poll after restart");
+    h.poller(settings)
+        .poll_once(&got.channel())
+        .await
+        .expect("poll after restart");
     assert_eq!(got.len(), 27);
 }
 
@@ -90,9 +103,11 @@ async fn mde_update_is_a_new_version() {
     let got = Received::default();
     let mut poller = h.poller(settings);
     let (t1, t2) = (ago(20.0), ago(10.0));
-    h.fake.upsert_alert(T1, Api::Mde, mde_alert(T1, "da63upd_1", t1, "New"));
+    h.fake
+        .upsert_alert(T1, Api::Mde, mde_alert(T1, "da63upd_1", t1, "New"));
     poller.poll_once(&got.channel()).await.expect("poll 1");
-    h.fake.upsert_alert(T1, Api::Mde, mde_alert(T1, "da63upd_1", t2, "Resolved"));
+    h.fake
+        .upsert_alert(T1, Api::Mde, mde_alert(T1, "da63upd_1", t2, "Resolved"));
     poller.poll_once(&got.channel()).await.expect("poll 2");
     let expected = [t1, t2]
         .into_iter()

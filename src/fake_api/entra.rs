@@ -59,7 +59,11 @@ pub(super) async fn token(
     resp
 }
 
-fn answer<'a>(shared: &Shared, tenant_id: &str, field: impl Fn(&str) -> Option<&'a str>) -> Response {
+fn answer<'a>(
+    shared: &Shared,
+    tenant_id: &str,
+    field: impl Fn(&str) -> Option<&'a str>,
+) -> Response {
     let client_id = field("client_id").unwrap_or("");
     if field("grant_type") != Some("client_credentials") {
         return entra_error(
@@ -143,7 +147,10 @@ fn answer<'a>(shared: &Shared, tenant_id: &str, field: impl Fn(&str) -> Option<&
             )
         }
     }
-    let lifetime = *shared.token_lifetime.lock().unwrap_or_else(|p| p.into_inner());
+    let lifetime = *shared
+        .token_lifetime
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let token = format!("fake.{}", uuid::Uuid::new_v4().simple());
     let now = Utc::now();
     let mut inner = shared.lock();
@@ -156,7 +163,10 @@ fn answer<'a>(shared: &Shared, tenant_id: &str, field: impl Fn(&str) -> Option<&
             expires: now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::MAX),
         },
     );
-    *inner.token_requests.entry(tenant_id.to_string()).or_default() += 1;
+    *inner
+        .token_requests
+        .entry(tenant_id.to_string())
+        .or_default() += 1;
     json_response(
         200,
         json!({
@@ -170,7 +180,12 @@ fn answer<'a>(shared: &Shared, tenant_id: &str, field: impl Fn(&str) -> Option<&
 
 /// Verifies the client assertion as Entra does: RS256 signed by the registered certificate's
 /// key, `x5t` = its SHA-1 thumbprint, aud = token URL, iss = sub = client id, not expired.
-fn check_assertion(cert_pem: &str, jwt: &str, client_id: &str, token_url: &str) -> Result<(), String> {
+fn check_assertion(
+    cert_pem: &str,
+    jwt: &str,
+    client_id: &str,
+    token_url: &str,
+) -> Result<(), String> {
     use base64::Engine as _;
     use sha1::{Digest, Sha1};
     use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
@@ -178,9 +193,13 @@ fn check_assertion(cert_pem: &str, jwt: &str, client_id: &str, token_url: &str) 
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
     let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha1::digest(der.as_ref()));
     if header.x5t.as_deref() != Some(x5t.as_str()) {
-        return Err(format!("x5t {:?} does not match the registered certificate", header.x5t));
+        return Err(format!(
+            "x5t {:?} does not match the registered certificate",
+            header.x5t
+        ));
     }
-    let key = jsonwebtoken::DecodingKey::from_rsa_pem(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let key =
+        jsonwebtoken::DecodingKey::from_rsa_pem(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&[token_url]);
     validation.set_issuer(&[client_id]);

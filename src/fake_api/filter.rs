@@ -65,7 +65,9 @@ impl Filter {
     }
 
     pub fn matches(&self, alert: &Value) -> bool {
-        self.0.iter().all(|group| group.iter().any(|c| c.matches(alert)))
+        self.0
+            .iter()
+            .all(|group| group.iter().any(|c| c.matches(alert)))
     }
 }
 
@@ -99,12 +101,15 @@ impl Cmp {
 }
 
 fn parse_cmp(tokens: &[String], i: &mut usize, fields: &[&str]) -> Result<Cmp, String> {
-    let (Some(field), Some(op), Some(value)) = (tokens.get(*i), tokens.get(*i + 1), tokens.get(*i + 2))
+    let (Some(field), Some(op), Some(value)) =
+        (tokens.get(*i), tokens.get(*i + 1), tokens.get(*i + 2))
     else {
         return Err("incomplete comparison".into());
     };
     if !fields.contains(&field.as_str()) {
-        return Err(format!("Invalid filter clause: property '{field}' is not filterable"));
+        return Err(format!(
+            "Invalid filter clause: property '{field}' is not filterable"
+        ));
     }
     let op = match op.as_str() {
         "eq" => Op::Eq,
@@ -187,7 +192,8 @@ mod tests {
             &["lastUpdateTime", "severity"],
         )
         .expect("parses");
-        let a = serde_json::json!({"lastUpdateTime": "2026-01-01T10:00:00.12Z", "severity": "High"});
+        let a =
+            serde_json::json!({"lastUpdateTime": "2026-01-01T10:00:00.12Z", "severity": "High"});
         let b = serde_json::json!({"lastUpdateTime": "2026-01-01T10:00:00Z", "severity": "Low"});
         let c = serde_json::json!({"lastUpdateTime": "2026-01-02T00:00:00Z", "severity": "High"});
         assert!(f.matches(&a));

@@ -9,7 +9,10 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::filter::Filter;
-use super::{bad_request, gate, json_response, param, parse_query, query_alerts, record_served, top, Api, Gate, Shared};
+use super::{
+    bad_request, gate, json_response, param, parse_query, query_alerts, record_served, top, Api,
+    Gate, Shared,
+};
 
 const PATH: &str = "/v1.0/security/alerts_v2";
 /// Filterable properties (`GR security-list-alerts_v2.md`).
@@ -55,7 +58,9 @@ pub(super) async fn list(
             alerts.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
         }
         Some("lastUpdateDateTime desc") => alerts.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1))),
-        Some(other) => return bad_request(&shared, record, &format!("Unsupported $orderby '{other}'")),
+        Some(other) => {
+            return bad_request(&shared, record, &format!("Unsupported $orderby '{other}'"))
+        }
     }
     let total = alerts.len();
     let page: Vec<_> = alerts.into_iter().skip(offset).take(top).collect();
@@ -70,7 +75,8 @@ pub(super) async fn list(
             next.append_pair(k, v);
         }
         next.append_pair("$skiptoken", &(offset + top).to_string());
-        body["@odata.nextLink"] = Value::String(format!("{}{PATH}?{}", shared.base_url, next.finish()));
+        body["@odata.nextLink"] =
+            Value::String(format!("{}{PATH}?{}", shared.base_url, next.finish()));
     }
     json_response(200, body)
 }

@@ -9,7 +9,10 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::filter::Filter;
-use super::{bad_request, gate, json_response, param, parse_query, query_alerts, record_served, top, Api, Gate, Shared};
+use super::{
+    bad_request, gate, json_response, param, parse_query, query_alerts, record_served, top, Api,
+    Gate, Shared,
+};
 
 const PATH: &str = "/api/alerts";
 /// Filterable properties (`DD api/get-alerts.md`).

@@ -316,7 +316,10 @@ impl FakeApi {
 /// Axum's `Listener` over TLS. Handshakes run in their own tasks so one slow client cannot hold
 /// up the others.
 struct TlsListener {
-    rx: mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
     addr: SocketAddr,
 }
 
@@ -546,7 +549,9 @@ fn top(query: &[(String, String)], default: usize, max: usize) -> Result<usize, 
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(format!("Invalid $top value '{v}': must be between 1 and {max}")),
+            _ => Err(format!(
+                "Invalid $top value '{v}': must be between 1 and {max}"
+            )),
         },
     }
 }
@@ -584,7 +589,11 @@ fn query_alerts(
     filter: &filter::Filter,
 ) -> Vec<(DateTime<Utc>, String, Value)> {
     let inner = shared.lock();
-    let Some(store) = inner.tenants.get(tenant_id).and_then(|t| t.alerts.get(&api)) else {
+    let Some(store) = inner
+        .tenants
+        .get(tenant_id)
+        .and_then(|t| t.alerts.get(&api))
+    else {
         return Vec::new();
     };
     store
@@ -594,7 +603,12 @@ fn query_alerts(
         .collect()
 }
 
-fn record_served(shared: &Shared, tenant_id: &str, api: Api, page: &[(DateTime<Utc>, String, Value)]) {
+fn record_served(
+    shared: &Shared,
+    tenant_id: &str,
+    api: Api,
+    page: &[(DateTime<Utc>, String, Value)],
+) {
     let mut inner = shared.lock();
     for (lu, id, _) in page {
         inner.served.push(Served {

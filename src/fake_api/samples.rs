@@ -33,7 +33,13 @@ pub fn graph_samples() -> Vec<Value> {
 }
 
 /// A Graph alert from sample `variant` with the given id, tenant, times and status.
-pub fn graph_alert(tenant_id: &str, id: &str, last_update: DateTime<Utc>, status: &str, variant: usize) -> Value {
+pub fn graph_alert(
+    tenant_id: &str,
+    id: &str,
+    last_update: DateTime<Utc>,
+    status: &str,
+    variant: usize,
+) -> Value {
     let mut a = graph_samples().swap_remove(variant % GRAPH_SAMPLES.len());
     let t = api_time(last_update);
     a["id"] = id.into();
@@ -76,10 +82,17 @@ impl FakeApi {
     /// minutes old at once, then every `every` either a new alert or a status change of an
     /// existing one (new → inProgress → resolved with a classification), round-robin over the
     /// tenants. The feed stops when the `FakeApi` is dropped.
-    pub async fn start_demo(tenants: &[DemoTenant], every: Duration) -> Result<FakeApi, FakeApiError> {
+    pub async fn start_demo(
+        tenants: &[DemoTenant],
+        every: Duration,
+    ) -> Result<FakeApi, FakeApiError> {
         let fake = FakeApi::start().await?;
         for t in tenants {
-            fake.add_tenant(&t.tenant_id, &t.client_id, FakeCredential::Secret(t.secret.clone()));
+            fake.add_tenant(
+                &t.tenant_id,
+                &t.client_id,
+                FakeCredential::Secret(t.secret.clone()),
+            );
         }
         let mut feed = DemoFeed::default();
         let now = Utc::now();
@@ -109,7 +122,7 @@ impl FakeApi {
                     continue;
                 }
                 let tenant = &ids[step % ids.len()];
-                if step % 2 == 0 {
+                if step.is_multiple_of(2) {
                     feed.new_alert(&handle, tenant, Utc::now());
                 } else {
                     feed.advance(&handle, tenant);
@@ -132,7 +145,11 @@ impl DemoFeed {
     fn new_alert(&mut self, fake: &FakeApi, tenant: &str, at: DateTime<Utc>) {
         self.made += 1;
         let id = format!("da{}_{}", uuid::Uuid::new_v4(), self.made);
-        fake.upsert_alert(tenant, Api::Graph, graph_alert(tenant, &id, at, "new", self.made - 1));
+        fake.upsert_alert(
+            tenant,
+            Api::Graph,
+            graph_alert(tenant, &id, at, "new", self.made - 1),
+        );
         self.open.push((tenant.to_string(), id));
     }
 

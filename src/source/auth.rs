@@ -80,7 +80,11 @@ impl AuthError {
     pub fn is_permanent(&self) -> bool {
         !matches!(
             self,
-            AuthError::Transport(_) | AuthError::Refused { status: Some(500..), .. }
+            AuthError::Transport(_)
+                | AuthError::Refused {
+                    status: Some(500..),
+                    ..
+                }
         )
     }
 }
@@ -221,7 +225,9 @@ impl TokenProvider for EntraTokenProvider {
         // The SDK cache has no "forget": a fresh credential starts with an empty cache.
         match (self.factory)() {
             Ok(fresh) => *self.credential.write().unwrap_or_else(|p| p.into_inner()) = fresh,
-            Err(e) => tracing::warn!(tenant = %self.settings.name, "cannot renew the credential: {e}"),
+            Err(e) => {
+                tracing::warn!(tenant = %self.settings.name, "cannot renew the credential: {e}")
+            }
         }
     }
 }
@@ -251,7 +257,13 @@ fn classify(err: &azure_core::Error, client_id: &str, tenant_id: &str) -> AuthEr
             if codes.is_empty() && status == 407 {
                 return AuthError::ProxyAuthRequired;
             }
-            return by_code(&codes, Some(status), &current.to_string(), client_id, tenant_id);
+            return by_code(
+                &codes,
+                Some(status),
+                &current.to_string(),
+                client_id,
+                tenant_id,
+            );
         }
         match current
             .get_ref()
@@ -361,7 +373,11 @@ mod tests {
             },
             "AADSTS7000222: The provided client secret keys for app 'x' are expired. Trace ID: 1",
         );
-        azure_core::Error::with_error(ErrorKind::Credential, inner, "ClientSecretCredential authentication failed.")
+        azure_core::Error::with_error(
+            ErrorKind::Credential,
+            inner,
+            "ClientSecretCredential authentication failed.",
+        )
     }
 
     #[test]
@@ -376,7 +392,10 @@ mod tests {
 
     #[test]
     fn codes_found_in_text() {
-        assert_eq!(aadsts_codes("x AADSTS7000215: y AADSTS7000215 AADSTS9"), ["7000215", "9"]);
+        assert_eq!(
+            aadsts_codes("x AADSTS7000215: y AADSTS7000215 AADSTS9"),
+            ["7000215", "9"]
+        );
         assert_eq!(
             first_sentence("AADSTS1: bad thing.\\r\\nTrace ID: 5"),
             "AADSTS1: bad thing."
@@ -429,7 +448,11 @@ impl CertificateSigner {
             AuthError::Certificate(format!("no PEM certificate in {}: {e}", cert.display()))
         })?;
         let key_path = key.unwrap_or(cert);
-        let key_pem = if key.is_some() { read(key_path)? } else { cert_pem };
+        let key_pem = if key.is_some() {
+            read(key_path)?
+        } else {
+            cert_pem
+        };
         let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
             AuthError::Certificate(format!("no PEM private key in {}: {e}", key_path.display()))
         })?;
@@ -438,9 +461,8 @@ impl CertificateSigner {
 
     /// A PKCS#12 file (p12-keystore, pure Rust; rust-stack.md §1.5).
     pub fn from_pfx_file(path: &Path, password: &str) -> Result<Self, AuthError> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            AuthError::Certificate(format!("cannot read {}: {e}", path.display()))
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| AuthError::Certificate(format!("cannot read {}: {e}", path.display())))?;
         let store = p12_keystore::KeyStore::from_pkcs12(
             &bytes,
             password,
@@ -456,7 +478,10 @@ impl CertificateSigner {
             AuthError::Certificate(format!("{} holds no private key", path.display()))
         })?;
         let cert = chain.certs().first().ok_or_else(|| {
-            AuthError::Certificate(format!("{} holds no certificate for its key", path.display()))
+            AuthError::Certificate(format!(
+                "{} holds no certificate for its key",
+                path.display()
+            ))
         })?;
         let key = PrivateKeyDer::Pkcs8(chain.key().as_der().to_vec().into());
         Self::new(cert.as_der(), &key)
@@ -510,7 +535,10 @@ impl ClientAssertion for CertificateAssertion {
             .signer
             .assertion(&self.0.client_id, &self.0.token_url)
             .map_err(|e| {
-                azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, e.to_string())
+                azure_core::Error::with_message(
+                    azure_core::error::ErrorKind::Credential,
+                    e.to_string(),
+                )
             })
     }
 }

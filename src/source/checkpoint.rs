@@ -175,7 +175,10 @@ mod tests {
     #[test]
     fn save_load_round_trip_and_prune() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 10, 0, 0).single().expect("time");
+        let t0 = Utc
+            .with_ymd_and_hms(2026, 11, 1, 10, 0, 0)
+            .single()
+            .expect("time");
         let path = Checkpoint::path(dir.path(), "contoso.onmicrosoft.com", "graph");
         assert!(Checkpoint::load(&path).expect("load").is_none());
         let mut cp = Checkpoint::fresh("contoso.onmicrosoft.com", "graph", t0);

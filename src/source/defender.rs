@@ -249,7 +249,11 @@ impl Poller {
                     let delay = if e.is_permanent() {
                         self.settings.backoff_max
                     } else {
-                        backoff(self.settings.backoff_base, self.settings.backoff_max, failures)
+                        backoff(
+                            self.settings.backoff_base,
+                            self.settings.backoff_max,
+                            failures,
+                        )
                     };
                     tracing::error!(tenant = %name, tenant_id = %self.settings.tenant_id,
                         "poll failed ({failures} in a row), retrying in {delay:?}: {e}");
@@ -268,7 +272,10 @@ impl Poller {
 
     /// One complete poll from the checkpoint to now. On error the in-memory state goes back to
     /// the last saved checkpoint, so the next poll resumes from what was accepted.
-    pub async fn poll_once(&mut self, out: &mpsc::Sender<Delivery>) -> Result<PollStats, PollError> {
+    pub async fn poll_once(
+        &mut self,
+        out: &mpsc::Sender<Delivery>,
+    ) -> Result<PollStats, PollError> {
         let mut stats = PollStats::default();
         let result = match self.settings.api {
             Api::Graph => self.poll_graph(out, &mut stats).await,
@@ -345,7 +352,11 @@ impl Poller {
         // costs a few extra requests instead of a halving series for every window after it.
         let mut span = end - lo;
         while lo < end {
-            let mut hi = if end - lo > span { floor_tick(lo + span).max(lo + tick) } else { end };
+            let mut hi = if end - lo > span {
+                floor_tick(lo + span).max(lo + tick)
+            } else {
+                end
+            };
             let mut skip = 0usize;
             loop {
                 let page = self.get_page(&self.mde_url(lo, hi, skip)).await?;
@@ -443,7 +454,8 @@ impl Poller {
         self.state.cursor = cursor_after.max(self.state.cursor);
         // Keep de-dup entries the next window can still return: it starts at cursor - overlap,
         // and never before this window's start while a window is being paged.
-        let horizon = floor_tick(self.state.cursor - to_chrono(self.settings.overlap)).min(window_lo);
+        let horizon =
+            floor_tick(self.state.cursor - to_chrono(self.settings.overlap)).min(window_lo);
         let policy_horizon = Utc::now() - to_chrono(self.settings.policy_retention);
         self.state.prune(horizon, policy_horizon);
         let (state, path) = (self.state.clone(), self.path.clone());
@@ -455,7 +467,10 @@ impl Poller {
 
     /// Reads id, lastUpdate and triage fields of each alert. Alerts without an id cannot be
     /// de-duplicated or cursored; they are logged and counted, not forwarded.
-    fn parse(&self, values: Vec<Box<RawValue>>) -> (Vec<(RawAlert, AlertState)>, Option<DateTime<Utc>>) {
+    fn parse(
+        &self,
+        values: Vec<Box<RawValue>>,
+    ) -> (Vec<(RawAlert, AlertState)>, Option<DateTime<Utc>>) {
         let mut out = Vec::with_capacity(values.len());
         let mut max_seen = None;
         for json in values {
@@ -504,7 +519,10 @@ impl Poller {
             odata_time(hi)
         );
         if let Some(min) = s.filters.min_severity {
-            filter.push_str(&or_group("severity", min.and_above().map(|v| v.api_name(Api::Graph))));
+            filter.push_str(&or_group(
+                "severity",
+                min.and_above().map(|v| v.api_name(Api::Graph)),
+            ));
         }
         if !s.filters.service_sources.is_empty() {
             filter.push_str(&or_group(
@@ -528,7 +546,10 @@ impl Poller {
             odata_time(hi)
         );
         if let Some(min) = s.filters.min_severity {
-            filter.push_str(&or_group("severity", min.and_above().map(|v| v.api_name(Api::Mde))));
+            filter.push_str(&or_group(
+                "severity",
+                min.and_above().map(|v| v.api_name(Api::Mde)),
+            ));
         }
         let mut url = format!(
             "{}/api/alerts?$filter={}&$expand=evidence&$top={}",

@@ -64,11 +64,10 @@ pub fn build_http_client(settings: &HttpSettings) -> Result<reqwest::Client, Htt
             path: path.clone(),
             source,
         })?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| HttpError::CaPem {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| HttpError::CaPem {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         if certs.is_empty() {
             return Err(HttpError::CaPem {
                 path: path.clone(),

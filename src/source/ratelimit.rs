@@ -104,7 +104,12 @@ mod tests {
 
     fn max_in_window(times: &[Duration], window: Duration) -> usize {
         (0..times.len())
-            .map(|i| times[i..].iter().take_while(|u| **u < times[i] + window).count())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|u| **u < times[i] + window)
+                    .count()
+            })
             .max()
             .unwrap_or(0)
     }

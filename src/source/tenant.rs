@@ -102,7 +102,9 @@ impl Cloud {
             (Api::Graph, Cloud::Dod) => "https://dod-graph.microsoft.us",
             (Api::Mde, Cloud::Commercial) => "https://api.security.microsoft.com",
             (Api::Mde, Cloud::Gcc) => "https://api-gcc.securitycenter.microsoft.us",
-            (Api::Mde, Cloud::GccHigh | Cloud::Dod) => "https://api-gov.securitycenter.microsoft.us",
+            (Api::Mde, Cloud::GccHigh | Cloud::Dod) => {
+                "https://api-gov.securitycenter.microsoft.us"
+            }
         }
     }
 
@@ -310,8 +312,14 @@ mod tests {
 
     #[test]
     fn cloud_endpoints_follow_the_gov_table() {
-        assert_eq!(Cloud::Gcc.authority_host(), "https://login.microsoftonline.com");
-        assert_eq!(Cloud::Dod.api_base(Api::Graph), "https://dod-graph.microsoft.us");
+        assert_eq!(
+            Cloud::Gcc.authority_host(),
+            "https://login.microsoftonline.com"
+        );
+        assert_eq!(
+            Cloud::Dod.api_base(Api::Graph),
+            "https://dod-graph.microsoft.us"
+        );
         assert_eq!(
             Cloud::GccHigh.api_base(Api::Mde),
             "https://api-gov.securitycenter.microsoft.us"

@@ -49,11 +49,27 @@ impl Harness {
         let client_id = "11111111-2222-3333-4444-555555555555";
         self.fake
             .add_tenant(tenant_id, client_id, FakeCredential::Secret(secret.clone()));
-        self.settings(name, tenant_id, api, Credential::Secret(SecretString::new(secret)))
+        self.settings(
+            name,
+            tenant_id,
+            api,
+            Credential::Secret(SecretString::new(secret)),
+        )
     }
 
-    pub fn settings(&self, name: &str, tenant_id: &str, api: Api, credential: Credential) -> TenantSettings {
-        let mut s = TenantSettings::new(name, tenant_id, "11111111-2222-3333-4444-555555555555", credential);
+    pub fn settings(
+        &self,
+        name: &str,
+        tenant_id: &str,
+        api: Api,
+        credential: Credential,
+    ) -> TenantSettings {
+        let mut s = TenantSettings::new(
+            name,
+            tenant_id,
+            "11111111-2222-3333-4444-555555555555",
+            credential,
+        );
         s.api = api;
         s.authority_host = Some(self.fake.base_url());
         s.api_base_url = Some(self.fake.base_url());
@@ -88,12 +104,39 @@ impl Received {
                 let mut s = store.lock().expect("lock");
                 for a in &batch.alerts {
                     // The raw JSON is the alert as served: its id and time agree.
-                    let v: serde_json::Value = serde_json::from_str(a.json.get()).expect("raw alert is JSON");
+                    let v: serde_json::Value =
+                        serde_json::from_str(a.json.get()).expect("raw alert is JSON");
                     assert_eq!(v["id"], a.id.as_str());
                     s.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
                 }
                 drop(s);
                 ack.accept();
+            }
+        });
+        tx
+    }
+
+    /// Like [`Received::channel`] for the first `n` batches; later batches are neither recorded
+    /// nor accepted: with `hold`, their acknowledgement is kept pending forever (the process
+    /// "hangs" before accepting), otherwise it is dropped (the receiver refuses them).
+    pub fn channel_accepting(&self, n: usize, hold: bool) -> mpsc::Sender<Delivery> {
+        let (tx, mut rx) = mpsc::channel::<Delivery>(4);
+        let store = self.0.clone();
+        tokio::spawn(async move {
+            let mut accepted = 0;
+            let mut limbo = Vec::new();
+            while let Some(Delivery { batch, ack }) = rx.recv().await {
+                if accepted < n {
+                    let mut s = store.lock().expect("lock");
+                    for a in &batch.alerts {
+                        s.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
+                    }
+                    drop(s);
+                    ack.accept();
+                    accepted += 1;
+                } else if hold {
+                    limbo.push(ack);
+                }
             }
         });
         tx
@@ -115,17 +158,27 @@ impl Received {
 /// Asserts no version was received twice and the set equals `expected`.
 pub fn assert_exactly(received: &[Version], expected: &BTreeSet<Version>) {
     let set: BTreeSet<Version> = received.iter().cloned().collect();
-    assert_eq!(set.len(), received.len(), "duplicates received: {received:#?}");
+    assert_eq!(
+        set.len(),
+        received.len(),
+        "duplicates received: {received:#?}"
+    );
     let missing: Vec<_> = expected.difference(&set).collect();
     let extra: Vec<_> = set.difference(expected).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:#?}\nextra {extra:#?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:#?}\nextra {extra:#?}"
+    );
 }
 
 /// Waits (up to a generous hang guard, not a speed target) until `cond` holds.
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
