@@ -36,11 +36,19 @@ async fn pages_through_next_link() {
         .filter(|r| r.path == "/v1.0/security/alerts_v2")
         .collect();
     assert_eq!(lists.len(), 3);
-    assert!(
-        lists[1].query.iter().any(|(k, _)| k == "$skiptoken"),
-        "second page follows nextLink"
-    );
     let first: std::collections::HashMap<_, _> = lists[0].query.iter().cloned().collect();
+    let second: std::collections::HashMap<_, _> = lists[1].query.iter().cloned().collect();
+    // Page 1 carried a nextLink: page 2 starts at page 1's newest instant (da0009's time).
+    let newest = h.fake.alert(T1, Api::Graph, "da0009").expect("alert")["lastUpdateDateTime"]
+        .as_str()
+        .expect("time")
+        .to_string();
+    let from = format!("lastUpdateDateTime ge {newest}");
+    assert!(
+        second["$filter"].starts_with(&from),
+        "{}",
+        second["$filter"]
+    );
     assert_eq!(first["$orderby"], "lastUpdateDateTime asc");
     assert_eq!(first["$top"], "10");
     assert!(
@@ -73,6 +81,12 @@ async fn fifty_alerts_with_one_timestamp_split_across_pages() {
     let mut poller = h.poller(settings.clone());
     poller.poll_once(&got.channel()).await.expect("poll");
     assert_exactly(&got.all(), &expected);
+    // The tie filled a page: the poller went through it with the nextLink ($skiptoken).
+    assert!(h
+        .fake
+        .requests()
+        .iter()
+        .any(|r| r.query.iter().any(|(k, _)| k == "$skiptoken")));
     // The checkpoint holds all 50 versions so a new poller re-reading the tie sends nothing.
     let mut again = h.poller(settings);
     again
@@ -202,4 +216,70 @@ async fn filters_are_pushed_into_the_query() {
         filter.contains("(serviceSource eq 'microsoftDefenderForEndpoint')"),
         "{filter}"
     );
+}
+
+/// An alert on page 1 is updated while the poller reads page 2 of a long catch-up poll (an
+/// hour of alerts, 2 minutes of overlap). With offset paging the results would shift and the
+/// alert right after page 1 would be skipped for good; here every alert arrives, the updated
+/// one in both versions.
+#[tokio::test]
+async fn update_during_paging_does_not_skip_an_alert() {
+    use defender_bridge::source::Delivery;
+    let h = Harness::new().await;
+    let settings = h.tenant("contoso", T1, Api::Graph);
+    let mut expected = BTreeSet::new();
+    for i in 0..30 {
+        let t = ago(3000.0 - 60.0 * i as f64);
+        let id = format!("da-old-{i:02}");
+        h.fake
+            .upsert_alert(T1, Api::Graph, graph_alert(T1, &id, t, "new", i));
+        expected.insert((T1.to_string(), id, t));
+    }
+    let mut poller = h.poller(settings);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(1);
+    let mut got: Vec<Version> = Vec::new();
+    let receiver = async {
+        let mut batches = 0;
+        while let Some(Delivery { batch, ack }) = rx.recv().await {
+            batches += 1;
+            for a in &batch.alerts {
+                got.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
+            }
+            if batches == 1 {
+                // Between page 1 and page 2: da-old-02 is resolved now.
+                let t = ago(0.0);
+                h.fake.upsert_alert(
+                    T1,
+                    Api::Graph,
+                    graph_alert(T1, "da-old-02", t, "resolved", 2),
+                );
+                expected.insert((T1.to_string(), "da-old-02".to_string(), t));
+            }
+            ack.accept();
+        }
+    };
+    let poll = async {
+        let r = poller.poll_once(&tx).await;
+        drop(tx);
+        r
+    };
+    let (result, ()) = tokio::join!(poll, receiver);
+    result.expect("poll");
+    // The update itself is newer than this poll's end; the next poll brings it, alone.
+    let later = Received::default();
+    poller.poll_once(&later.channel()).await.expect("poll 2");
+    let update = (
+        T1.to_string(),
+        "da-old-02".to_string(),
+        expected
+            .iter()
+            .filter(|v| v.1 == "da-old-02")
+            .map(|v| v.2)
+            .max()
+            .expect("t"),
+    );
+    let mut first_poll = expected.clone();
+    first_poll.remove(&update);
+    assert_exactly(&got, &first_poll);
+    assert_exactly(&later.all(), &[update].into());
 }

@@ -3,8 +3,11 @@
 //! Each poll covers `[cursor - overlap, now)`. Pages go to the caller as [`AlertBatch`]es through
 //! a channel; the checkpoint advances only after the caller accepted a batch (issue 4 §4), so a
 //! crash can at most re-send the batch that was in flight. Rules and where they come from:
-//! - Graph pages follow `@odata.nextLink`, ordered by `lastUpdateDateTime asc`
-//!   (defender-api.md §3.1, peers.md §7.2), with `Prefer: include-unknown-enum-members`.
+//! - Graph pages are ordered by `lastUpdateDateTime asc` (defender-api.md §3.1, peers.md §7.2),
+//!   with `Prefer: include-unknown-enum-members`. While `@odata.nextLink` says there is more,
+//!   the next page is asked from the newest instant seen (time-boundary paging, immune to
+//!   results shifting under an offset); the nextLink itself is followed only through an instant
+//!   that fills a whole page.
 //! - MDE pages by time window and never relies on nextLink, which MDE does not return reliably
 //!   (defender-api.md §1.4): a full page halves the window; a one-instant window that is still
 //!   full is paged with `$skip`.
@@ -320,7 +323,8 @@ impl Poller {
         stats: &mut PollStats,
     ) -> Result<(), PollError> {
         let (lo, hi) = self.window();
-        let mut url = self.graph_url(lo, hi);
+        let mut from = lo;
+        let mut url = self.graph_url(from, hi);
         loop {
             let page = self.get_page(&url).await?;
             stats.requests += 1;
@@ -333,9 +337,21 @@ impl Poller {
                 None => hi.max(self.state.cursor),
             };
             stats.forwarded += self.commit(out, alerts, cursor_after, lo).await?;
-            match page.next_link {
-                Some(next) => url = self.check_next_link(&next)?,
-                None => return Ok(()),
+            let Some(next) = page.next_link else {
+                return Ok(());
+            };
+            // More results. Ask again from the newest instant seen rather than through the
+            // link's offset: when an alert on an earlier page is updated meanwhile it leaves the
+            // result set, an offset then skips one alert, and that alert is lost for good if it
+            // is older than the overlap (peers.md §6, elastic/integrations#20234; Elastic moved
+            // to time-boundary paging, defender-api.md §3.1). Only when a whole page is one
+            // instant (no progress) is the nextLink followed, to page through that instant.
+            match max_seen {
+                Some(newest) if newest > from => {
+                    from = newest;
+                    url = self.graph_url(from, hi);
+                }
+                _ => url = self.check_next_link(&next)?,
             }
         }
     }
