@@ -283,3 +283,25 @@ async fn update_during_paging_does_not_skip_an_alert() {
     assert_exactly(&got, &first_poll);
     assert_exactly(&later.all(), &[update].into());
 }
+
+/// `probe` (for `check --online`) reads one page and changes nothing: no checkpoint file, no
+/// batch; the next real poll still forwards everything.
+#[tokio::test]
+async fn probe_reads_one_page_without_side_effects() {
+    let h = Harness::new().await;
+    let settings = h.tenant("contoso", T1, Api::Graph);
+    let mut expected = BTreeSet::new();
+    for i in 0..12 {
+        let t = ago(30.0 - i as f64);
+        let id = format!("da-probe-{i}");
+        h.fake
+            .upsert_alert(T1, Api::Graph, graph_alert(T1, &id, t, "new", i));
+        expected.insert((T1.to_string(), id, t));
+    }
+    let mut poller = h.poller(settings);
+    assert_eq!(poller.probe().await.expect("probe"), 10);
+    assert!(!h.state_dir().exists() || std::fs::read_dir(h.state_dir()).expect("dir").count() == 0);
+    let got = Received::default();
+    poller.poll_once(&got.channel()).await.expect("poll");
+    assert_exactly(&got.all(), &expected);
+}
