@@ -50,6 +50,9 @@ async fn pages_through_next_link() {
         second["$filter"]
     );
     assert_eq!(first["$orderby"], "lastUpdateDateTime asc");
+    assert!(lists
+        .iter()
+        .all(|r| r.prefer.as_deref() == Some("include-unknown-enum-members")));
     assert_eq!(first["$top"], "10");
     assert!(
         first["$filter"].starts_with("lastUpdateDateTime ge "),

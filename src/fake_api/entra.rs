@@ -55,6 +55,7 @@ pub(super) async fn token(
         path: "/oauth2/v2.0/token".into(),
         query: Vec::new(),
         status: resp.status().as_u16(),
+        prefer: None,
     });
     resp
 }

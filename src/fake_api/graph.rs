@@ -34,7 +34,12 @@ pub(super) async fn list(
 ) -> Response {
     let query = parse_query(raw.as_deref());
     let (tenant, record) = match gate(&shared, Api::Graph, &headers, PATH, &query) {
-        Gate::Serve(t, r) => (t, r),
+        Gate::Serve(t, r, delay) => {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            (t, r)
+        }
         Gate::Respond(resp) => return resp,
     };
     let filter = match Filter::parse(param(&query, "$filter").unwrap_or(""), FIELDS) {

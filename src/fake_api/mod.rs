@@ -56,6 +56,8 @@ pub struct RequestRecord {
     /// Decoded query parameters.
     pub query: Vec<(String, String)>,
     pub status: u16,
+    /// The `Prefer` request header, if any.
+    pub prefer: Option<String>,
 }
 
 /// One alert version the fake put into a 200 response.
@@ -78,6 +80,9 @@ struct Faults {
     expire_tokens_after: Option<u32>,
     /// Next N API requests get a 200 whose body breaks off: the connection is closed mid-response.
     drop_connections: u32,
+    /// Next N API requests are answered only after this delay.
+    slow: u32,
+    slow_by: Duration,
 }
 
 struct FakeTenant {
@@ -284,6 +289,15 @@ impl FakeApi {
         self.with_tenant(tenant_id, |t| t.faults.drop_connections = n);
     }
 
+    /// The next `n` API requests of the tenant are answered after `delay` (a slow or hung API;
+    /// the client's timeout decides).
+    pub fn slow_next(&self, tenant_id: &str, n: u32, delay: Duration) {
+        self.with_tenant(tenant_id, |t| {
+            t.faults.slow = n;
+            t.faults.slow_by = delay;
+        });
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.lock().requests.clone()
@@ -406,8 +420,9 @@ fn make_tls() -> Result<(String, Arc<rustls::ServerConfig>), FakeApiError> {
 
 /// Outcome of checking an API request's bearer token and the tenant's scripted faults.
 enum Gate {
-    /// Serve the tenant's data; the index of the request's record, to fix its status later.
-    Serve(String, usize),
+    /// Serve the tenant's data after the delay; the index of the request's record, to fix its
+    /// status later.
+    Serve(String, usize, Option<Duration>),
     Respond(axum::response::Response),
 }
 
@@ -448,6 +463,10 @@ fn gate(
         .tokens
         .get(&token)
         .map(|t| (t.tenant.clone(), t.api, t.issued, t.expires));
+    let prefer = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let record = |inner: &mut Inner, tenant: Option<String>, status: u16| {
         inner.requests.push(RequestRecord {
             at: Instant::now(),
@@ -456,6 +475,7 @@ fn gate(
             path: path.to_string(),
             query: query.to_vec(),
             status,
+            prefer: prefer.clone(),
         });
     };
     let Some((tenant_id, token_api, issued_at, expires)) = issued else {
@@ -517,8 +537,14 @@ fn gate(
         let body = axum::body::Body::new(BrokenBody(false));
         return Gate::Respond(axum::response::Response::new(body));
     }
+    let delay = if tenant.faults.slow > 0 {
+        tenant.faults.slow -= 1;
+        Some(tenant.faults.slow_by)
+    } else {
+        None
+    };
     record(&mut inner, Some(tenant_id.clone()), 200);
-    Gate::Serve(tenant_id, inner.requests.len() - 1)
+    Gate::Serve(tenant_id, inner.requests.len() - 1, delay)
 }
 
 /// A 400 for a query the API would refuse, fixing the request's recorded status.
