@@ -288,3 +288,28 @@ async fn proxy_setting_is_used_and_407_is_explained() {
     assert!(matches!(err, AuthError::ProxyAuthRequired), "{err:?}");
     assert!(!err.to_string().contains("wrong"));
 }
+
+/// Tokens are JWT-shaped with the claims `tenants verify` checks: `tid` is the tenant and
+/// `roles` holds the API's permission (or what the fake was told, e.g. nothing).
+#[tokio::test]
+async fn token_carries_tid_and_roles_claims() {
+    let h = Harness::new().await;
+    let settings = h.tenant("contoso", T1, Api::Graph);
+    let claims = |token: &str| -> serde_json::Value {
+        let payload = token.split('.').nth(1).expect("JWT payload");
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url");
+        serde_json::from_slice(&json).expect("claims JSON")
+    };
+    let provider = EntraTokenProvider::new(&settings, h.http.clone()).expect("provider");
+    let c = claims(provider.token().await.expect("token").token.secret());
+    assert_eq!(c["tid"], T1);
+    assert_eq!(c["roles"], serde_json::json!(["SecurityAlert.Read.All"]));
+    assert_eq!(c["aud"], "https://graph.microsoft.com");
+
+    h.fake.set_roles(T1, &[]);
+    provider.invalidate();
+    let c = claims(provider.token().await.expect("token").token.secret());
+    assert_eq!(c["roles"], serde_json::json!([]));
+}

@@ -87,7 +87,7 @@ fn answer<'a>(
             &format!("The resource principal named {scope} was not found in the tenant named {tenant_id}."),
         );
     };
-    let (credential, expired) = {
+    let (credential, expired, roles) = {
         let inner = shared.lock();
         let Some(t) = inner.tenants.get(tenant_id) else {
             return entra_error(
@@ -105,7 +105,7 @@ fn answer<'a>(
                 &format!("Application with identifier '{client_id}' was not found in the directory '{tenant_id}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
             );
         }
-        (t.credential.clone(), t.secret_expired)
+        (t.credential.clone(), t.secret_expired, t.roles.clone())
     };
     let secret = field("client_secret");
     let assertion = field("client_assertion");
@@ -152,8 +152,8 @@ fn answer<'a>(
         .token_lifetime
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let token = format!("fake.{}", uuid::Uuid::new_v4().simple());
     let now = Utc::now();
+    let token = access_token(tenant_id, client_id, api, roles, now, lifetime);
     let mut inner = shared.lock();
     inner.tokens.insert(
         token.clone(),
@@ -213,4 +213,45 @@ fn check_assertion(
         return Err("no jti".into());
     }
     Ok(())
+}
+
+/// A JWT-shaped access token with the claims a real one carries (`aud`, `tid`, `appid`,
+/// `roles`, times), so `tenants verify` can read `tid` and `roles` (defender-api.md §4.5 step 6).
+/// The signature is random: the fake recognises its tokens by lookup, not by signature.
+fn access_token(
+    tenant_id: &str,
+    client_id: &str,
+    api: Api,
+    roles: Option<Vec<String>>,
+    now: chrono::DateTime<Utc>,
+    lifetime: std::time::Duration,
+) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let (aud, role) = match api {
+        Api::Graph => ("https://graph.microsoft.com", "SecurityAlert.Read.All"),
+        Api::Mde => ("https://api.securitycenter.microsoft.com", "Alert.Read.All"),
+    };
+    let iat = now.timestamp();
+    let claims = json!({
+        "aud": aud,
+        "iss": format!("https://sts.windows.net/{tenant_id}/"),
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2),
+        "appid": client_id,
+        "azp": client_id,
+        "idtyp": "app",
+        "oid": uuid::Uuid::new_v4().to_string(),
+        "sub": uuid::Uuid::new_v4().to_string(),
+        "tid": tenant_id,
+        "roles": roles.unwrap_or_else(|| vec![role.to_string()]),
+        "ver": "1.0",
+    });
+    let header = json!({"typ": "JWT", "alg": "RS256", "kid": "fake-api"});
+    let signature =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
+    format!("{}.{}.{signature}", b64(&header), b64(&claims))
 }

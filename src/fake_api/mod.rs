@@ -93,6 +93,8 @@ struct FakeTenant {
     alerts: HashMap<Api, BTreeMap<String, (DateTime<Utc>, Value)>>,
     faults: Faults,
     tokens_valid_after: Option<DateTime<Utc>>,
+    /// `roles` claim of issued tokens; `None` gives the permission the API needs.
+    roles: Option<Vec<String>>,
 }
 
 struct Issued {
@@ -213,8 +215,17 @@ impl FakeApi {
                 alerts: HashMap::new(),
                 faults: Faults::default(),
                 tokens_valid_after: None,
+                roles: None,
             },
         );
+    }
+
+    /// The `roles` claim of tokens issued from now on (default: `SecurityAlert.Read.All` for
+    /// Graph, `Alert.Read.All` for MDE), e.g. empty to model a consent without the permission.
+    pub fn set_roles(&self, tenant_id: &str, roles: &[&str]) {
+        self.with_tenant(tenant_id, |t| {
+            t.roles = Some(roles.iter().map(|r| r.to_string()).collect())
+        });
     }
 
     /// From now on the tenant's secret is reported expired (AADSTS7000222).
