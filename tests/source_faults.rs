@@ -256,6 +256,7 @@ async fn timeouts_are_retried() {
     .expect("client");
     let settings = h.tenant("contoso", A, Api::Graph);
     let expected = seed(&h, A, 12, "slow");
+    h.fake.set_latency(Duration::from_millis(20));
     h.fake.slow_next(A, 2, Duration::from_secs(3));
     let got = Received::default();
     h.poller(settings)

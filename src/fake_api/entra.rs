@@ -38,6 +38,7 @@ pub(super) async fn token(
     Path(tenant_id): Path<String>,
     body: String,
 ) -> Response {
+    shared.wait_latency().await;
     let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect();

@@ -35,6 +35,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    shared.wait_latency().await;
     let query = parse_query(raw.as_deref());
     let (tenant, record) = match gate(&shared, Api::Mde, &headers, PATH, &query) {
         Gate::Serve(t, r, delay) => {

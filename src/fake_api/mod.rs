@@ -117,9 +117,18 @@ struct Shared {
     inner: Mutex<Inner>,
     base_url: String,
     token_lifetime: Mutex<Duration>,
+    /// Added before every answer (benchmarks: "1,000 tenants with 20 ms latency", issue 4).
+    latency: Mutex<Duration>,
 }
 
 impl Shared {
+    async fn wait_latency(&self) {
+        let d = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -160,6 +169,7 @@ impl FakeApi {
             inner: Mutex::new(Inner::default()),
             base_url: format!("https://localhost:{}", addr.port()),
             token_lifetime: Mutex::new(Duration::from_secs(3599)),
+            latency: Mutex::new(Duration::ZERO),
         });
         let router = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
@@ -240,6 +250,15 @@ impl FakeApi {
             .token_lifetime
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = lifetime;
+    }
+
+    /// Every answer (token and API) is delayed by `latency`, as a far-away service would be.
+    pub fn set_latency(&self, latency: Duration) {
+        *self
+            .shared
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = latency;
     }
 
     /// Adds or replaces (by `id`) an alert. Its lastUpdate is read from `lastUpdateDateTime`
