@@ -7,7 +7,9 @@
 pub mod alert;
 pub mod convert;
 pub mod dead_letter;
+pub mod fake_api;
 pub mod format;
 pub mod input;
 pub mod output;
 pub mod sink;
+pub mod source;

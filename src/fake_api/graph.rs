@@ -1,0 +1,88 @@
+//! Fake Graph `GET /v1.0/security/alerts_v2` (defender-api.md §3.1): `$filter`,
+//! `$orderby=lastUpdateDateTime asc|desc`, `$top` ≤ 1,000, and `@odata.nextLink` with a
+//! `$skiptoken` while more results remain.
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::filter::Filter;
+use super::{
+    bad_request, gate, json_response, param, parse_query, query_alerts, record_served, top, Api,
+    Gate, Shared,
+};
+
+const PATH: &str = "/v1.0/security/alerts_v2";
+/// Filterable properties (`GR security-list-alerts_v2.md`).
+const FIELDS: &[&str] = &[
+    "assignedTo",
+    "classification",
+    "determination",
+    "createdDateTime",
+    "lastUpdateDateTime",
+    "severity",
+    "serviceSource",
+    "status",
+];
+
+pub(super) async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    shared.wait_latency().await;
+    let query = parse_query(raw.as_deref());
+    let (tenant, record) = match gate(&shared, Api::Graph, &headers, PATH, &query) {
+        Gate::Serve(t, r, delay) => {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            (t, r)
+        }
+        Gate::Respond(resp) => return resp,
+    };
+    let filter = match Filter::parse(param(&query, "$filter").unwrap_or(""), FIELDS) {
+        Ok(f) => f,
+        Err(e) => return bad_request(&shared, record, &e),
+    };
+    let top = match top(&query, 100, 1000) {
+        Ok(n) => n,
+        Err(e) => return bad_request(&shared, record, &e),
+    };
+    let offset = match param(&query, "$skiptoken").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return bad_request(&shared, record, "Invalid $skiptoken"),
+    };
+    let mut alerts = query_alerts(&shared, &tenant, Api::Graph, &filter);
+    match param(&query, "$orderby") {
+        // Without $orderby the order is the service's own; here, by id.
+        None => alerts.sort_by(|a, b| a.1.cmp(&b.1)),
+        Some("lastUpdateDateTime asc") | Some("lastUpdateDateTime") => {
+            alerts.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
+        }
+        Some("lastUpdateDateTime desc") => alerts.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1))),
+        Some(other) => {
+            return bad_request(&shared, record, &format!("Unsupported $orderby '{other}'"))
+        }
+    }
+    let total = alerts.len();
+    let page: Vec<_> = alerts.into_iter().skip(offset).take(top).collect();
+    record_served(&shared, &tenant, Api::Graph, &page);
+    let mut body = json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2",
+        "value": page.into_iter().map(|(_, _, v)| v).collect::<Vec<Value>>(),
+    });
+    if offset + top < total {
+        let mut next = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in query.iter().filter(|(k, _)| k != "$skiptoken") {
+            next.append_pair(k, v);
+        }
+        next.append_pair("$skiptoken", &(offset + top).to_string());
+        body["@odata.nextLink"] =
+            Value::String(format!("{}{PATH}?{}", shared.base_url, next.finish()));
+    }
+    json_response(200, body)
+}

@@ -1,0 +1,80 @@
+//! Fake MDE `GET /api/alerts` (defender-api.md §1.4): `$filter`, `$top` ≤ 10,000, `$skip`,
+//! `$expand=evidence`. Like the real API it returns no `@odata.nextLink`, and its order is not
+//! time order (here: by alert id).
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::filter::Filter;
+use super::{
+    bad_request, gate, json_response, param, parse_query, query_alerts, record_served, top, Api,
+    Gate, Shared,
+};
+
+const PATH: &str = "/api/alerts";
+/// Filterable properties (`DD api/get-alerts.md`).
+const FIELDS: &[&str] = &[
+    "alertCreationTime",
+    "lastUpdateTime",
+    "incidentId",
+    "InvestigationId",
+    "id",
+    "assignedTo",
+    "detectionSource",
+    "lastEventTime",
+    "status",
+    "severity",
+    "category",
+];
+
+pub(super) async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    shared.wait_latency().await;
+    let query = parse_query(raw.as_deref());
+    let (tenant, record) = match gate(&shared, Api::Mde, &headers, PATH, &query) {
+        Gate::Serve(t, r, delay) => {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            (t, r)
+        }
+        Gate::Respond(resp) => return resp,
+    };
+    let filter = match Filter::parse(param(&query, "$filter").unwrap_or(""), FIELDS) {
+        Ok(f) => f,
+        Err(e) => return bad_request(&shared, record, &e),
+    };
+    let top = match top(&query, 10_000, 10_000) {
+        Ok(n) => n,
+        Err(e) => return bad_request(&shared, record, &e),
+    };
+    let skip = match param(&query, "$skip").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return bad_request(&shared, record, "Invalid $skip"),
+    };
+    let expand = param(&query, "$expand") == Some("evidence");
+    let alerts = query_alerts(&shared, &tenant, Api::Mde, &filter);
+    let mut page: Vec<_> = alerts.into_iter().skip(skip).take(top).collect();
+    record_served(&shared, &tenant, Api::Mde, &page);
+    if !expand {
+        for (_, _, v) in &mut page {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("evidence");
+            }
+        }
+    }
+    json_response(
+        200,
+        json!({
+            "@odata.context": "https://api.security.microsoft.com/api/$metadata#Alerts",
+            "value": page.into_iter().map(|(_, _, v)| v).collect::<Vec<Value>>(),
+        }),
+    )
+}

@@ -1,0 +1,677 @@
+//! An in-process HTTPS fake of the Entra ID v2 token endpoint, Graph `security/alerts_v2` and
+//! MDE `/api/alerts`, on 127.0.0.1 with a test CA made at start.
+//!
+//! It lets the real azure_identity path and the real poller run without an Azure account: the
+//! tests script it (alerts added or updated at any time, 429s, 500s, expired tokens, dropped
+//! connections) and `demo` serves bundled sample alerts from it ([`FakeApi::start_demo`]).
+//! azure_identity refuses `http://` authorities, hence HTTPS (rust-stack.md §1.4 option 2).
+//!
+//! Behaviour copied from the real services, on purpose:
+//! - tokens are opaque and map back to (tenant, API); a token for one API is refused by the other;
+//! - Entra errors carry the real AADSTS codes and `error_codes` arrays (entra.rs);
+//! - Graph returns `@odata.nextLink`; MDE never does (defender-api.md §1.4), and without an
+//!   `$orderby` MDE's order is not time order, so a poller cannot rely on it;
+//! - only the current version of an alert is ever returned: an update replaces it.
+mod entra;
+mod filter;
+mod graph;
+mod mde;
+pub mod samples;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::source::tenant::Api;
+
+/// How a fake tenant's app proves itself.
+#[derive(Clone, Debug)]
+pub enum FakeCredential {
+    /// Client secret.
+    Secret(String),
+    /// A certificate (PEM); assertions must be signed by its key and carry its `x5t`.
+    Certificate(String),
+}
+
+/// One request the fake received.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub at: Instant,
+    /// Tenant from the token (API) or the path (token endpoint); `None` when unknown.
+    pub tenant: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// Decoded query parameters.
+    pub query: Vec<(String, String)>,
+    pub status: u16,
+    /// The `Prefer` request header, if any.
+    pub prefer: Option<String>,
+}
+
+/// One alert version the fake put into a 200 response.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Served {
+    pub tenant: String,
+    pub api: Api,
+    pub id: String,
+    pub last_update: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Faults {
+    /// Next N API requests answer 429 with this Retry-After (seconds).
+    throttle: u32,
+    retry_after: u64,
+    /// API requests answer 500 until then.
+    fail_until: Option<Instant>,
+    /// After this many more API requests, every token issued so far counts as expired.
+    expire_tokens_after: Option<u32>,
+    /// Next N API requests get a 200 whose body breaks off: the connection is closed mid-response.
+    drop_connections: u32,
+    /// Next N API requests are answered only after this delay.
+    slow: u32,
+    slow_by: Duration,
+}
+
+struct FakeTenant {
+    client_id: String,
+    credential: FakeCredential,
+    secret_expired: bool,
+    /// Per API: id -> (lastUpdate, current alert JSON).
+    alerts: HashMap<Api, BTreeMap<String, (DateTime<Utc>, Value)>>,
+    faults: Faults,
+    tokens_valid_after: Option<DateTime<Utc>>,
+    /// `roles` claim of issued tokens; `None` gives the permission the API needs.
+    roles: Option<Vec<String>>,
+}
+
+struct Issued {
+    tenant: String,
+    api: Api,
+    issued: DateTime<Utc>,
+    expires: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tenants: HashMap<String, FakeTenant>,
+    tokens: HashMap<String, Issued>,
+    requests: Vec<RequestRecord>,
+    served: Vec<Served>,
+    token_requests: HashMap<String, u32>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    base_url: String,
+    token_lifetime: Mutex<Duration>,
+    /// Added before every answer (benchmarks: "1,000 tenants with 20 ms latency", issue 4).
+    latency: Mutex<Duration>,
+}
+
+impl Shared {
+    async fn wait_latency(&self) {
+        let d = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The running fake. Dropping it stops the server.
+pub struct FakeApi {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    ca_pem: String,
+    stop: CancellationToken,
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FakeApiError {
+    #[error("cannot make the fake's test certificates: {0}")]
+    Certificate(String),
+    #[error("cannot listen on 127.0.0.1: {0}")]
+    Listen(std::io::Error),
+}
+
+impl FakeApi {
+    /// Starts an empty fake on 127.0.0.1 and a free port. Its URL is `https://localhost:PORT`,
+    /// served with a certificate from a CA made now ([`FakeApi::ca_pem`]).
+    pub async fn start() -> Result<FakeApi, FakeApiError> {
+        let (ca_pem, server_config) = make_tls()?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(FakeApiError::Listen)?;
+        let addr = listener.local_addr().map_err(FakeApiError::Listen)?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner::default()),
+            base_url: format!("https://localhost:{}", addr.port()),
+            token_lifetime: Mutex::new(Duration::from_secs(3599)),
+            latency: Mutex::new(Duration::ZERO),
+        });
+        let router = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
+            .route("/v1.0/security/alerts_v2", get(graph::list))
+            .route("/api/alerts", get(mde::list))
+            .with_state(shared.clone());
+        let stop = CancellationToken::new();
+        let tls = TlsListener::spawn(listener, TlsAcceptor::from(server_config), stop.clone());
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(tls, router)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+        });
+        Ok(FakeApi {
+            shared,
+            addr,
+            ca_pem,
+            stop,
+        })
+    }
+
+    /// `https://localhost:PORT`: the authority host and the API base URL.
+    pub fn base_url(&self) -> url::Url {
+        url::Url::parse(&self.shared.base_url).expect("the fake's own URL parses")
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// PEM of the CA that signed the fake's certificate; clients trust it as an extra CA.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Writes [`FakeApi::ca_pem`] to `dir/fake-api-ca.pem` and returns the path, for
+    /// `HttpSettings::extra_ca_file`.
+    pub fn write_ca_file(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        let path = dir.join("fake-api-ca.pem");
+        std::fs::write(&path, &self.ca_pem)?;
+        Ok(path)
+    }
+
+    /// Registers a tenant whose app `client_id` signs in with `credential`.
+    pub fn add_tenant(&self, tenant_id: &str, client_id: &str, credential: FakeCredential) {
+        self.shared.lock().tenants.insert(
+            tenant_id.to_string(),
+            FakeTenant {
+                client_id: client_id.to_string(),
+                credential,
+                secret_expired: false,
+                alerts: HashMap::new(),
+                faults: Faults::default(),
+                tokens_valid_after: None,
+                roles: None,
+            },
+        );
+    }
+
+    /// The `roles` claim of tokens issued from now on (default: `SecurityAlert.Read.All` for
+    /// Graph, `Alert.Read.All` for MDE), e.g. empty to model a consent without the permission.
+    pub fn set_roles(&self, tenant_id: &str, roles: &[&str]) {
+        self.with_tenant(tenant_id, |t| {
+            t.roles = Some(roles.iter().map(|r| r.to_string()).collect())
+        });
+    }
+
+    /// From now on the tenant's secret is reported expired (AADSTS7000222).
+    pub fn expire_secret(&self, tenant_id: &str) {
+        self.with_tenant(tenant_id, |t| t.secret_expired = true);
+    }
+
+    /// Lifetime of tokens issued from now on (default 3,599 s, as Entra's `expires_in`).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        *self
+            .shared
+            .token_lifetime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = lifetime;
+    }
+
+    /// Every answer (token and API) is delayed by `latency`, as a far-away service would be.
+    pub fn set_latency(&self, latency: Duration) {
+        *self
+            .shared
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = latency;
+    }
+
+    /// Adds or replaces (by `id`) an alert. Its lastUpdate is read from `lastUpdateDateTime`
+    /// (Graph) or `lastUpdateTime` (MDE); it can be in the past ("late" alert).
+    ///
+    /// Panics when the JSON lacks those fields: a test bug, not an input.
+    pub fn upsert_alert(&self, tenant_id: &str, api: Api, alert: Value) {
+        let id = alert["id"].as_str().expect("alert has an id").to_string();
+        let field = match api {
+            Api::Graph => "lastUpdateDateTime",
+            Api::Mde => "lastUpdateTime",
+        };
+        let lu = alert[field]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .expect("alert has a lastUpdate time")
+            .with_timezone(&Utc);
+        self.with_tenant(tenant_id, |t| {
+            t.alerts.entry(api).or_default().insert(id, (lu, alert));
+        });
+    }
+
+    /// The current JSON of an alert.
+    pub fn alert(&self, tenant_id: &str, api: Api, id: &str) -> Option<Value> {
+        let inner = self.shared.lock();
+        inner
+            .tenants
+            .get(tenant_id)?
+            .alerts
+            .get(&api)?
+            .get(id)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The next `n` API requests of the tenant answer 429 with `Retry-After: retry_after_secs`.
+    pub fn throttle_next(&self, tenant_id: &str, n: u32, retry_after_secs: u64) {
+        self.with_tenant(tenant_id, |t| {
+            t.faults.throttle = n;
+            t.faults.retry_after = retry_after_secs;
+        });
+    }
+
+    /// The tenant's API requests answer 500 for `duration` from now.
+    pub fn fail_for(&self, tenant_id: &str, duration: Duration) {
+        self.with_tenant(tenant_id, |t| {
+            t.faults.fail_until = Some(Instant::now() + duration)
+        });
+    }
+
+    /// After `n` more API requests of the tenant, all tokens issued so far count as expired
+    /// (401), as when a token runs out in the middle of paging.
+    pub fn expire_tokens_after(&self, tenant_id: &str, n: u32) {
+        self.with_tenant(tenant_id, |t| t.faults.expire_tokens_after = Some(n));
+    }
+
+    /// The next `n` API requests of the tenant get a response that breaks off mid-body.
+    pub fn drop_connections(&self, tenant_id: &str, n: u32) {
+        self.with_tenant(tenant_id, |t| t.faults.drop_connections = n);
+    }
+
+    /// The next `n` API requests of the tenant are answered after `delay` (a slow or hung API;
+    /// the client's timeout decides).
+    pub fn slow_next(&self, tenant_id: &str, n: u32, delay: Duration) {
+        self.with_tenant(tenant_id, |t| {
+            t.faults.slow = n;
+            t.faults.slow_by = delay;
+        });
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Every alert version put into a 200 response so far, in order.
+    pub fn served(&self) -> Vec<Served> {
+        self.shared.lock().served.clone()
+    }
+
+    /// Token requests answered with a token, per tenant.
+    pub fn tokens_issued(&self, tenant_id: &str) -> u32 {
+        self.shared
+            .lock()
+            .token_requests
+            .get(tenant_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn with_tenant(&self, tenant_id: &str, f: impl FnOnce(&mut FakeTenant)) {
+        let mut inner = self.shared.lock();
+        match inner.tenants.get_mut(tenant_id) {
+            Some(t) => f(t),
+            None => panic!("fake tenant {tenant_id} was never added"),
+        }
+    }
+}
+
+/// Axum's `Listener` over TLS. Handshakes run in their own tasks so one slow client cannot hold
+/// up the others.
+struct TlsListener {
+    rx: mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn spawn(listener: TcpListener, acceptor: TlsAcceptor, stop: CancellationToken) -> Self {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.cancelled() => return,
+                };
+                let Ok((tcp, peer)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                });
+            }
+        });
+        TlsListener { rx, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept loop stopped: wait for the graceful shutdown to end serve().
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// A CA and a `localhost`/127.0.0.1 leaf signed by it (a self-signed CA used as the server
+/// certificate is refused by webpki, rust-stack.md §1.4 option 2).
+fn make_tls() -> Result<(String, Arc<rustls::ServerConfig>), FakeApiError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let err = |e: &dyn std::fmt::Display| FakeApiError::Certificate(e.to_string());
+    let ca_key = KeyPair::generate().map_err(|e| err(&e))?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| err(&e))?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "defender-bridge fake API test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).map_err(|e| err(&e))?;
+    let leaf_key = KeyPair::generate().map_err(|e| err(&e))?;
+    let leaf_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| err(&e))?;
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .map_err(|e| err(&e))?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(&e))?
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .map_err(|e| err(&e))?;
+    Ok((ca.pem(), Arc::new(config)))
+}
+
+// ---- shared by the handlers ----------------------------------------------------------------
+
+/// Outcome of checking an API request's bearer token and the tenant's scripted faults.
+enum Gate {
+    /// Serve the tenant's data after the delay; the index of the request's record, to fix its
+    /// status later.
+    Serve(String, usize, Option<Duration>),
+    Respond(axum::response::Response),
+}
+
+fn json_response(status: u16, body: Value) -> axum::response::Response {
+    let mut resp = axum::response::IntoResponse::into_response(axum::Json(body));
+    *resp.status_mut() = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp
+}
+
+/// `{"error":{"code","message"}}` as Graph and MDE send it (defender-api.md §1.5).
+fn api_error(status: u16, code: &str, message: &str) -> axum::response::Response {
+    json_response(
+        status,
+        serde_json::json!({"error": {"code": code, "message": message,
+            "target": uuid::Uuid::new_v4().to_string()}}),
+    )
+}
+
+/// Records the request and applies token checks and faults, in the order a real service would
+/// meet them: token first, then throttling, then server errors.
+fn gate(
+    shared: &Shared,
+    api: Api,
+    headers: &axum::http::HeaderMap,
+    path: &str,
+    query: &[(String, String)],
+) -> Gate {
+    let mut inner = shared.lock();
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    let now = Utc::now();
+    let issued = inner
+        .tokens
+        .get(&token)
+        .map(|t| (t.tenant.clone(), t.api, t.issued, t.expires));
+    let prefer = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let record = |inner: &mut Inner, tenant: Option<String>, status: u16| {
+        inner.requests.push(RequestRecord {
+            at: Instant::now(),
+            tenant,
+            method: "GET".into(),
+            path: path.to_string(),
+            query: query.to_vec(),
+            status,
+            prefer: prefer.clone(),
+        });
+    };
+    let Some((tenant_id, token_api, issued_at, expires)) = issued else {
+        record(&mut inner, None, 401);
+        return Gate::Respond(api_error(
+            401,
+            "InvalidAuthenticationToken",
+            "Access token validation failure. Invalid audience.",
+        ));
+    };
+    let Some(tenant) = inner.tenants.get_mut(&tenant_id) else {
+        record(&mut inner, Some(tenant_id), 401);
+        return Gate::Respond(api_error(401, "Unauthorized", "Unknown tenant"));
+    };
+    if let Some(n) = tenant.faults.expire_tokens_after {
+        if n == 0 {
+            tenant.tokens_valid_after = Some(now);
+            tenant.faults.expire_tokens_after = None;
+        } else {
+            tenant.faults.expire_tokens_after = Some(n - 1);
+        }
+    }
+    let revoked = tenant.tokens_valid_after.is_some_and(|t| issued_at <= t);
+    if token_api != api || expires <= now || revoked {
+        record(&mut inner, Some(tenant_id), 401);
+        let msg = if token_api != api {
+            "Access token validation failure. Invalid audience."
+        } else {
+            "Access token has expired or is not yet valid."
+        };
+        return Gate::Respond(api_error(401, "InvalidAuthenticationToken", msg));
+    }
+    if tenant.faults.throttle > 0 {
+        tenant.faults.throttle -= 1;
+        let retry_after = tenant.faults.retry_after;
+        record(&mut inner, Some(tenant_id), 429);
+        let mut resp = api_error(
+            429,
+            "TooManyRequests",
+            "Too many requests. Retry after the time in the Retry-After header.",
+        );
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(retry_after),
+        );
+        return Gate::Respond(resp);
+    }
+    if tenant.faults.fail_until.is_some_and(|t| Instant::now() < t) {
+        record(&mut inner, Some(tenant_id), 500);
+        return Gate::Respond(api_error(
+            500,
+            "InternalServerError",
+            "An unexpected error occurred. Retry the operation.",
+        ));
+    }
+    if tenant.faults.drop_connections > 0 {
+        tenant.faults.drop_connections -= 1;
+        record(&mut inner, Some(tenant_id), 200);
+        let body = axum::body::Body::new(BrokenBody(false));
+        return Gate::Respond(axum::response::Response::new(body));
+    }
+    let delay = if tenant.faults.slow > 0 {
+        tenant.faults.slow -= 1;
+        Some(tenant.faults.slow_by)
+    } else {
+        None
+    };
+    record(&mut inner, Some(tenant_id.clone()), 200);
+    Gate::Serve(tenant_id, inner.requests.len() - 1, delay)
+}
+
+/// A 400 for a query the API would refuse, fixing the request's recorded status.
+fn bad_request(shared: &Shared, record: usize, message: &str) -> axum::response::Response {
+    if let Some(r) = shared.lock().requests.get_mut(record) {
+        r.status = 400;
+    }
+    api_error(400, "BadRequest", message)
+}
+
+/// Decoded query pairs of a raw query string.
+fn parse_query(raw: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `$top`: absent gives `default`, above `max` is a 400 (as at the real APIs).
+fn top(query: &[(String, String)], default: usize, max: usize) -> Result<usize, String> {
+    match param(query, "$top") {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "Invalid $top value '{v}': must be between 1 and {max}"
+            )),
+        },
+    }
+}
+
+/// A body that sends the start of a JSON page, then fails: hyper aborts the connection, and the
+/// client sees the response break off as with a reset.
+struct BrokenBody(bool);
+
+impl hyper::body::Body for BrokenBody {
+    type Data = hyper::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.0 {
+            return std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "scripted connection drop",
+            ))));
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(
+            hyper::body::Bytes::from_static(b"{\"value\":[{\"id\":\"da"),
+        ))))
+    }
+}
+
+/// The alerts of `tenant` for `api` matching `filter`, in the API's order, plus served records.
+fn query_alerts(
+    shared: &Shared,
+    tenant_id: &str,
+    api: Api,
+    filter: &filter::Filter,
+) -> Vec<(DateTime<Utc>, String, Value)> {
+    let inner = shared.lock();
+    let Some(store) = inner
+        .tenants
+        .get(tenant_id)
+        .and_then(|t| t.alerts.get(&api))
+    else {
+        return Vec::new();
+    };
+    store
+        .iter()
+        .filter(|(_, (_, v))| filter.matches(v))
+        .map(|(id, (lu, v))| (*lu, id.clone(), v.clone()))
+        .collect()
+}
+
+fn record_served(
+    shared: &Shared,
+    tenant_id: &str,
+    api: Api,
+    page: &[(DateTime<Utc>, String, Value)],
+) {
+    let mut inner = shared.lock();
+    for (lu, id, _) in page {
+        inner.served.push(Served {
+            tenant: tenant_id.to_string(),
+            api,
+            id: id.clone(),
+            last_update: *lu,
+        });
+    }
+}

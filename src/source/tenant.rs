@@ -1,0 +1,338 @@
+//! Runtime settings of one tenant, as the validated config hands them to the source.
+//!
+//! Plain data: the TOML layer (src/config.rs) fills it in; nothing here parses files.
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+/// A secret held in memory. It has no `Display`, and `Debug` prints `***`, so it cannot end up
+/// in a log line, an error or `--help` by accident (GUIDE: secrets never appear in logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(Box<str>);
+
+impl SecretString {
+    pub fn new(secret: impl Into<String>) -> Self {
+        SecretString(secret.into().into_boxed_str())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+impl From<&str> for SecretString {
+    fn from(s: &str) -> Self {
+        SecretString::new(s)
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(s: String) -> Self {
+        SecretString::new(s)
+    }
+}
+
+/// How the app proves who it is to Entra ID (rust-stack.md §1.5).
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// A client secret (`client_secret` form field).
+    Secret(SecretString),
+    /// A certificate and its private key as PEM. `key` may be `None` when `cert` holds both.
+    CertificatePem { cert: PathBuf, key: Option<PathBuf> },
+    /// A PKCS#12 (.pfx/.p12) file holding the key and its certificate.
+    CertificatePfx {
+        path: PathBuf,
+        password: Option<SecretString>,
+    },
+}
+
+/// Which alert API a tenant is polled through (defender-api.md §0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Api {
+    /// Microsoft Graph `security/alerts_v2`, Microsoft's recommended API (defender-api.md §3.5).
+    #[default]
+    Graph,
+    /// Defender for Endpoint `/api/alerts` (defender-api.md §1).
+    Mde,
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Api::Graph => "graph",
+            Api::Mde => "mde",
+        })
+    }
+}
+
+/// The national cloud a tenant lives in (defender-api.md §1.1 and §3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Cloud {
+    #[default]
+    Commercial,
+    Gcc,
+    GccHigh,
+    Dod,
+}
+
+impl Cloud {
+    /// Entra ID sign-in host. GCC signs in on the commercial host; GCC High and DoD on `.us`
+    /// (defender-api.md §1.1, `DD defender-endpoint/gov.md`).
+    pub fn authority_host(self) -> &'static str {
+        match self {
+            Cloud::Commercial | Cloud::Gcc => "https://login.microsoftonline.com",
+            Cloud::GccHigh | Cloud::Dod => "https://login.microsoftonline.us",
+        }
+    }
+
+    /// API base URL for `api` (defender-api.md §1.1 for MDE, §3.1 "National clouds" for Graph).
+    pub fn api_base(self, api: Api) -> &'static str {
+        match (api, self) {
+            (Api::Graph, Cloud::Commercial | Cloud::Gcc) => "https://graph.microsoft.com",
+            (Api::Graph, Cloud::GccHigh) => "https://graph.microsoft.us",
+            (Api::Graph, Cloud::Dod) => "https://dod-graph.microsoft.us",
+            (Api::Mde, Cloud::Commercial) => "https://api.security.microsoft.com",
+            (Api::Mde, Cloud::Gcc) => "https://api-gcc.securitycenter.microsoft.us",
+            (Api::Mde, Cloud::GccHigh | Cloud::Dod) => {
+                "https://api-gov.securitycenter.microsoft.us"
+            }
+        }
+    }
+
+    /// Token scope for `api`. Commercial MDE uses the documented App ID URI
+    /// `https://api.securitycenter.microsoft.com` even on the newer `api.security.microsoft.com`
+    /// host (defender-api.md §1.2); for gov clouds the API host is the audience (§1.2, inferred
+    /// from community code, §6 "verify in a gov tenant").
+    pub fn scope(self, api: Api) -> &'static str {
+        match (api, self) {
+            (Api::Graph, Cloud::Commercial | Cloud::Gcc) => "https://graph.microsoft.com/.default",
+            (Api::Graph, Cloud::GccHigh) => "https://graph.microsoft.us/.default",
+            (Api::Graph, Cloud::Dod) => "https://dod-graph.microsoft.us/.default",
+            (Api::Mde, Cloud::Commercial) => "https://api.securitycenter.microsoft.com/.default",
+            (Api::Mde, Cloud::Gcc) => "https://api-gcc.securitycenter.microsoft.us/.default",
+            (Api::Mde, Cloud::GccHigh | Cloud::Dod) => {
+                "https://api-gov.securitycenter.microsoft.us/.default"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Cloud::Commercial => "commercial",
+            Cloud::Gcc => "gcc",
+            Cloud::GccHigh => "gcc-high",
+            Cloud::Dod => "dod",
+        })
+    }
+}
+
+/// Alert severity, ordered, for the minimum-severity filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Informational,
+    Low,
+    Medium,
+    High,
+}
+
+impl Severity {
+    const ALL: [Severity; 4] = [
+        Severity::Informational,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+    ];
+
+    /// This severity and every higher one.
+    pub fn and_above(self) -> impl Iterator<Item = Severity> {
+        Self::ALL.into_iter().filter(move |s| *s >= self)
+    }
+
+    /// The enum member as `api` spells it: Graph camelCase (defender-api.md §3.2), MDE PascalCase
+    /// (§1.6).
+    pub fn api_name(self, api: Api) -> &'static str {
+        match (api, self) {
+            (Api::Graph, Severity::Informational) => "informational",
+            (Api::Graph, Severity::Low) => "low",
+            (Api::Graph, Severity::Medium) => "medium",
+            (Api::Graph, Severity::High) => "high",
+            (Api::Mde, Severity::Informational) => "Informational",
+            (Api::Mde, Severity::Low) => "Low",
+            (Api::Mde, Severity::Medium) => "Medium",
+            (Api::Mde, Severity::High) => "High",
+        }
+    }
+}
+
+/// Server-side filters, pushed into `$filter` (defender-api.md §1.4, §3.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Only alerts of this severity or higher.
+    pub min_severity: Option<Severity>,
+    /// Graph only: `serviceSource` values to keep, e.g. `microsoftDefenderForEndpoint`.
+    /// Empty keeps all. (MDE alerts all come from Defender for Endpoint.)
+    pub service_sources: Vec<String>,
+}
+
+/// Which versions of an alert are forwarded (peers.md §7.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum UpdatePolicy {
+    /// Every version (every distinct lastUpdate time) of every alert.
+    #[default]
+    All,
+    /// Only the first version seen of each alert id.
+    First,
+    /// The first version, then only versions whose status, classification or determination
+    /// changed.
+    Status,
+}
+
+/// Everything the source needs to poll one tenant.
+#[derive(Clone, Debug)]
+pub struct TenantSettings {
+    /// The configured name, used in logs, errors and records.
+    pub name: String,
+    /// Entra tenant id (GUID or verified domain).
+    pub tenant_id: String,
+    /// Application (client) id of the MSSP's multi-tenant app.
+    pub client_id: String,
+    pub credential: Credential,
+    pub api: Api,
+    pub cloud: Cloud,
+    /// Overrides the cloud's sign-in host (must be https; the tests use https://localhost:PORT).
+    pub authority_host: Option<Url>,
+    /// Overrides the cloud's API base URL.
+    pub api_base_url: Option<Url>,
+    pub filters: Filters,
+    /// Time between the end of one poll and the start of the next.
+    pub poll_interval: Duration,
+    /// How far back before the cursor each poll looks again, for alerts that become visible late
+    /// (peers.md §6 "Missed alerts": they show up minutes after their lastUpdate time).
+    pub overlap: Duration,
+    /// On the very first run (no checkpoint), start at now minus this.
+    pub initial_lookback: Duration,
+    /// `$top`: Graph allows at most 1,000, MDE 10,000 (defender-api.md §1.4, §3.1).
+    pub page_size: u32,
+    pub update_policy: UpdatePolicy,
+    /// How long per-alert policy state (`first`, `status`) is kept after an alert's last update.
+    pub policy_retention: Duration,
+    /// Requests allowed per period; `None` uses the API's documented limits
+    /// (Graph 150/min, MDE 100/min and 1,500/h — defender-api.md §0).
+    pub rate_limits: Option<Vec<(u32, Duration)>>,
+    /// First delay after a 5xx, timeout or connection error; doubles up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl TenantSettings {
+    /// Settings with the documented defaults; the caller fills in the rest.
+    pub fn new(
+        name: impl Into<String>,
+        tenant_id: impl Into<String>,
+        client_id: impl Into<String>,
+        credential: Credential,
+    ) -> Self {
+        TenantSettings {
+            name: name.into(),
+            tenant_id: tenant_id.into(),
+            client_id: client_id.into(),
+            credential,
+            api: Api::Graph,
+            cloud: Cloud::Commercial,
+            authority_host: None,
+            api_base_url: None,
+            filters: Filters::default(),
+            poll_interval: Duration::from_secs(60),
+            overlap: Duration::from_secs(10 * 60),
+            initial_lookback: Duration::from_secs(24 * 3600),
+            page_size: 500,
+            update_policy: UpdatePolicy::All,
+            policy_retention: Duration::from_secs(30 * 24 * 3600),
+            rate_limits: None,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(5 * 60),
+        }
+    }
+
+    /// Sign-in host: the override or the cloud's.
+    pub fn authority_host(&self) -> String {
+        match &self.authority_host {
+            Some(url) => url.as_str().trim_end_matches('/').to_string(),
+            None => self.cloud.authority_host().to_string(),
+        }
+    }
+
+    /// API base URL without a trailing slash: the override or the cloud's.
+    pub fn api_base(&self) -> String {
+        match &self.api_base_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_string(),
+            None => self.cloud.api_base(self.api).to_string(),
+        }
+    }
+
+    pub fn scope(&self) -> &'static str {
+        self.cloud.scope(self.api)
+    }
+
+    /// The limits the rate limiter keeps under.
+    pub fn rate_limits(&self) -> Vec<(u32, Duration)> {
+        match (&self.rate_limits, self.api) {
+            (Some(limits), _) => limits.clone(),
+            // defender-api.md §3.1: 150 requests per minute per app per tenant.
+            (None, Api::Graph) => vec![(150, Duration::from_secs(60))],
+            // defender-api.md §1.5: 100 calls per minute and 1,500 calls per hour.
+            (None, Api::Mde) => vec![
+                (100, Duration::from_secs(60)),
+                (1500, Duration::from_secs(3600)),
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let c = Credential::Secret(SecretString::new("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn cloud_endpoints_follow_the_gov_table() {
+        assert_eq!(
+            Cloud::Gcc.authority_host(),
+            "https://login.microsoftonline.com"
+        );
+        assert_eq!(
+            Cloud::Dod.api_base(Api::Graph),
+            "https://dod-graph.microsoft.us"
+        );
+        assert_eq!(
+            Cloud::GccHigh.api_base(Api::Mde),
+            "https://api-gov.securitycenter.microsoft.us"
+        );
+        assert_eq!(
+            Cloud::Gcc.scope(Api::Mde),
+            "https://api-gcc.securitycenter.microsoft.us/.default"
+        );
+    }
+
+    #[test]
+    fn severity_and_above() {
+        let v: Vec<_> = Severity::Medium.and_above().collect();
+        assert_eq!(v, [Severity::Medium, Severity::High]);
+    }
+}

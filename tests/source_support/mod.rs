@@ -1,0 +1,190 @@
+//! Shared set-up of the source tests: the HTTPS fake, an HTTPS client trusting its CA, tenants
+//! registered on both sides, and a receiver that records and accepts every batch.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use defender_bridge::fake_api::{FakeApi, FakeCredential};
+use defender_bridge::source::{
+    build_http_client, Api, Credential, Delivery, HttpSettings, Poller, SecretString,
+    TenantSettings,
+};
+use tokio::sync::mpsc;
+
+/// A received alert version: (tenant id, alert id, lastUpdate).
+pub type Version = (String, String, DateTime<Utc>);
+
+pub struct Harness {
+    pub fake: FakeApi,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let fake = FakeApi::start().await.expect("fake API starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = fake.write_ca_file(dir.path()).expect("CA file");
+        let http = build_http_client(&HttpSettings {
+            extra_ca_file: Some(ca),
+            request_timeout: Duration::from_secs(10),
+            ..HttpSettings::default()
+        })
+        .expect("HTTPS client");
+        Harness { fake, dir, http }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Registers `tenant_id` with a secret at the fake and returns its settings: short poll
+    /// interval, overlap and backoff so the tests run quickly.
+    pub fn tenant(&self, name: &str, tenant_id: &str, api: Api) -> TenantSettings {
+        let secret = format!("s3cret-{tenant_id}");
+        let client_id = "11111111-2222-3333-4444-555555555555";
+        self.fake
+            .add_tenant(tenant_id, client_id, FakeCredential::Secret(secret.clone()));
+        self.settings(
+            name,
+            tenant_id,
+            api,
+            Credential::Secret(SecretString::new(secret)),
+        )
+    }
+
+    pub fn settings(
+        &self,
+        name: &str,
+        tenant_id: &str,
+        api: Api,
+        credential: Credential,
+    ) -> TenantSettings {
+        let mut s = TenantSettings::new(
+            name,
+            tenant_id,
+            "11111111-2222-3333-4444-555555555555",
+            credential,
+        );
+        s.api = api;
+        s.authority_host = Some(self.fake.base_url());
+        s.api_base_url = Some(self.fake.base_url());
+        s.poll_interval = Duration::from_millis(100);
+        s.overlap = Duration::from_secs(120);
+        s.initial_lookback = Duration::from_secs(3600);
+        s.page_size = 10;
+        s.backoff_base = Duration::from_millis(20);
+        s.backoff_max = Duration::from_millis(200);
+        // The documented limits (100/min for MDE) would make these tests slow; the rate
+        // limiter has its own test (source_faults.rs).
+        s.rate_limits = Some(vec![(100_000, Duration::from_secs(60))]);
+        s
+    }
+
+    pub fn poller(&self, settings: TenantSettings) -> Poller {
+        Poller::connect(settings, self.http.clone(), &self.state_dir()).expect("poller")
+    }
+}
+
+/// Records every delivered alert version and accepts the batch.
+#[derive(Clone, Default)]
+pub struct Received(pub Arc<Mutex<Vec<Version>>>);
+
+impl Received {
+    /// A channel whose receiving end records and accepts every batch.
+    pub fn channel(&self) -> mpsc::Sender<Delivery> {
+        let (tx, mut rx) = mpsc::channel::<Delivery>(4);
+        let store = self.0.clone();
+        tokio::spawn(async move {
+            while let Some(Delivery { batch, ack }) = rx.recv().await {
+                let mut s = store.lock().expect("lock");
+                for a in &batch.alerts {
+                    // The raw JSON is the alert as served: its id and time agree.
+                    let v: serde_json::Value =
+                        serde_json::from_str(a.json.get()).expect("raw alert is JSON");
+                    assert_eq!(v["id"], a.id.as_str());
+                    s.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
+                }
+                drop(s);
+                ack.accept();
+            }
+        });
+        tx
+    }
+
+    /// Like [`Received::channel`] for the first `n` batches; later batches are neither recorded
+    /// nor accepted: with `hold`, their acknowledgement is kept pending forever (the process
+    /// "hangs" before accepting), otherwise it is dropped (the receiver refuses them).
+    pub fn channel_accepting(&self, n: usize, hold: bool) -> mpsc::Sender<Delivery> {
+        let (tx, mut rx) = mpsc::channel::<Delivery>(4);
+        let store = self.0.clone();
+        tokio::spawn(async move {
+            let mut accepted = 0;
+            let mut limbo = Vec::new();
+            while let Some(Delivery { batch, ack }) = rx.recv().await {
+                if accepted < n {
+                    let mut s = store.lock().expect("lock");
+                    for a in &batch.alerts {
+                        s.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
+                    }
+                    drop(s);
+                    ack.accept();
+                    accepted += 1;
+                } else if hold {
+                    limbo.push(ack);
+                }
+            }
+        });
+        tx
+    }
+
+    pub fn all(&self) -> Vec<Version> {
+        self.0.lock().expect("lock").clone()
+    }
+
+    pub fn of(&self, tenant: &str) -> Vec<Version> {
+        self.all().into_iter().filter(|v| v.0 == tenant).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("lock").len()
+    }
+}
+
+/// Asserts no version was received twice and the set equals `expected`.
+pub fn assert_exactly(received: &[Version], expected: &BTreeSet<Version>) {
+    let set: BTreeSet<Version> = received.iter().cloned().collect();
+    assert_eq!(
+        set.len(),
+        received.len(),
+        "duplicates received: {received:#?}"
+    );
+    let missing: Vec<_> = expected.difference(&set).collect();
+    let extra: Vec<_> = set.difference(expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:#?}\nextra {extra:#?}"
+    );
+}
+
+/// Waits (up to a generous hang guard, not a speed target) until `cond` holds.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `now - secs` seconds, in whole milliseconds (the fake keeps 100 ns precision).
+pub fn ago(secs: f64) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    (Utc::now() - chrono::Duration::milliseconds((secs * 1000.0) as i64)).trunc_subsecs(3)
+}
