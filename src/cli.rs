@@ -26,9 +26,108 @@ pub enum Command {
     Send(SendArgs),
     /// Send one clearly marked synthetic test alert to a destination
     SendTest(SendTestArgs),
+    /// Run the daemon: poll every configured tenant and forward alerts to the destinations
+    Run(ConfigArg),
+    /// The whole pipeline on sample alerts from a built-in fake of Entra ID and the Graph API
+    /// (no Azure account needed)
+    Demo(DemoArgs),
+    /// Validate the configuration; with --online also sign in, read alerts and send a test
+    /// record to every destination
+    Check(CheckArgs),
+    /// Onboard customer tenants
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
     /// List or show the built-in formats
     #[command(subcommand)]
     Formats(FormatsCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArg {
+    /// Configuration file
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        default_value = "/etc/defender-bridge/config.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+
+    /// Also get a token and one page of alerts per tenant, and send a test record to each
+    /// destination
+    #[arg(long)]
+    pub online: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantsCommand {
+    /// Print the admin-consent link a customer's administrator opens to grant your
+    /// multi-tenant app
+    ConsentUrl {
+        /// Your multi-tenant app's application (client) ID
+        #[arg(long, value_name = "ID")]
+        client_id: String,
+        /// The customer's cloud
+        #[arg(long, value_enum, default_value_t = CloudArg::Commercial)]
+        cloud: CloudArg,
+        /// The customer's tenant ID or domain [default: common]
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
+        /// A redirect URI registered on the app, where the browser lands afterwards
+        #[arg(long, value_name = "URL")]
+        redirect_uri: Option<String>,
+    },
+    /// Get a token for every configured tenant and check its tenant and permission claims
+    Verify(ConfigArg),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloudArg {
+    Commercial,
+    Gcc,
+    GccHigh,
+    Dod,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Built-in format name or the path of a format file
+    #[arg(
+        long,
+        short = 'f',
+        value_name = "NAME|PATH",
+        default_value = "arcsight"
+    )]
+    pub format: String,
+
+    /// Send the records here (udp://, tcp://, tls://) instead of printing them
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+
+    /// Syslog header in front of each record
+    #[arg(long, value_enum, default_value_t = SyslogArg::Rfc5424)]
+    pub syslog: SyslogArg,
+
+    #[command(flatten)]
+    pub header: HeaderArgs,
+
+    /// How many demo customer tenants
+    #[arg(long, default_value_t = 2)]
+    pub tenants: usize,
+
+    /// How often the fake API publishes a new alert or a status change
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub every: std::time::Duration,
+
+    /// Stop after this long [default: run until Ctrl-C]
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug)]

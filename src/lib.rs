@@ -5,11 +5,15 @@
 //! ([`format::Formatter`], from `formats/*.toml`) → record bytes → a sink (UDP, TCP, TLS).
 
 pub mod alert;
+pub mod config;
 pub mod convert;
+pub mod daemon;
 pub mod dead_letter;
+pub mod demo;
 pub mod fake_api;
 pub mod format;
 pub mod input;
 pub mod output;
 pub mod sink;
 pub mod source;
+pub mod tenants;

@@ -10,14 +10,18 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
 use cli::{
-    Cli, Command, ConvertArgs, DestinationArgs, FormatsCommand, FramingArg, HeaderArgs, SendArgs,
-    SendTestArgs, SyslogArg,
+    CheckArgs, Cli, CloudArg, Command, ConfigArg, ConvertArgs, DemoArgs, DestinationArgs,
+    FormatsCommand, FramingArg, HeaderArgs, SendArgs, SendTestArgs, SyslogArg, TenantsCommand,
 };
 use defender_bridge::alert::Alert;
+use defender_bridge::config::Config;
+use defender_bridge::daemon;
 use defender_bridge::format::{self, syslog, Context, Formatter, MessageEncoder, SyslogHeader};
 use defender_bridge::input::{self, Decoded, Limits};
 use defender_bridge::output::{self, Output, OutputConfig};
 use defender_bridge::sink::{Framing, SinkConfig};
+use defender_bridge::source::{build_http_client, Cloud, Poller};
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,6 +29,10 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert(args),
         Command::Send(args) => block_on(send(args)),
         Command::SendTest(args) => block_on(send_test(args)),
+        Command::Run(args) => block_on(run_daemon(args)),
+        Command::Demo(args) => block_on(demo(args)),
+        Command::Check(args) => block_on(check(args)),
+        Command::Tenants(cmd) => block_on(tenants(cmd)),
         Command::Formats(cmd) => formats(cmd),
     };
     match result {
@@ -49,12 +57,190 @@ fn block_on(f: impl std::future::Future<Output = Result<ExitCode>>) -> Result<Ex
 }
 
 fn init_logging() {
+    init_logging_at("info")
+}
+
+/// Logs to stderr (journald takes it from there); `RUST_LOG` overrides `level`.
+fn init_logging_at(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config> {
+    let config = Config::load(path)?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(config)
+}
+
+async fn run_daemon(args: ConfigArg) -> Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    init_logging_at(&config.log_level);
+    if config.tenants.is_empty() || config.destinations.is_empty() {
+        bail!(
+            "{}: nothing to do: the configuration needs at least one [[tenant]] and one [[destination]]",
+            args.config.display()
+        );
+    }
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received");
+        signal.cancel();
+    });
+    daemon::run(config, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(args: DemoArgs) -> Result<ExitCode> {
+    init_logging_at("warn");
+    Formatter::load(&args.format)?;
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    let opts = defender_bridge::demo::DemoOptions {
+        format: args.format.clone(),
+        header: syslog_header(args.syslog, &args.header)?,
+        to: args.to,
+        tenants: args.tenants,
+        every: args.every,
+        duration: args.duration,
+    };
+    defender_bridge::demo::run(opts, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(args: CheckArgs) -> Result<ExitCode> {
+    init_logging_at("error");
+    let config = load_config(&args.config.config)?;
+    println!(
+        "{}: OK: {} tenant(s), {} destination(s)",
+        args.config.config.display(),
+        config.tenants.len(),
+        config.destinations.len()
+    );
+    if !args.online {
+        for t in &config.tenants {
+            let s = &t.settings;
+            println!(
+                "tenant {}: {} API, {} cloud, {}",
+                s.name,
+                s.api,
+                s.cloud,
+                s.api_base()
+            );
+        }
+        for d in &config.destinations {
+            println!(
+                "destination {}: format {}",
+                d.output.sink.destination, d.output.format
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = false;
+    let http = build_http_client(&config.http)?;
+    for t in &config.tenants {
+        let name = &t.settings.name;
+        let result = async {
+            let dir = std::env::temp_dir()
+                .join(format!("defender-bridge-check-{}", uuid::Uuid::new_v4()));
+            let poller = Poller::connect(t.settings.clone(), http.clone(), &dir)?;
+            let n = poller.probe().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            n
+        }
+        .await;
+        match result {
+            Ok(n) => println!("tenant {name}: OK: signed in, {n} alert(s) on the first page"),
+            Err(e) => {
+                failed = true;
+                println!("tenant {name}: FAILED: {e}");
+            }
+        }
+    }
+    let alert = output::test_alert();
+    for d in &config.destinations {
+        let url = d.output.sink.destination.to_string();
+        let result = async {
+            d.output.sink.probe().await?;
+            let o = Output::build(&d.output)?;
+            o.send(&alert, &Context::default()).await?;
+            o.shutdown(std::time::Duration::from_secs(10)).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => println!("destination {url}: OK: test alert {} sent", alert.id),
+            Err(e) => {
+                failed = true;
+                println!("destination {url}: FAILED: {e:#}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn tenants(cmd: TenantsCommand) -> Result<ExitCode> {
+    match cmd {
+        TenantsCommand::ConsentUrl {
+            client_id,
+            cloud,
+            tenant,
+            redirect_uri,
+        } => {
+            let cloud = match cloud {
+                CloudArg::Commercial => Cloud::Commercial,
+                CloudArg::Gcc => Cloud::Gcc,
+                CloudArg::GccHigh => Cloud::GccHigh,
+                CloudArg::Dod => Cloud::Dod,
+            };
+            println!(
+                "{}",
+                defender_bridge::tenants::consent_url(
+                    &client_id,
+                    cloud,
+                    tenant.as_deref(),
+                    redirect_uri.as_deref()
+                )
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        TenantsCommand::Verify(args) => {
+            init_logging_at("error");
+            let config = load_config(&args.config)?;
+            let http = build_http_client(&config.http)?;
+            let mut failed = false;
+            for t in &config.tenants {
+                match defender_bridge::tenants::verify(t, http.clone()).await {
+                    Ok(msg) => println!("tenant {}: OK: {msg}", t.settings.name),
+                    Err(e) => {
+                        failed = true;
+                        println!("tenant {}: FAILED: {e}", t.settings.name);
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
 }
 
 /// `--to` and its options → one output config per destination.

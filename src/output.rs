@@ -177,8 +177,10 @@ impl Output {
 
     /// Flushes and closes within `timeout`.
     pub async fn shutdown(self, timeout: Duration) -> Result<OutputStats, Error> {
+        let flushed = self.sink.flush(timeout).await;
         let stats = self.stats();
         self.sink.shutdown(timeout).await?;
+        flushed?;
         Ok(stats)
     }
 }

@@ -1,0 +1,676 @@
+//! The configuration file (`/etc/defender-bridge/config.toml`): global settings, `[[tenant]]`
+//! blocks and `[[destination]]` blocks (DESIGN.md "Configuration").
+//!
+//! Two stages, as in ripgrep: [`RawConfig`] is the file as serde reads it (unknown keys are
+//! errors with their line number); [`Config::load`] validates it and resolves secrets, format
+//! files and destination URLs into the runtime settings the source and the outputs take.
+//! Secrets are never inline: `{ env = "NAME" }` or `{ file = "/path" }`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::format::{syslog, Formatter, HeaderKind, SyslogHeader};
+use crate::output::OutputConfig;
+use crate::sink::{Framing, SinkConfig};
+use crate::source::{
+    Api, Cloud, Credential, Filters, HttpSettings, SecretString, Severity, TenantSettings,
+    UpdatePolicy,
+};
+
+/// A configuration that could not be loaded: the file, the line when known, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub origin: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration like \"60s\" or \"5m\": {e}"
+        ))
+    })
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+/// Where a secret is: an environment variable or a file (whose content, trimmed, is the
+/// secret).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub poll_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub overlap: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub initial_lookback: Option<Duration>,
+    #[serde(default)]
+    pub update_policy: Option<Spanned<String>>,
+    #[serde(default)]
+    pub page_size: Option<u32>,
+    #[serde(default)]
+    pub proxy: Option<String>,
+    #[serde(default)]
+    pub proxy_username: Option<String>,
+    #[serde(default)]
+    pub proxy_password: Option<SecretRef>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub dead_letter: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub shutdown_timeout: Option<Duration>,
+    #[serde(default)]
+    pub tenant: Vec<Spanned<RawTenant>>,
+    #[serde(default)]
+    pub destination: Vec<Spanned<RawDestination>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub name: Spanned<String>,
+    pub tenant_id: Spanned<String>,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<Spanned<SecretRef>>,
+    #[serde(default)]
+    pub certificate: Option<Spanned<RawCertificate>>,
+    #[serde(default)]
+    pub api: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cloud: Option<Spanned<String>>,
+    #[serde(default)]
+    pub authority_host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_base_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub min_severity: Option<Spanned<String>>,
+    #[serde(default)]
+    pub service_sources: Vec<String>,
+    #[serde(default)]
+    pub syslog_hostname: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub poll_interval: Option<Duration>,
+    #[serde(default)]
+    pub update_policy: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    #[serde(default)]
+    pub pem: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub pfx: Option<PathBuf>,
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    pub url: Spanned<String>,
+    pub format: Spanned<String>,
+    #[serde(default)]
+    pub syslog: Option<Spanned<String>>,
+    #[serde(default)]
+    pub framing: Option<Spanned<String>>,
+    #[serde(default)]
+    pub facility: Option<Spanned<String>>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub app_name: Option<String>,
+    #[serde(default)]
+    pub max_message_size: Option<usize>,
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    #[serde(default)]
+    pub tenants: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub min_severity: Option<Spanned<String>>,
+}
+
+/// One tenant, validated.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub settings: TenantSettings,
+    /// HOSTNAME in this tenant's syslog headers (QRadar: one log source per customer).
+    pub syslog_hostname: Option<String>,
+}
+
+/// One destination, validated.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub output: OutputConfig,
+    /// Only these tenants' alerts (by name); `None` for all.
+    pub tenants: Option<HashSet<String>>,
+    pub min_severity: Option<Severity>,
+}
+
+impl Destination {
+    /// Whether an alert of `tenant` with `severity` goes to this destination.
+    pub fn wants(&self, tenant: &str, severity: &crate::alert::Severity) -> bool {
+        self.tenants.as_ref().is_none_or(|t| t.contains(tenant))
+            && self
+                .min_severity
+                // alert::Severity ranks informational as 1; source::Severity counts from 0.
+                .is_none_or(|min| severity.rank() > min as u8)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub http: HttpSettings,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+    pub tenants: Vec<Tenant>,
+    pub destinations: Vec<Destination>,
+    /// Warnings found while loading (a secret file readable by others, skipped TLS checks).
+    pub warnings: Vec<String>,
+}
+
+pub const DEFAULT_PATH: &str = "/etc/defender-bridge/config.toml";
+
+struct Ctx<'a> {
+    origin: &'a str,
+    src: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            origin: self.origin.to_string(),
+            line: Some(
+                self.src[..span.start.min(self.src.len())]
+                    .matches('\n')
+                    .count()
+                    + 1,
+            ),
+            message: message.into(),
+        })
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: path.display().to_string(),
+            line: None,
+            message: format!("cannot read the configuration: {e}"),
+        })?;
+        Config::from_toml(&path.display().to_string(), &src)
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn from_toml(origin: &str, src: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError {
+            origin: origin.to_string(),
+            line: e
+                .span()
+                .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1),
+            message: e.message().to_string(),
+        })?;
+        let c = Ctx { origin, src };
+        let mut warnings = Vec::new();
+
+        let policy = |p: &Option<Spanned<String>>| -> Result<Option<UpdatePolicy>, ConfigError> {
+            match p.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+                None => Ok(None),
+                Some(("all", _)) => Ok(Some(UpdatePolicy::All)),
+                Some(("first", _)) => Ok(Some(UpdatePolicy::First)),
+                Some(("status", _)) => Ok(Some(UpdatePolicy::Status)),
+                Some((other, span)) => c.err(
+                    span,
+                    format!("update_policy is {other:?}: use \"all\", \"first\" or \"status\""),
+                ),
+            }
+        };
+        let global_policy = policy(&raw.update_policy)?;
+
+        let mut tenants: Vec<Tenant> = Vec::new();
+        for t in &raw.tenant {
+            let span = t.span();
+            let t = t.get_ref();
+            let name = t.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                return c.err(t.name.span(), "a tenant needs a name");
+            }
+            if tenants.iter().any(|x| x.settings.name == name) {
+                return c.err(t.name.span(), format!("two tenants are named {name:?}"));
+            }
+            let credential = match (&t.client_secret, &t.certificate) {
+                (Some(s), None) => {
+                    Credential::Secret(resolve_secret(&c, s.get_ref(), s.span(), &mut warnings)?)
+                }
+                (None, Some(cert)) => {
+                    let r = cert.get_ref();
+                    match (&r.pem, &r.pfx) {
+                        (Some(pem), None) => {
+                            if r.password.is_some() {
+                                return c.err(cert.span(), "a PEM certificate takes no password (only pfx does)");
+                            }
+                            Credential::CertificatePem { cert: pem.clone(), key: r.key.clone() }
+                        }
+                        (None, Some(pfx)) => Credential::CertificatePfx {
+                            path: pfx.clone(),
+                            password: match &r.password {
+                                Some(p) => Some(resolve_secret(&c, p, cert.span(), &mut warnings)?),
+                                None => None,
+                            },
+                        },
+                        _ => return c.err(cert.span(), "certificate takes either pem = \"…\" (with key = \"…\" unless the file holds both) or pfx = \"…\""),
+                    }
+                }
+                (Some(s), Some(_)) => {
+                    return c.err(s.span(), "give client_secret or certificate, not both")
+                }
+                (None, None) => {
+                    return c.err(
+                        span,
+                        format!(
+                        "tenant {name:?} needs client_secret = {{ env = \"…\" }} or a certificate"
+                    ),
+                    )
+                }
+            };
+            let mut s = TenantSettings::new(
+                name.clone(),
+                t.tenant_id.get_ref().trim(),
+                t.client_id.trim(),
+                credential,
+            );
+            if s.tenant_id.is_empty() || s.tenant_id.contains(['/', '?', '#', ' ']) {
+                return c.err(
+                    t.tenant_id.span(),
+                    "tenant_id must be the customer's Entra tenant ID (a GUID) or domain",
+                );
+            }
+            s.api = match t.api.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+                None | Some(("graph", _)) => Api::Graph,
+                Some(("mde", _)) => Api::Mde,
+                Some((other, span)) => {
+                    return c.err(span, format!("api is {other:?}: use \"graph\" or \"mde\""))
+                }
+            };
+            s.cloud = match t.cloud.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+                None | Some(("commercial", _)) => Cloud::Commercial,
+                Some(("gcc", _)) => Cloud::Gcc,
+                Some(("gcc-high", _)) => Cloud::GccHigh,
+                Some(("dod", _)) => Cloud::Dod,
+                Some((other, span)) => {
+                    return c.err(
+                        span,
+                        format!(
+                        "cloud is {other:?}: use \"commercial\", \"gcc\", \"gcc-high\" or \"dod\""
+                    ),
+                    )
+                }
+            };
+            for (field, value, slot) in [
+                ("authority_host", &t.authority_host, &mut s.authority_host),
+                ("api_base_url", &t.api_base_url, &mut s.api_base_url),
+            ] {
+                if let Some(v) = value {
+                    let url = url::Url::parse(v.get_ref())
+                        .or_else(|e| c.err(v.span(), format!("{field} is not a URL: {e}")))?;
+                    if url.scheme() != "https" {
+                        return c.err(v.span(), format!("{field} must be an https:// URL"));
+                    }
+                    *slot = Some(url);
+                }
+            }
+            s.filters = Filters {
+                min_severity: severity(&c, &t.min_severity)?,
+                service_sources: t.service_sources.clone(),
+            };
+            if let Some(p) = t.poll_interval.or(raw.poll_interval) {
+                s.poll_interval = p;
+            }
+            if let Some(o) = raw.overlap {
+                s.overlap = o;
+            }
+            if let Some(l) = raw.initial_lookback {
+                s.initial_lookback = l;
+            }
+            if let Some(p) = raw.page_size {
+                s.page_size = p.clamp(1, 10_000);
+            }
+            if let Some(p) = policy(&t.update_policy)?.or(global_policy) {
+                s.update_policy = p;
+            }
+            tenants.push(Tenant {
+                settings: s,
+                syslog_hostname: t.syslog_hostname.clone(),
+            });
+        }
+
+        let names: HashSet<String> = tenants.iter().map(|t| t.settings.name.clone()).collect();
+        let default_hostname = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "-".to_string());
+        let mut destinations = Vec::new();
+        for d in &raw.destination {
+            let d = d.get_ref();
+            let mut sink = SinkConfig::new(
+                d.url
+                    .get_ref()
+                    .parse()
+                    .or_else(|e: crate::sink::Error| c.err(d.url.span(), e.to_string()))?,
+            );
+            if let Err(e) = Formatter::load(d.format.get_ref()) {
+                return c.err(
+                    d.format.span(),
+                    format!("format {:?}: {e}", d.format.get_ref()),
+                );
+            }
+            let kind = match d.syslog.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+                None => HeaderKind::Rfc5424,
+                Some((s, span)) => s.parse().or_else(|e: String| c.err(span, e))?,
+            };
+            sink.framing = match d.framing.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+                None => None,
+                Some((s, span)) => Some(
+                    s.parse::<Framing>()
+                        .or_else(|e| c.err(span, e.to_string()))?,
+                ),
+            };
+            sink.max_message_size = d.max_message_size;
+            if let Some(q) = d.queue_capacity {
+                sink.queue_capacity = q.max(1);
+            }
+            sink.tls.ca_file = d.ca_file.clone();
+            sink.tls.client_cert = d.client_cert.clone();
+            sink.tls.client_key = d.client_key.clone();
+            sink.tls.server_name = d.server_name.clone();
+            sink.tls.insecure_skip_verify = d.insecure_skip_verify;
+            if d.insecure_skip_verify {
+                warnings.push(format!(
+                    "destination {}: TLS certificate verification is off (insecure_skip_verify)",
+                    d.url.get_ref()
+                ));
+            }
+            let facility = match &d.facility {
+                None => 20,
+                Some(f) => syslog::facility_from_name(f.get_ref()).map_or_else(
+                    || {
+                        c.err(
+                            f.span(),
+                            format!("unknown syslog facility {:?}", f.get_ref()),
+                        )
+                    },
+                    Ok,
+                )?,
+            };
+            let tenant_filter = match &d.tenants {
+                None => None,
+                Some(list) => {
+                    for n in list.get_ref() {
+                        if !names.contains(n) {
+                            return c.err(list.span(), format!("destination names tenant {n:?}, which no [[tenant]] block defines"));
+                        }
+                    }
+                    Some(list.get_ref().iter().cloned().collect())
+                }
+            };
+            destinations.push(Destination {
+                output: OutputConfig {
+                    sink,
+                    format: d.format.get_ref().clone(),
+                    header: SyslogHeader::new(
+                        kind,
+                        facility,
+                        d.hostname.as_deref().unwrap_or(&default_hostname),
+                        d.app_name.as_deref().unwrap_or("defender-bridge"),
+                    ),
+                    dead_letter: raw.dead_letter.clone(),
+                },
+                tenants: tenant_filter,
+                min_severity: severity(&c, &d.min_severity)?,
+            });
+        }
+
+        let mut proxy = raw.proxy.clone();
+        if let (Some(p), Some(user)) = (&raw.proxy, &raw.proxy_username) {
+            let mut url = url::Url::parse(p).map_err(|e| ConfigError {
+                origin: origin.to_string(),
+                line: None,
+                message: format!("proxy is not a URL: {e}"),
+            })?;
+            let _ = url.set_username(user);
+            if let Some(pw) = &raw.proxy_password {
+                let secret = resolve_secret(&c, pw, 0..0, &mut warnings)?;
+                let _ = url.set_password(Some(secret.expose()));
+            }
+            proxy = Some(url.to_string());
+        }
+        let http = HttpSettings {
+            proxy,
+            extra_ca_file: raw.ca_file.clone(),
+            ..HttpSettings::default()
+        };
+        Ok(Config {
+            state_dir: raw
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/lib/defender-bridge")),
+            http,
+            log_level: raw.log_level.clone().unwrap_or_else(|| "info".to_string()),
+            shutdown_timeout: raw.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
+            tenants,
+            destinations,
+            warnings,
+        })
+    }
+}
+
+fn severity(c: &Ctx, s: &Option<Spanned<String>>) -> Result<Option<Severity>, ConfigError> {
+    match s
+        .as_ref()
+        .map(|s| (s.get_ref().to_ascii_lowercase(), s.span()))
+    {
+        None => Ok(None),
+        Some((v, span)) => match v.as_str() {
+            "informational" => Ok(Some(Severity::Informational)),
+            "low" => Ok(Some(Severity::Low)),
+            "medium" => Ok(Some(Severity::Medium)),
+            "high" => Ok(Some(Severity::High)),
+            other => c.err(
+                span,
+                format!("min_severity is {other:?}: use informational, low, medium or high"),
+            ),
+        },
+    }
+}
+
+/// Reads a secret from the environment or a file. Errors name the variable or file, never the
+/// secret.
+fn resolve_secret(
+    c: &Ctx,
+    r: &SecretRef,
+    span: std::ops::Range<usize>,
+    warnings: &mut Vec<String>,
+) -> Result<SecretString, ConfigError> {
+    match (&r.env, &r.file) {
+        (Some(var), None) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(SecretString::new(v.trim())),
+            Ok(_) => c.err(span, format!("environment variable {var} is empty")),
+            Err(_) => c.err(span, format!("environment variable {var} is not set")),
+        },
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).or_else(|e| {
+                c.err(
+                    span.clone(),
+                    format!("cannot read secret file {}: {e}", path.display()),
+                )
+            })?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(meta) = std::fs::metadata(path) {
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        warnings.push(format!(
+                            "secret file {} is readable by others than its owner (mode {:o}); chmod 600 it",
+                            path.display(),
+                            meta.permissions().mode() & 0o777
+                        ));
+                    }
+                }
+            }
+            let t = text.trim();
+            if t.is_empty() {
+                return c.err(span, format!("secret file {} is empty", path.display()));
+            }
+            Ok(SecretString::new(t))
+        }
+        _ => c.err(
+            span,
+            "a secret is { env = \"NAME\" } or { file = \"/path\" }",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(src: &str) -> ConfigError {
+        match Config::from_toml("c.toml", src) {
+            Ok(_) => panic!("accepted:\n{src}"),
+            Err(e) => e,
+        }
+    }
+
+    const TENANT: &str = "[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n";
+
+    #[test]
+    fn the_packaged_example_loads() {
+        std::env::set_var("CONTOSO_CLIENT_SECRET", "x");
+        let dir = tempfile::tempdir().unwrap();
+        let src = include_str!("../packaging/config.toml").replace(
+            "/etc/defender-bridge/fabrikam.secret",
+            dir.path().join("f.secret").to_str().unwrap(),
+        );
+        std::fs::write(dir.path().join("f.secret"), "y").unwrap();
+        let c = Config::from_toml("config.toml", &src).unwrap();
+        assert_eq!(c.tenants.len(), 2);
+        assert_eq!(c.destinations.len(), 2);
+        assert_eq!(c.tenants[1].settings.api, Api::Mde);
+        assert_eq!(c.destinations[0].output.format, "qradar");
+    }
+
+    #[test]
+    fn mistakes_name_their_line() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let cases: &[(&str, usize, &str)] = &[
+            ("polling = \"60s\"\n", 1, "unknown field `polling`"),
+            ("poll_interval = \"sixty\"\n", 1, "not a duration"),
+            ("update_policy = \"some\"\n", 1, "update_policy is \"some\""),
+            ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"plain\"\n", 5, "invalid type"),
+            ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_UNSET_VAR\" }\n", 5, "environment variable DB_TEST_UNSET_VAR is not set"),
+            ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\n", 1, "needs client_secret"),
+            ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\ncloud = \"azure-china\"\n", 6, "cloud is \"azure-china\""),
+            ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\napi_base_url = \"http://x\"\n", 6, "must be an https:// URL"),
+            ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n[[tenant]]\nname = \"a\"\ntenant_id = \"u\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n", 7, "two tenants are named \"a\""),
+            ("[[destination]]\nurl = \"ftp://x\"\nformat = \"json\"\n", 2, "invalid destination"),
+            ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"qradr\"\n", 3, "no built-in format of that name"),
+            ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\nframing = \"nul\"\n", 4, "unknown framing"),
+            ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\ntenants = [\"nobody\"]\n", 4, "no [[tenant]] block defines"),
+            ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\nmin_severity = \"severe\"\n", 4, "min_severity is \"severe\""),
+            ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\ncolour = 1\n", 4, "unknown field `colour`"),
+        ];
+        let mut wrong = Vec::new();
+        for (src, line, msg) in cases {
+            let e = err(src);
+            if e.line != Some(*line) || !e.message.contains(msg) {
+                wrong.push(format!("{src:?}\n  want {line} {msg:?}\n  got  {e}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn secrets_from_files_never_show_and_loose_modes_are_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "  hunter2\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let src = format!(
+            "[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = {{ file = \"{}\" }}\n",
+            path.display()
+        );
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        match &c.tenants[0].settings.credential {
+            Credential::Secret(s) => assert_eq!(s.expose(), "hunter2"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+        #[cfg(unix)]
+        assert!(
+            c.warnings[0].contains("readable by others"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn destination_filters() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let src = format!("{TENANT}\n[[destination]]\nurl = \"udp://[::1]:514\"\nformat = \"json\"\ntenants = [\"a\"]\nmin_severity = \"medium\"\n");
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        let d = &c.destinations[0];
+        use crate::alert::Severity as S;
+        assert!(d.wants("a", &S::High));
+        assert!(d.wants("a", &S::Medium));
+        assert!(!d.wants("a", &S::Low));
+        assert!(!d.wants("b", &S::High));
+        assert_eq!(d.output.sink.destination.to_string(), "udp://[::1]:514");
+    }
+}

@@ -1,0 +1,401 @@
+//! `defender-bridge run`, the real binary, with a configuration file: the in-process HTTPS fake
+//! of Entra ID and both alert APIs, and a real rsyslog receiver on loopback. Each test checks
+//! the exact set of alert versions the receiver got against what the fake served.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use defender_bridge::fake_api::samples::{graph_alert, mde_alert};
+use defender_bridge::fake_api::{FakeApi, FakeCredential};
+use defender_bridge::source::Api;
+use support::{rsyslog, RsyslogInput};
+
+const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+const T1: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const T2: &str = "aaaaaaaa-0000-4000-8000-000000000002";
+const T3: &str = "aaaaaaaa-0000-4000-8000-000000000003";
+
+/// (tenant name, alert id, lastUpdate) as the SIEM sees it.
+type Version = (String, String, DateTime<Utc>);
+
+fn ago(secs: i64) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    (Utc::now() - chrono::Duration::seconds(secs)).trunc_subsecs(3)
+}
+
+struct Setup {
+    fake: FakeApi,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+/// Three tenants (two Graph, one MDE; secrets from an environment variable and from files) and
+/// one JSON destination.
+async fn setup(receiver_port: u16, extra_destination: &str) -> Setup {
+    let fake = FakeApi::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fake.write_ca_file(dir.path()).unwrap();
+    for (t, secret) in [(T1, "secret-one"), (T2, "secret-two"), (T3, "secret-three")] {
+        fake.add_tenant(t, CLIENT, FakeCredential::Secret(secret.to_string()));
+    }
+    let secret_file = |name: &str, value: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{value}\n")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        p
+    };
+    let two = secret_file("fabrikam.secret", "secret-two");
+    let three = secret_file("northwind.secret", "secret-three");
+    let base = fake.base_url();
+    let config = format!(
+        r#"
+state_dir = "{state}"
+poll_interval = "300ms"
+overlap = "2m"
+initial_lookback = "1h"
+page_size = 10
+ca_file = "{ca}"
+shutdown_timeout = "10s"
+
+[[tenant]]
+name = "contoso"
+tenant_id = "{T1}"
+client_id = "{CLIENT}"
+client_secret = {{ env = "CONTOSO_SECRET" }}
+authority_host = "{base}"
+api_base_url = "{base}"
+
+[[tenant]]
+name = "fabrikam"
+tenant_id = "{T2}"
+client_id = "{CLIENT}"
+client_secret = {{ file = "{two}" }}
+authority_host = "{base}"
+api_base_url = "{base}"
+syslog_hostname = "fabrikam-collector"
+
+[[tenant]]
+name = "northwind"
+tenant_id = "{T3}"
+client_id = "{CLIENT}"
+client_secret = {{ file = "{three}" }}
+api = "mde"
+authority_host = "{base}"
+api_base_url = "{base}"
+
+[[destination]]
+url = "tcp://127.0.0.1:{receiver_port}"
+format = "json"
+syslog = "rfc5424"
+hostname = "bridge"
+{extra_destination}
+"#,
+        state = dir.path().join("state").display(),
+        ca = ca.display(),
+        two = two.display(),
+        three = three.display(),
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    Setup {
+        fake,
+        dir,
+        config: path,
+    }
+}
+
+fn start(config: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("CONTOSO_SECRET", "secret-one")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn stop(child: tokio::process::Child) -> String {
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("stops after SIGTERM")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+/// The records the receiver wrote, as versions, with the syslog HOSTNAME of each.
+fn received(lines: &[Vec<u8>]) -> Vec<(Version, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            let l = String::from_utf8_lossy(l);
+            let host = l.split(' ').nth(2).unwrap().to_string();
+            let json = &l[l.find('{').expect("a JSON record")..];
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            let t = DateTime::parse_from_rfc3339(v["lastUpdateDateTime"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&Utc);
+            (
+                (
+                    v["tenantName"].as_str().unwrap().to_string(),
+                    v["id"].as_str().unwrap().to_string(),
+                    t,
+                ),
+                host,
+            )
+        })
+        .collect()
+}
+
+fn assert_exactly(got: &[Version], want: &BTreeSet<Version>) {
+    let set: BTreeSet<Version> = got.iter().cloned().collect();
+    assert_eq!(set.len(), got.len(), "duplicates: {got:#?}");
+    let missing: Vec<_> = want.difference(&set).collect();
+    let extra: Vec<_> = set.difference(want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:#?}\nextra {extra:#?}"
+    );
+}
+
+async fn wait_lines(r: &support::Daemon, n: usize) -> Vec<Vec<u8>> {
+    r.wait_for_lines(n).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_version_of_every_tenant_arrives_once_across_restarts() {
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(receiver.port, "").await;
+    let mut want = BTreeSet::new();
+    let mut add =
+        |tenant_id: &str, name: &str, api: Api, id: &str, t: DateTime<Utc>, status: &str| {
+            let alert = match api {
+                Api::Graph => graph_alert(tenant_id, id, t, status, 1),
+                Api::Mde => mde_alert(tenant_id, id, t, status),
+            };
+            s.fake.upsert_alert(tenant_id, api, alert);
+            want.insert((name.to_string(), id.to_string(), t));
+        };
+    // 12 alerts for contoso, with a page size of 10, and a few for the others.
+    for i in 0..12 {
+        add(
+            T1,
+            "contoso",
+            Api::Graph,
+            &format!("da-c-{i}"),
+            ago(600 - i),
+            "new",
+        );
+    }
+    add(T2, "fabrikam", Api::Graph, "da-f-1", ago(300), "new");
+    add(T3, "northwind", Api::Mde, "da638-n-1", ago(200), "New");
+
+    let child = start(&s.config);
+    let lines = wait_lines(&receiver, want.len()).await;
+    let stderr = stop(child).await;
+    let got = received(&lines);
+    assert_exactly(&got.iter().map(|g| g.0.clone()).collect::<Vec<_>>(), &want);
+    // The per-tenant syslog hostname, and the destination's elsewhere.
+    for ((tenant, _, _), host) in &got {
+        let expected = if tenant == "fabrikam" {
+            "fabrikam-collector"
+        } else {
+            "bridge"
+        };
+        assert_eq!(host, expected);
+    }
+    assert!(
+        !stderr.contains("secret-one") && !stderr.contains("secret-two"),
+        "{stderr}"
+    );
+
+    // While stopped: a status update, a new alert, and a late alert: one that becomes visible
+    // only now although its lastUpdate is a minute old, before the last poll (the overlap of
+    // two minutes covers it).
+    let mut want2 = BTreeSet::new();
+    let mut add2 =
+        |tenant_id: &str, name: &str, api: Api, id: &str, t: DateTime<Utc>, status: &str| {
+            let alert = match api {
+                Api::Graph => graph_alert(tenant_id, id, t, status, 1),
+                Api::Mde => mde_alert(tenant_id, id, t, status),
+            };
+            s.fake.upsert_alert(tenant_id, api, alert);
+            want2.insert((name.to_string(), id.to_string(), t));
+        };
+    add2(T1, "contoso", Api::Graph, "da-c-0", ago(10), "resolved");
+    add2(T2, "fabrikam", Api::Graph, "da-f-2", ago(5), "new");
+    add2(T3, "northwind", Api::Mde, "da638-n-0", ago(60), "New");
+    let child = start(&s.config);
+    let lines = wait_lines(&receiver, want.len() + want2.len()).await;
+    // Let it poll a few more times: nothing already sent may come again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop(child).await;
+    let all: Vec<Version> = received(
+        &receiver
+            .output()
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect::<Vec<_>>(),
+    )
+    .into_iter()
+    .map(|g| g.0)
+    .collect();
+    assert_eq!(lines.len(), want.len() + want2.len());
+    let every: BTreeSet<Version> = want.union(&want2).cloned().collect();
+    assert_exactly(&all, &every);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tenant_and_a_wrong_secret_never_hold_up_the_others() {
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(receiver.port, "").await;
+    // fabrikam's API answers 500 for the first 20 seconds; northwind's secret is wrong.
+    s.fake.fail_for(T2, Duration::from_secs(20));
+    std::fs::write(s.dir.path().join("northwind.secret"), "not-the-secret").unwrap();
+    let t = ago(60);
+    s.fake
+        .upsert_alert(T1, Api::Graph, graph_alert(T1, "da-ok", t, "new", 1));
+    s.fake
+        .upsert_alert(T2, Api::Graph, graph_alert(T2, "da-500", t, "new", 1));
+    s.fake
+        .upsert_alert(T3, Api::Mde, mde_alert(T3, "da638-bad", t, "New"));
+    let child = start(&s.config);
+    // contoso's alert arrives while fabrikam fails.
+    let lines = wait_lines(&receiver, 1).await;
+    let got = received(&lines);
+    assert_eq!(got[0].0 .1, "da-ok");
+    let stderr = stop(child).await;
+    assert!(stderr.contains("fabrikam"), "{stderr}");
+    assert!(
+        stderr.contains("northwind") && stderr.contains("wrong client secret"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-secret"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_filter_by_tenant_and_severity() {
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let high_only = rsyslog(RsyslogInput::Tcp).await;
+    let extra = format!(
+        "\n[[destination]]\nurl = \"tcp://127.0.0.1:{}\"\nformat = \"json\"\nhostname = \"bridge\"\ntenants = [\"contoso\"]\nmin_severity = \"high\"\n",
+        high_only.port
+    );
+    let s = setup(receiver.port, &extra).await;
+    // graph_alert's last argument picks the sample; find one high and one not.
+    let mut high = None;
+    let mut low = None;
+    for i in 0..8 {
+        let a = graph_alert(T1, &format!("da-s-{i}"), ago(100 - i as i64), "new", i);
+        match a["severity"].as_str().unwrap() {
+            "high" if high.is_none() => high = Some(a),
+            "high" => {}
+            _ if low.is_none() => low = Some(a),
+            _ => {}
+        }
+    }
+    let (high, low) = (high.expect("a high sample"), low.expect("another sample"));
+    s.fake.upsert_alert(T1, Api::Graph, high.clone());
+    s.fake.upsert_alert(T1, Api::Graph, low.clone());
+    s.fake.upsert_alert(
+        T2,
+        Api::Graph,
+        graph_alert(T2, "da-other-tenant", ago(50), "new", 0),
+    );
+    let child = start(&s.config);
+    let all = wait_lines(&receiver, 3).await;
+    let filtered = wait_lines(&high_only, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop(child).await;
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        high_only.output().iter().filter(|&&b| b == b'\n').count(),
+        1
+    );
+    let got = received(&filtered);
+    assert_eq!(got[0].0 .1, high["id"].as_str().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_and_tenants_verify_say_ok_or_what_is_wrong() {
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(
+        receiver.port,
+        "\n[[destination]]\nurl = \"tcp://127.0.0.1:1\"\nformat = \"qradar\"\n",
+    )
+    .await;
+    std::fs::write(s.dir.path().join("northwind.secret"), "wrong").unwrap();
+    s.fake.set_roles(T2, &["User.Read.All"]);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+            .args(args)
+            .args(["--config", s.config.to_str().unwrap()])
+            .env("CONTOSO_SECRET", "secret-one")
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| run(&["check"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::block_in_place(|| run(&["check", "--online"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("tenant contoso: OK: signed in, 0 alert(s) on the first page"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tenant northwind: FAILED: sign-in failed: wrong client secret"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "destination tcp://127.0.0.1:{}: OK: test alert defender-bridge-test-",
+            receiver.port
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("destination tcp://127.0.0.1:1: FAILED: connecting to 127.0.0.1:1 failed"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("wrong\n") && !stdout.contains("secret-one"));
+    let out = tokio::task::block_in_place(|| run(&["tenants", "verify"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "tenant contoso: OK: tenant {T1}, roles SecurityAlert.Read.All"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("tenant fabrikam: FAILED: the app has no SecurityAlert.Read.All permission"),
+        "{stdout}"
+    );
+    let got = receiver.wait_for_lines(1).await;
+    assert!(String::from_utf8_lossy(&got[0]).contains("defender-bridge test alert"));
+}
