@@ -143,7 +143,7 @@ async fn handle(
         let mut used = vec![false; routes.len()];
         let mut failed = false;
         for raw in &batch.alerts {
-            let alert = match Alert::from_json(raw.json.get()) {
+            let mut alert = match Alert::from_json(raw.json.get()) {
                 Ok(a) => a,
                 Err(e) => {
                     // Never lost: an alert that does not decode goes to the dead-letter file.
@@ -163,6 +163,14 @@ async fn handle(
                 }
             };
             stats.alerts.fetch_add(1, Ordering::Relaxed);
+            // The MDE API has no alert link; Graph's alertWebUrl has this form.
+            if alert.alert_web_url.is_none() {
+                let tid = alert
+                    .tenant_id
+                    .as_deref()
+                    .unwrap_or(&tenant.settings.tenant_id);
+                alert.alert_web_url = Some(tenant.settings.cloud.alert_link(&alert.id, tid));
+            }
             for (i, r) in routes.iter().enumerate() {
                 if !r.destination.wants(&name, &alert.severity) {
                     continue;

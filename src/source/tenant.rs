@@ -126,6 +126,23 @@ impl Cloud {
     }
 }
 
+impl Cloud {
+    /// The Microsoft Defender portal (defender-api.md §1.1, `DD gov.md`).
+    pub fn portal(self) -> &'static str {
+        match self {
+            Cloud::Commercial | Cloud::Gcc => "https://security.microsoft.com",
+            Cloud::GccHigh => "https://security.microsoft.us",
+            Cloud::Dod => "https://security.apps.mil",
+        }
+    }
+
+    /// An alert's page in the portal, tenant-specific (`?tid=`) as MSSP analysts need it
+    /// (defender-api.md §2.6, §4.3).
+    pub fn alert_link(self, alert_id: &str, tenant_id: &str) -> String {
+        format!("{}/alerts/{alert_id}?tid={tenant_id}", self.portal())
+    }
+}
+
 impl fmt::Display for Cloud {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
