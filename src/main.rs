@@ -140,13 +140,30 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
                 s.api_base()
             );
         }
+        let mut unresolved = false;
         for d in &config.destinations {
-            println!(
-                "destination {}: format {}",
-                d.output.sink.destination, d.output.format
-            );
+            let dest = &d.output.sink.destination;
+            match dest.resolve().await {
+                Ok(addrs) => println!(
+                    "destination {dest}: format {}, resolves to {}",
+                    d.output.format,
+                    addrs
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Err(e) => {
+                    unresolved = true;
+                    println!("destination {dest}: FAILED: {e}");
+                }
+            }
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(if unresolved {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let mut failed = false;
     let http = build_http_client(&config.http)?;

@@ -359,6 +359,20 @@ async fn check_online_and_tenants_verify_say_ok_or_what_is_wrong() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(": OK: 3 tenant(s), 2 destination(s)"),
+        "{stdout}"
+    );
+    let resolved = format!(
+        "destination tcp://127.0.0.1:{0}: format json, resolves to 127.0.0.1:{0}",
+        receiver.port
+    );
+    assert!(stdout.contains(&resolved), "{stdout}");
+    assert!(
+        stdout.contains("tenant northwind: mde API, commercial cloud"),
+        "{stdout}"
+    );
     let out = tokio::task::block_in_place(|| run(&["check", "--online"]));
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
