@@ -488,7 +488,7 @@ impl Config {
             proxy = Some(url.to_string());
         }
         let http = HttpSettings {
-            proxy,
+            proxy: proxy.map(SecretString::new),
             extra_ca_file: raw.ca_file.clone(),
             ..HttpSettings::default()
         };
@@ -658,6 +658,21 @@ mod tests {
             "{:?}",
             c.warnings
         );
+    }
+
+    #[test]
+    fn proxy_credentials_never_show() {
+        std::env::set_var("DB_TEST_PROXY_PW", "pr0xy-pw");
+        let c = Config::from_toml(
+            "c.toml",
+            "proxy = \"http://proxy.example:3128\"\nproxy_username = \"svc\"\nproxy_password = { env = \"DB_TEST_PROXY_PW\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.http.proxy.as_ref().unwrap().expose(),
+            "http://svc:pr0xy-pw@proxy.example:3128/"
+        );
+        assert!(!format!("{c:?}").contains("pr0xy-pw"));
     }
 
     #[test]

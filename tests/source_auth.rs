@@ -253,7 +253,7 @@ async fn proxy_setting_is_used_and_407_is_explained() {
     let ca = h.fake.write_ca_file(h.dir.path()).expect("ca");
     let client = |proxy_url: String| {
         build_http_client(&HttpSettings {
-            proxy: Some(proxy_url),
+            proxy: Some(proxy_url.into()),
             extra_ca_file: Some(ca.clone()),
             ..HttpSettings::default()
         })

@@ -13,7 +13,8 @@ pub struct HttpSettings {
     /// `http://[user:password@]host:port` of an HTTP proxy used for every request. Environment
     /// variables are ignored so the daemon behaves the same under systemd and in a shell.
     /// Credentials in the URL must be percent-encoded (peers.md §6 "proxies").
-    pub proxy: Option<String>,
+    /// A secret: it may carry a password, and `Debug` must not print it.
+    pub proxy: Option<crate::source::SecretString>,
     /// A PEM file of extra CA certificates trusted on top of the system roots (corporate TLS
     /// inspection, or the local fake's test CA).
     pub extra_ca_file: Option<PathBuf>,
@@ -78,7 +79,7 @@ pub fn build_http_client(settings: &HttpSettings) -> Result<reqwest::Client, Htt
         builder = builder.tls_certs_merge(certs);
     }
     if let Some(proxy) = &settings.proxy {
-        builder = builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|_| HttpError::Proxy)?);
+        builder = builder.proxy(reqwest::Proxy::all(proxy.expose()).map_err(|_| HttpError::Proxy)?);
     }
     builder.build().map_err(|e| HttpError::Build(e.to_string()))
 }
