@@ -353,8 +353,10 @@ fn bench() -> anyhow::Result<ExitCode> {
 
     // Time zero: the peak memory of both processes restarts from here.
     let peak_reset = reset_peak_memory("/proc/self/clear_refs");
-    let rss_before = proc_status_kb("/proc/self/status", "VmRSS:")?;
-    let cpu_before = cpu_ticks("/proc/self/stat")?;
+    let me = ProcFiles::open("self")?;
+    let fake_proc = ProcFiles::open(&fake.child.id().to_string())?;
+    let rss_before = me.status_kb("VmRSS:")?;
+    let cpu_before = me.cpu_ticks()?;
     fake.command("start")?;
     let t0 = Instant::now();
     let stop = CancellationToken::new();
@@ -366,7 +368,7 @@ fn bench() -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_secs(1));
         let (once, twice) = fake.status()?;
         if once == n && cpu_at_sweep.is_none() {
-            cpu_at_sweep = Some(cpu_ticks("/proc/self/stat")?);
+            cpu_at_sweep = Some(me.cpu_ticks()?);
         }
         let got = records.load(Ordering::Relaxed);
         if (twice == n && got >= expected_records) || Instant::now() >= deadline {
@@ -377,20 +379,22 @@ fn bench() -> anyhow::Result<ExitCode> {
         }
     }
     let wall = t0.elapsed();
-    let cpu_after = cpu_ticks("/proc/self/stat")?;
-    let peak = proc_status_kb("/proc/self/status", "VmHWM:")?;
-    let rss_end = proc_status_kb("/proc/self/status", "VmRSS:")?;
-    let fake_pid = fake.child.id();
-    let fake_peak = proc_status_kb(&format!("/proc/{fake_pid}/status"), "VmHWM:")?;
-    let fake_cpu = cpu_ticks(&format!("/proc/{fake_pid}/stat"))?;
+    let cpu_after = me.cpu_ticks()?;
+    let peak = me.status_kb("VmHWM:")?;
+    let rss_end = me.status_kb("VmRSS:")?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").map(Iterator::count);
+    let fake_peak = fake_proc.status_kb("VmHWM:")?;
+    let fake_cpu = fake_proc.cpu_ticks()?;
 
     stop.cancel();
+    let stopping = Instant::now();
     let outcome = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), daemon)
             .await
             .map_err(|_| anyhow::anyhow!("the daemon did not stop within 30 s"))?
             .context("the daemon task")?
     });
+    let stop_time = stopping.elapsed();
     // The output shut down with everything flushed; let the receiver read the tail.
     let settle = Instant::now();
     while records.load(Ordering::Relaxed) < expected_records
@@ -485,11 +489,20 @@ fn bench() -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "  daemon peak memory        VmHWM {:.1} MiB{} (RSS {:.1} MiB before start, {:.1} MiB at the end; this process = daemon + receiver task)",
+        "  daemon peak memory        VmHWM {:.1} MiB{}, {:.1} MiB above the RSS before start ({:.1} MiB); RSS at the end {:.1} MiB; this process = daemon + receiver task",
         peak as f64 / 1024.0,
         if peak_reset { "" } else { " (peak not reset: includes set-up)" },
+        peak.saturating_sub(rss_before) as f64 / 1024.0,
         rss_before as f64 / 1024.0,
         rss_end as f64 / 1024.0
+    );
+    match open_fds {
+        Ok(k) => println!("  open file descriptors     {k} at the end of the run (mostly pooled HTTPS connections to the fake)"),
+        Err(e) => println!("  open file descriptors     cannot count them: {e}"),
+    }
+    println!(
+        "  stop (cancel to return)   {:.2} s",
+        stop_time.as_secs_f64()
     );
     println!(
         "  daemon CPU (user+sys)     {cpu_total:.2} s over the run = {:.2} ms per poll",
@@ -579,27 +592,55 @@ fn reset_peak_memory(path: &str) -> bool {
     std::fs::write(path, "5").is_ok()
 }
 
-/// A `kB` field of /proc/PID/status.
-fn proc_status_kb(path: &str, key: &str) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {key} in {path}"))
+/// /proc/PID/stat and /proc/PID/status, opened once and read again through the same
+/// descriptors: the figures stay readable when the daemon has used up the descriptor limit.
+struct ProcFiles {
+    stat: std::fs::File,
+    status: std::fs::File,
 }
 
-/// utime + stime of /proc/PID/stat (fields 14 and 15, in ticks), all threads, live and ended.
-fn cpu_ticks(path: &str) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    // The command name (field 2) may hold spaces; count from the closing parenthesis.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    match (
-        f.get(11).map(|v| v.parse::<u64>()),
-        f.get(12).map(|v| v.parse::<u64>()),
-    ) {
-        (Some(Ok(u)), Some(Ok(s))) => Ok(u + s),
-        _ => bail!("cannot read the CPU times in {path}"),
+impl ProcFiles {
+    fn open(pid: &str) -> anyhow::Result<ProcFiles> {
+        let open = |name: &str| {
+            let path = format!("/proc/{pid}/{name}");
+            std::fs::File::open(&path).with_context(|| format!("opening {path}"))
+        };
+        Ok(ProcFiles {
+            stat: open("stat")?,
+            status: open("status")?,
+        })
+    }
+
+    fn read(mut f: &std::fs::File) -> anyhow::Result<String> {
+        use std::io::{Read, Seek};
+        f.seek(std::io::SeekFrom::Start(0))?;
+        let mut s = String::new();
+        f.read_to_string(&mut s)?;
+        Ok(s)
+    }
+
+    /// A `kB` field of status, e.g. `VmHWM:`.
+    fn status_kb(&self, key: &str) -> anyhow::Result<u64> {
+        Self::read(&self.status)?
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {key} in /proc status"))
+    }
+
+    /// utime + stime of stat (fields 14 and 15, in ticks), all threads, live and ended.
+    fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        let s = Self::read(&self.stat)?;
+        // The command name (field 2) may hold spaces; count from the closing parenthesis.
+        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        match (
+            f.get(11).map(|v| v.parse::<u64>()),
+            f.get(12).map(|v| v.parse::<u64>()),
+        ) {
+            (Some(Ok(u)), Some(Ok(s))) => Ok(u + s),
+            _ => bail!("cannot read the CPU times in /proc stat"),
+        }
     }
 }

@@ -165,6 +165,20 @@ fn received(lines: &[Vec<u8>]) -> Vec<(Version, String)> {
         .collect()
 }
 
+/// Puts an alert version at the fake and into the expected set.
+fn put(
+    fake: &FakeApi,
+    want: &mut BTreeSet<Version>,
+    (tenant_id, name, api, id, t, status): (&str, &str, Api, &str, DateTime<Utc>, &str),
+) {
+    let alert = match api {
+        Api::Graph => graph_alert(tenant_id, id, t, status, 1),
+        Api::Mde => mde_alert(tenant_id, id, t, status),
+    };
+    fake.upsert_alert(tenant_id, api, alert);
+    want.insert((name.to_string(), id.to_string(), t));
+}
+
 fn assert_exactly(got: &[Version], want: &BTreeSet<Version>) {
     let set: BTreeSet<Version> = got.iter().cloned().collect();
     assert_eq!(set.len(), got.len(), "duplicates: {got:#?}");
@@ -187,12 +201,7 @@ async fn every_version_of_every_tenant_arrives_once_across_restarts() {
     let mut want = BTreeSet::new();
     let mut add =
         |tenant_id: &str, name: &str, api: Api, id: &str, t: DateTime<Utc>, status: &str| {
-            let alert = match api {
-                Api::Graph => graph_alert(tenant_id, id, t, status, 1),
-                Api::Mde => mde_alert(tenant_id, id, t, status),
-            };
-            s.fake.upsert_alert(tenant_id, api, alert);
-            want.insert((name.to_string(), id.to_string(), t));
+            put(&s.fake, &mut want, (tenant_id, name, api, id, t, status))
         };
     // 12 alerts for contoso, with a page size of 10, and a few for the others.
     for i in 0..12 {
@@ -233,12 +242,7 @@ async fn every_version_of_every_tenant_arrives_once_across_restarts() {
     let mut want2 = BTreeSet::new();
     let mut add2 =
         |tenant_id: &str, name: &str, api: Api, id: &str, t: DateTime<Utc>, status: &str| {
-            let alert = match api {
-                Api::Graph => graph_alert(tenant_id, id, t, status, 1),
-                Api::Mde => mde_alert(tenant_id, id, t, status),
-            };
-            s.fake.upsert_alert(tenant_id, api, alert);
-            want2.insert((name.to_string(), id.to_string(), t));
+            put(&s.fake, &mut want2, (tenant_id, name, api, id, t, status))
         };
     add2(T1, "contoso", Api::Graph, "da-c-0", ago(10), "resolved");
     add2(T2, "fabrikam", Api::Graph, "da-f-2", ago(5), "new");
