@@ -206,12 +206,12 @@ struct Req {
 
 // ---- the bench --------------------------------------------------------------------------------
 
-/// Warnings and errors the daemon logged: counted, the first few kept.
+/// Warnings and errors the daemon logged: counted by kind (the message without its digits).
 #[derive(Default)]
 struct Logged {
     warnings: u64,
     errors: u64,
-    first: Vec<String>,
+    kinds: BTreeMap<String, u64>,
 }
 
 struct CountingLayer(Arc<Mutex<Logged>>);
@@ -222,23 +222,27 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountingLayer {
         if level > tracing::Level::WARN {
             return;
         }
-        struct Text(String);
-        impl tracing::field::Visit for Text {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
             fn record_debug(&mut self, field: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!(" {}={v:?}", field.name()));
+                if field.name() == "message" {
+                    self.0 = format!("{v:?}");
+                }
             }
         }
-        let mut text = Text(format!("{level}"));
-        event.record(&mut text);
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let kind: String = format!("{level} {}", message.0)
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
         let mut l = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if level == tracing::Level::ERROR {
             l.errors += 1;
         } else {
             l.warnings += 1;
         }
-        if l.first.len() < 5 {
-            l.first.push(text.0);
-        }
+        *l.kinds.entry(kind).or_default() += 1;
     }
 }
 
@@ -538,8 +542,10 @@ fn bench() -> anyhow::Result<ExitCode> {
             "  daemon log                {} error(s), {} warning(s)",
             l.errors, l.warnings
         );
-        for m in &l.first {
-            println!("    {m}");
+        let mut kinds: Vec<_> = l.kinds.iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(a.1));
+        for (kind, count) in kinds.into_iter().take(8) {
+            println!("    {count:>6} x {kind}");
         }
     }
 

@@ -155,3 +155,46 @@ async fn crash_in_the_middle_of_an_mde_poll() {
     resumed.poll_once(&got.channel()).await.expect("resume");
     assert_exactly(&got.all(), &expected);
 }
+
+/// The destinations accepted a page but the checkpoint cannot be written (here: its path is a
+/// directory; in life a full disk, a read-only state directory, no file descriptors left). The
+/// poller keeps what it delivered in memory: later polls send nothing twice, and once the file
+/// can be written again it holds everything, so a restart sends nothing twice either.
+#[tokio::test]
+async fn failed_checkpoint_save_sends_nothing_twice() {
+    for api in [Api::Graph, Api::Mde] {
+        let h = Harness::new().await;
+        let settings = h.tenant("contoso", T1, api);
+        let got = Received::default();
+        let mut expected = BTreeSet::new();
+        expected.insert(add(&h, api, "da-s01", 90.0, "New"));
+        let mut poller = h.poller(settings.clone());
+        poller.poll_once(&got.channel()).await.expect("first poll");
+        // Make every save fail from now on.
+        let path = std::fs::read_dir(h.state_dir())
+            .expect("state dir")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .expect("a checkpoint file");
+        std::fs::remove_file(&path).expect("remove checkpoint");
+        std::fs::create_dir(&path).expect("a directory in its place");
+        expected.insert(add(&h, api, "da-s02", 60.0, "New"));
+        for _ in 0..3 {
+            match poller.poll_once(&got.channel()).await {
+                Err(PollError::Unsaved(_)) => {}
+                other => panic!("{api}: expected an unsaved checkpoint, got {other:?}"),
+            }
+        }
+        assert_exactly(&got.all(), &expected);
+        // Writable again: the next poll saves what was delivered, and a new poller starts
+        // from there.
+        std::fs::remove_dir(&path).expect("remove the directory");
+        poller.poll_once(&got.channel()).await.expect("saves again");
+        expected.insert(add(&h, api, "da-s03", 30.0, "New"));
+        h.poller(settings)
+            .poll_once(&got.channel())
+            .await
+            .expect("after restart");
+        assert_exactly(&got.all(), &expected);
+    }
+}

@@ -101,6 +101,11 @@ pub enum PollError {
     Checkpoint(#[from] CheckpointError),
     #[error("the batch was not accepted (the receiver dropped it)")]
     NotAccepted,
+    /// The alerts were delivered, but the checkpoint file could not be written (a full disk, a
+    /// read-only state directory, no file descriptors left). The poller keeps what it
+    /// delivered in memory, so nothing is sent twice, and saves again at the next poll.
+    #[error("alerts were delivered but the checkpoint could not be saved (saved again at the next poll): {0}")]
+    Unsaved(CheckpointError),
     #[error("the receiver has shut down")]
     Closed,
 }
@@ -143,6 +148,9 @@ pub struct Poller {
     limiter: RateLimiter,
     path: PathBuf,
     state: Checkpoint,
+    /// The last save failed after the destinations had accepted the alerts: the in-memory
+    /// state is ahead of the file and is saved again at the next poll.
+    unsaved: bool,
     status: Arc<Mutex<TenantStatus>>,
 }
 
@@ -206,6 +214,7 @@ impl Poller {
             tokens,
             path,
             state,
+            unsaved: false,
             status: Arc::default(),
         })
     }
@@ -284,7 +293,9 @@ impl Poller {
             Api::Graph => self.poll_graph(out, &mut stats).await,
             Api::Mde => self.poll_mde(out, &mut stats).await,
         };
-        if result.is_err() {
+        // A failed save after delivery keeps the in-memory state: going back to the file would
+        // send everything since the last save again, at every retry.
+        if matches!(&result, Err(e) if !matches!(e, PollError::Unsaved(_))) {
             let api = self.settings.api.to_string();
             self.state = match Checkpoint::load(&self.path) {
                 Ok(Some(cp)) => cp,
@@ -446,7 +457,7 @@ impl Poller {
                 forward.push(alert);
             }
         }
-        if !changed {
+        if !changed && !self.unsaved {
             return Ok(0);
         }
         let forwarded = forward.len();
@@ -475,9 +486,11 @@ impl Poller {
         let policy_horizon = Utc::now() - to_chrono(self.settings.policy_retention);
         self.state.prune(horizon, policy_horizon);
         let (state, path) = (self.state.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || state.save(&path))
+        let saved = tokio::task::spawn_blocking(move || state.save(&path))
             .await
-            .map_err(|e| PollError::BadResponse(format!("checkpoint writer panicked: {e}")))??;
+            .map_err(|e| PollError::BadResponse(format!("checkpoint writer panicked: {e}")))?;
+        self.unsaved = saved.is_err();
+        saved.map_err(PollError::Unsaved)?;
         Ok(forwarded)
     }
 
