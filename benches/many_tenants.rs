@@ -14,10 +14,10 @@
 //!
 //! Measured from the fake's request log: the first full sweep (start until every tenant's
 //! first alert list was answered) and the gap between a tenant's two polls. `poll_interval` is
-//! the time from the end of one poll to the start of the next (`TenantSettings::poll_interval`),
-//! so a gap is the interval plus the tenant's own poll time; a tenant counts as late when its gap
-//! exceeds the interval by more than `SLACK`. Exits 1 when a tenant was late or not polled, or
-//! records are missing or doubled; 2 when the bench itself could not run.
+//! counted from the start of one poll to the start of the next (`Poller::run`); a tenant counts
+//! as late when its gap exceeds the interval by more than `SLACK` (scheduling jitter). Exits 1
+//! when a tenant was late or not polled, or records are missing or doubled; 2 when the bench
+//! itself could not run.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

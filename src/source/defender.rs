@@ -233,13 +233,15 @@ impl Poller {
         self.status.clone()
     }
 
-    /// Polls until `shutdown`, sleeping `poll_interval` between polls and backing off after
+    /// Polls until `shutdown`, one poll per `poll_interval` (counted from the start of one poll to
+    /// the start of the next, so a slow poll does not push the schedule) and backing off after
     /// failures. Errors are logged with the tenant's name and never stop the loop; only a closed
     /// channel or `shutdown` does.
     pub async fn run(mut self, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) {
         let name = self.settings.name.clone();
         let mut failures: u32 = 0;
         loop {
+            let started = tokio::time::Instant::now();
             let result = tokio::select! {
                 r = self.poll_once(&out) => r,
                 _ = shutdown.cancelled() => return,
@@ -253,7 +255,9 @@ impl Poller {
                     s.last_error = None;
                     s.consecutive_failures = 0;
                     s.forwarded += stats.forwarded as u64;
-                    self.settings.poll_interval
+                    self.settings
+                        .poll_interval
+                        .saturating_sub(started.elapsed())
                 }
                 Err(PollError::Closed) => return,
                 Err(e) => {

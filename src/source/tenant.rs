@@ -232,7 +232,7 @@ pub struct TenantSettings {
     /// Overrides the cloud's API base URL.
     pub api_base_url: Option<Url>,
     pub filters: Filters,
-    /// Time between the end of one poll and the start of the next.
+    /// Time from the start of one poll to the start of the next.
     pub poll_interval: Duration,
     /// How far back before the cursor each poll looks again, for alerts that become visible late
     /// (peers.md §6 "Missed alerts": they show up minutes after their lastUpdate time).
