@@ -452,8 +452,7 @@ pub enum DecodeError {
 impl Alert {
     /// Decodes one alert object of either API (recognised by its shape).
     pub fn from_json(json: &str) -> Result<Alert, DecodeError> {
-        let wire: wire::WireAlert = serde_json::from_str(json)?;
-        wire.into_alert()
+        wire::decode(json)
     }
 
     /// Evidence items of one kind, in API order.

@@ -16,6 +16,9 @@ pub enum Timestamp {
 impl Timestamp {
     pub fn parse(s: &str) -> Timestamp {
         let t = s.trim();
+        if let Some(dt) = parse_utc_fast(t) {
+            return Timestamp::Valid(dt);
+        }
         if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
             return Timestamp::Valid(dt.with_timezone(&Utc));
         }
@@ -53,6 +56,47 @@ impl Timestamp {
             Timestamp::Invalid(s) => s.clone(),
         }
     }
+}
+
+/// The form both APIs send nearly always, `yyyy-mm-ddThh:mm:ss[.f{1,9}]Z`, read without chrono's
+/// general parser; `None` for anything else (a leap second, an offset, …), which
+/// [`Timestamp::parse`] then hands to chrono, so the result is the same either way.
+fn parse_utc_fast(t: &str) -> Option<DateTime<Utc>> {
+    let b = t.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut nanos = 0u32;
+    let rest = match b[19] {
+        b'.' => {
+            let digits = b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 || digits > 9 {
+                return None;
+            }
+            nanos = num(20..20 + digits)? * 10u32.pow(9 - digits as u32);
+            &b[20 + digits..]
+        }
+        _ => &b[19..],
+    };
+    if rest != b"Z" || second > 59 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
+    Some(date.and_time(time).and_utc())
 }
 
 impl From<DateTime<Utc>> for Timestamp {

@@ -17,8 +17,12 @@ use super::{
 };
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub(super) struct WireAlert<'a> {
+#[serde(
+    rename_all = "camelCase",
+    default,
+    bound(deserialize = "'de: 'a, E: Deserialize<'de> + Default")
+)]
+pub(super) struct WireAlert<'a, E> {
     #[serde(deserialize_with = "scalar")]
     id: Option<String>,
     #[serde(deserialize_with = "scalar")]
@@ -110,8 +114,8 @@ pub(super) struct WireAlert<'a> {
     related_user: Option<WireAccount>,
     #[serde(deserialize_with = "lenient_list")]
     comments: Vec<WireComment>,
-    #[serde(borrow, deserialize_with = "evidence_list")]
-    evidence: Vec<RawEvidence<'a>>,
+    /// [`OnePass`] or [`RawList`]: see [`decode`].
+    evidence: E,
     // 2019-era MDE fields, before `evidence` existed (the demisto fixture).
     #[serde(borrow)]
     alert_user: Option<&'a RawValue>,
@@ -319,7 +323,183 @@ struct WireEvidence {
     user_principal_name: Option<String>,
 }
 
-impl WireAlert<'_> {
+/// Decodes one alert. The fast way decodes each evidence object in the same pass as the alert
+/// ([`OnePass`]); it cannot keep the JSON text of an evidence kind it does not type, nor handle
+/// the rare shapes (an evidence object that is not an object, Elastic's split shape), so an alert
+/// with any of those, or one the fast way rejects, is decoded again the thorough way
+/// ([`RawList`]), which keeps each evidence object's text. Both give the same alert.
+pub(super) fn decode(json: &str) -> Result<Alert, DecodeError> {
+    if let Ok(wire) = serde_json::from_str::<WireAlert<'_, OnePass>>(json) {
+        if !wire.evidence.needs_raw {
+            return wire.into_alert();
+        }
+    }
+    serde_json::from_str::<WireAlert<'_, RawList<'_>>>(json)?.into_alert()
+}
+
+/// The evidence list, decoded.
+pub(super) trait EvidenceList {
+    fn into_evidence(self, out: &mut Vec<Evidence>);
+    fn len(&self) -> usize;
+}
+
+/// Evidence objects decoded in the alert's pass. `needs_raw` when one of them needs its JSON
+/// text (see [`decode`]).
+#[derive(Default)]
+pub(super) struct OnePass {
+    items: Vec<Evidence>,
+    needs_raw: bool,
+}
+
+impl EvidenceList for OnePass {
+    fn into_evidence(self, out: &mut Vec<Evidence>) {
+        out.extend(self.items);
+    }
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// Each evidence object kept as its JSON text, then decoded (see [`decode`]).
+#[derive(Default)]
+pub(super) struct RawList<'a>(Vec<RawEvidence<'a>>);
+
+impl EvidenceList for RawList<'_> {
+    fn into_evidence(self, out: &mut Vec<Evidence>) {
+        for raw in self.0.iter().map(RawEvidence::raw) {
+            if raw.get() != "null" {
+                out.push(decode_evidence(raw));
+            }
+        }
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawList<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        evidence_list(d).map(RawList)
+    }
+}
+
+impl<'de> Deserialize<'de> for OnePass {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OnePass;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of evidence objects")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OnePass, A::Error> {
+                let mut out = OnePass::default();
+                while let Some(item) = seq.next_element::<OnePassItem>()? {
+                    match item {
+                        OnePassItem::Null => {}
+                        OnePassItem::Typed(e) => out.items.push(e),
+                        OnePassItem::NeedsRaw => out.needs_raw = true,
+                    }
+                }
+                Ok(out)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<OnePass, E> {
+                Ok(OnePass::default())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<OnePass, E> {
+                Ok(OnePass::default())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<OnePass, D::Error> {
+                d.deserialize_any(self)
+            }
+            // Anything else (Elastic's single object, a scalar): the thorough way.
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OnePass, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(OnePass {
+                    items: Vec::new(),
+                    needs_raw: true,
+                })
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<OnePass, E> {
+                Ok(OnePass {
+                    items: Vec::new(),
+                    needs_raw: true,
+                })
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<OnePass, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<OnePass, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<OnePass, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<OnePass, E> {
+                self.visit_str("")
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One element of the evidence list in the one-pass decoding. Moved straight into the list, so
+/// the size of `Typed` costs nothing, where a box would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum OnePassItem {
+    Null,
+    Typed(Evidence),
+    NeedsRaw,
+}
+
+impl<'de> Deserialize<'de> for OnePassItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OnePassItem;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an evidence object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OnePassItem, A::Error> {
+                let w = WireEvidence::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(evidence_from_wire(w, None).map_or(OnePassItem::NeedsRaw, OnePassItem::Typed))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<OnePassItem, E> {
+                Ok(OnePassItem::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<OnePassItem, E> {
+                Ok(OnePassItem::Null)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<OnePassItem, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OnePassItem, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(OnePassItem::NeedsRaw)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<OnePassItem, E> {
+                Ok(OnePassItem::NeedsRaw)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<OnePassItem, E> {
+                Ok(OnePassItem::NeedsRaw)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<OnePassItem, E> {
+                Ok(OnePassItem::NeedsRaw)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<OnePassItem, E> {
+                Ok(OnePassItem::NeedsRaw)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<OnePassItem, E> {
+                Ok(OnePassItem::NeedsRaw)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<E: EvidenceList> WireAlert<'_, E> {
     pub(super) fn into_alert(self) -> Result<Alert, DecodeError> {
         let w = self;
         let id =
@@ -360,11 +540,7 @@ impl WireAlert<'_> {
                 ..Device::default()
             }))));
         }
-        for raw in w.evidence.iter().map(RawEvidence::raw) {
-            if raw.get() != "null" {
-                evidence.push(decode_evidence(raw));
-            }
-        }
+        w.evidence.into_evidence(&mut evidence);
         if let Some(user) = w.related_user {
             let account = user.into_account();
             let known = evidence.iter().any(|e| match &e.detail {
@@ -501,111 +677,55 @@ fn plain_evidence(detail: EvidenceDetail) -> Evidence {
     }
 }
 
-/// `#microsoft.graph.security.fileEvidence` → `file`; MDE `entityType` `File` → `file`.
-fn evidence_kind_name(w: &WireEvidence) -> Option<String> {
+/// `#microsoft.graph.security.fileEvidence` → `fileEvidence`… → `file`; MDE `entityType`
+/// `File` → `File` (camelCased only where it is kept as a name).
+fn evidence_kind_name(w: &WireEvidence) -> Option<&str> {
     if let Some(t) = &w.odata_type {
         let t = t.rsplit('.').next().unwrap_or(t);
-        let t = t.strip_suffix("Evidence").unwrap_or(t);
-        return Some(camel(t.to_string()));
+        return Some(t.strip_suffix("Evidence").unwrap_or(t));
     }
-    w.entity_type.clone().map(camel)
+    w.entity_type.as_deref()
 }
 
 fn decode_evidence(raw: &RawValue) -> Evidence {
-    let Ok(mut w) = serde_json::from_str::<WireEvidence>(raw.get()) else {
+    let Ok(w) = serde_json::from_str::<WireEvidence>(raw.get()) else {
         // Not an object we understand: keep it whole rather than drop it.
         return plain_evidence(EvidenceDetail::Other {
             name: "unknown".to_string(),
             raw: compact(raw),
         });
     };
-    let name = evidence_kind_name(&w).unwrap_or_else(|| "unknown".to_string());
-    let detail = match name.to_ascii_lowercase().as_str() {
-        "device" | "machine" => EvidenceDetail::Device(Box::new(with_host_and_domain(Device {
-            mde_device_id: w.mde_device_id.take(),
-            azure_ad_device_id: w.azure_ad_device_id.take(),
-            device_dns_name: w.device_dns_name.take(),
-            host_name: w.host_name.take(),
-            nt_domain: w.nt_domain.take(),
-            dns_domain: w.dns_domain.take(),
-            os_platform: w.os_platform.take(),
-            os_build: w.os_build.take(),
-            version: w.version.take(),
-            health_status: w.health_status.take(),
-            risk_score: w.risk_score.take(),
-            rbac_group_id: w.rbac_group_id.take(),
-            rbac_group_name: w.rbac_group_name.take(),
-            onboarding_status: w.onboarding_status.take(),
-            defender_av_status: w.defender_av_status.take(),
-            first_seen_date_time: w.first_seen_date_time.take(),
-            last_ip_address: w.last_ip_address.take(),
-            last_external_ip_address: w.last_external_ip_address.take(),
-            ip_interfaces: std::mem::take(&mut w.ip_interfaces),
-            logged_on_users: std::mem::take(&mut w.logged_on_users)
-                .into_iter()
-                .map(WireAccount::into_account)
-                .collect(),
-        }))),
-        "file" => EvidenceDetail::File(FileEvidence {
-            file_details: match w.file_details.take() {
-                Some(f) => f.into(),
-                None => w.flat_file(),
-            },
-            mde_device_id: w.mde_device_id.take(),
-        }),
-        "process" => EvidenceDetail::Process(Box::new(Process {
-            process_id: w.process_id.take(),
-            parent_process_id: w.parent_process_id.take(),
-            process_command_line: w.process_command_line.take(),
-            process_creation_date_time: w
-                .process_creation_date_time
-                .take()
-                .or(w.process_creation_time.take()),
-            parent_process_creation_date_time: w
-                .parent_process_creation_date_time
-                .take()
-                .or(w.parent_process_creation_time.take()),
-            image_file: match w.image_file.take() {
-                Some(f) => f.into(),
-                None => w.flat_file(),
-            },
-            parent_process_image_file: match w.parent_process_image_file.take() {
-                Some(f) => f.into(),
-                None => FileDetails {
-                    file_name: w.parent_process_file_name.take(),
-                    file_path: w.parent_process_file_path.take(),
-                    ..FileDetails::default()
-                },
-            },
-            user_account: w.account(),
-            mde_device_id: w.mde_device_id.take(),
-        })),
-        "user" | "account" => EvidenceDetail::User(UserEvidence {
-            user_account: w.account(),
-        }),
-        "ip" => EvidenceDetail::Ip(Ip {
-            ip_address: w.ip_address.take(),
-            country_letter_code: w.country_letter_code.take(),
-        }),
-        "url" => EvidenceDetail::Url(Url { url: w.url.take() }),
-        "registrykey" | "registryvalue" | "registry" => EvidenceDetail::Registry(Registry {
-            registry_key: w.registry_key.take(),
-            registry_hive: w.registry_hive.take(),
-            registry_value_name: w.registry_value_name.take(),
-            registry_value: w.registry_value.take(),
-            registry_value_type: w.registry_value_type.take(),
-        }),
-        "mailbox" => EvidenceDetail::Mailbox(Mailbox {
-            display_name: w.display_name.take(),
-            primary_address: w.primary_address.take(),
-            user_account: w.account(),
-        }),
-        _ => EvidenceDetail::Other {
-            name,
-            raw: compact(raw),
+    evidence_from_wire(w, Some(raw)).expect("an evidence object's text is at hand")
+}
+
+/// The typed evidence item, or with `raw` an untyped one; `None` for an untyped kind without its
+/// text.
+fn evidence_from_wire(mut w: WireEvidence, raw: Option<&RawValue>) -> Option<Evidence> {
+    const TYPED: &[&str] = &[
+        "device",
+        "machine",
+        "file",
+        "process",
+        "user",
+        "account",
+        "ip",
+        "url",
+        "registrykey",
+        "registryvalue",
+        "registry",
+        "mailbox",
+    ];
+    let name = evidence_kind_name(&w).unwrap_or("unknown");
+    let typed = TYPED.iter().find(|t| t.eq_ignore_ascii_case(name)).copied();
+    let other_name = typed.is_none().then(|| camel(name.to_string()));
+    let detail = match typed.and_then(|t| w.typed_detail(t)) {
+        Some(d) => d,
+        None => EvidenceDetail::Other {
+            name: other_name.unwrap_or_else(|| "unknown".to_string()),
+            raw: compact(raw?),
         },
     };
-    Evidence {
+    Some(Evidence {
         created_date_time: w.created_date_time.or(w.evidence_creation_time),
         verdict: w.verdict.map(camel),
         remediation_status: w.remediation_status.map(camel),
@@ -613,10 +733,100 @@ fn decode_evidence(raw: &RawValue) -> Evidence {
         roles: w.roles,
         tags: w.tags,
         detail,
-    }
+    })
 }
 
 impl WireEvidence {
+    /// The kind-specific part of a typed kind (`kind` is one of `evidence_from_wire`'s `TYPED`).
+    fn typed_detail(&mut self, kind: &str) -> Option<EvidenceDetail> {
+        let w = self;
+        let detail = match kind {
+            "device" | "machine" => {
+                EvidenceDetail::Device(Box::new(with_host_and_domain(Device {
+                    mde_device_id: w.mde_device_id.take(),
+                    azure_ad_device_id: w.azure_ad_device_id.take(),
+                    device_dns_name: w.device_dns_name.take(),
+                    host_name: w.host_name.take(),
+                    nt_domain: w.nt_domain.take(),
+                    dns_domain: w.dns_domain.take(),
+                    os_platform: w.os_platform.take(),
+                    os_build: w.os_build.take(),
+                    version: w.version.take(),
+                    health_status: w.health_status.take(),
+                    risk_score: w.risk_score.take(),
+                    rbac_group_id: w.rbac_group_id.take(),
+                    rbac_group_name: w.rbac_group_name.take(),
+                    onboarding_status: w.onboarding_status.take(),
+                    defender_av_status: w.defender_av_status.take(),
+                    first_seen_date_time: w.first_seen_date_time.take(),
+                    last_ip_address: w.last_ip_address.take(),
+                    last_external_ip_address: w.last_external_ip_address.take(),
+                    ip_interfaces: std::mem::take(&mut w.ip_interfaces),
+                    logged_on_users: std::mem::take(&mut w.logged_on_users)
+                        .into_iter()
+                        .map(WireAccount::into_account)
+                        .collect(),
+                })))
+            }
+            "file" => EvidenceDetail::File(FileEvidence {
+                file_details: match w.file_details.take() {
+                    Some(f) => f.into(),
+                    None => w.flat_file(),
+                },
+                mde_device_id: w.mde_device_id.take(),
+            }),
+            "process" => EvidenceDetail::Process(Box::new(Process {
+                process_id: w.process_id.take(),
+                parent_process_id: w.parent_process_id.take(),
+                process_command_line: w.process_command_line.take(),
+                process_creation_date_time: w
+                    .process_creation_date_time
+                    .take()
+                    .or(w.process_creation_time.take()),
+                parent_process_creation_date_time: w
+                    .parent_process_creation_date_time
+                    .take()
+                    .or(w.parent_process_creation_time.take()),
+                image_file: match w.image_file.take() {
+                    Some(f) => f.into(),
+                    None => w.flat_file(),
+                },
+                parent_process_image_file: match w.parent_process_image_file.take() {
+                    Some(f) => f.into(),
+                    None => FileDetails {
+                        file_name: w.parent_process_file_name.take(),
+                        file_path: w.parent_process_file_path.take(),
+                        ..FileDetails::default()
+                    },
+                },
+                user_account: w.account(),
+                mde_device_id: w.mde_device_id.take(),
+            })),
+            "user" | "account" => EvidenceDetail::User(UserEvidence {
+                user_account: w.account(),
+            }),
+            "ip" => EvidenceDetail::Ip(Ip {
+                ip_address: w.ip_address.take(),
+                country_letter_code: w.country_letter_code.take(),
+            }),
+            "url" => EvidenceDetail::Url(Url { url: w.url.take() }),
+            "registrykey" | "registryvalue" | "registry" => EvidenceDetail::Registry(Registry {
+                registry_key: w.registry_key.take(),
+                registry_hive: w.registry_hive.take(),
+                registry_value_name: w.registry_value_name.take(),
+                registry_value: w.registry_value.take(),
+                registry_value_type: w.registry_value_type.take(),
+            }),
+            "mailbox" => EvidenceDetail::Mailbox(Mailbox {
+                display_name: w.display_name.take(),
+                primary_address: w.primary_address.take(),
+                user_account: w.account(),
+            }),
+            _ => return None,
+        };
+        Some(detail)
+    }
+
     /// Graph's nested `userAccount`, else MDE's flat account fields.
     fn account(&mut self) -> Account {
         match self.user_account.take() {
@@ -788,8 +998,50 @@ fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     d.deserialize_any(ScalarVisitor)
 }
 
+/// A timestamp, parsed from the borrowed text (no copy unless it is not a time); anything else
+/// as [`scalar`] reads it, kept as text.
 fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
-    Ok(scalar(d)?.map(|s| Timestamp::parse(&s)))
+    struct V;
+    fn text(s: Option<String>) -> Option<Timestamp> {
+        s.map(|s| Timestamp::parse(&s))
+    }
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Timestamp>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a timestamp")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(non_empty(v).map(Timestamp::parse))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            ScalarVisitor.visit_i64(v).map(text)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            ScalarVisitor.visit_u64(v).map(text)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            ScalarVisitor.visit_f64(v).map(text)
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            ScalarVisitor.visit_bool(v).map(text)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            ScalarVisitor.visit_seq(seq).map(text)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            ScalarVisitor.visit_map(map).map(text)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 struct Scalar(Option<String>);

@@ -17,9 +17,10 @@ pub const TRUNCATION_MARK: char = '…';
 pub fn neutralize(s: &str) -> Cow<'_, str> {
     // Fast path on bytes: every character replaced below is a C0 byte, DEL, or starts with 0xC2
     // (U+0080-U+009F) or 0xE2 (U+2028, U+2029).
-    if !s
-        .bytes()
-        .any(|b| (b < 0x20 && b != b'\n' && b != b'\r') || b == 0x7f || b == 0xc2 || b == 0xe2)
+    if printable_ascii(s.as_bytes())
+        || !s
+            .bytes()
+            .any(|b| (b < 0x20 && b != b'\n' && b != b'\r') || b == 0x7f || b == 0xc2 || b == 0xe2)
     {
         return Cow::Borrowed(s);
     }
@@ -35,6 +36,28 @@ pub fn neutralize(s: &str) -> Cow<'_, str> {
             })
             .collect(),
     )
+}
+
+/// Whether every byte is in 0x20..=0x7E, eight bytes at a time (most values are): then nothing
+/// needs neutralising.
+fn printable_ascii(b: &[u8]) -> bool {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // A byte below 0x20 (the classic "has less than" test), or one of 0x7F..=0xFF (its high
+        // bit set, or set once 1 is added). False alarms only make the caller look closer.
+        let low = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let high = (x | x.wrapping_add(ONES)) & HIGH;
+        if low | high != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&c| (0x20..0x7f).contains(&c))
 }
 
 fn needs_neutralizing(c: char) -> bool {
