@@ -16,6 +16,27 @@ use super::{
     FileEvidence, Ip, Mailbox, Process, Registry, Severity, Timestamp, Url, UserEvidence,
 };
 
+/// The visitor methods for the JSON scalars a visitor has no use for: each gives `$value`.
+macro_rules! other_scalars_give {
+    ($value:expr) => {
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
 #[derive(Deserialize, Default)]
 #[serde(
     rename_all = "camelCase",
@@ -479,21 +500,7 @@ impl<'de> Deserialize<'de> for OnePassItem {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
                 Ok(OnePassItem::NeedsRaw)
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<OnePassItem, E> {
-                Ok(OnePassItem::NeedsRaw)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<OnePassItem, E> {
-                Ok(OnePassItem::NeedsRaw)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<OnePassItem, E> {
-                Ok(OnePassItem::NeedsRaw)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<OnePassItem, E> {
-                Ok(OnePassItem::NeedsRaw)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<OnePassItem, E> {
-                Ok(OnePassItem::NeedsRaw)
-            }
+            other_scalars_give!(OnePassItem::NeedsRaw);
         }
         d.deserialize_any(V)
     }
@@ -1119,21 +1126,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for LenientVisitor<T> {
         while seq.next_element::<de::IgnoredAny>()?.is_some() {}
         Ok(None)
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    other_scalars_give!(None);
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
     }
@@ -1179,21 +1172,7 @@ fn lenient_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<
             {}
             Ok(Vec::new())
         }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
+        other_scalars_give!(Vec::new());
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(Vec::new())
         }
@@ -1229,21 +1208,7 @@ fn evidence_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvidence<'de>
             let raw = serde_json::value::to_raw_value(&v).map_err(de::Error::custom)?;
             Ok(vec![RawEvidence::Owned(raw)])
         }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
+        other_scalars_give!(Vec::new());
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(Vec::new())
         }
