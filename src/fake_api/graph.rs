@@ -8,10 +8,9 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::filter::Filter;
 use super::{
-    bad_request, gate, json_response, param, parse_query, query_alerts, record_served, top, Api,
-    Gate, Shared,
+    bad_request, json_response, list_request, param, parse_query, query_alerts, record_served, Api,
+    Shared,
 };
 
 const PATH: &str = "/v1.0/security/alerts_v2";
@@ -32,24 +31,20 @@ pub(super) async fn list(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    shared.wait_latency().await;
     let query = parse_query(raw.as_deref());
-    let (tenant, record) = match gate(&shared, Api::Graph, &headers, PATH, &query) {
-        Gate::Serve(t, r, delay) => {
-            if let Some(d) = delay {
-                tokio::time::sleep(d).await;
-            }
-            (t, r)
-        }
-        Gate::Respond(resp) => return resp,
-    };
-    let filter = match Filter::parse(param(&query, "$filter").unwrap_or(""), FIELDS) {
-        Ok(f) => f,
-        Err(e) => return bad_request(&shared, record, &e),
-    };
-    let top = match top(&query, 100, 1000) {
-        Ok(n) => n,
-        Err(e) => return bad_request(&shared, record, &e),
+    let (tenant, record, filter, top) = match list_request(
+        &shared,
+        Api::Graph,
+        &headers,
+        PATH,
+        &query,
+        FIELDS,
+        (100, 1000),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let offset = match param(&query, "$skiptoken").map(str::parse::<usize>) {
         None => 0,

@@ -472,6 +472,33 @@ fn api_error(status: u16, code: &str, message: &str) -> axum::response::Response
     )
 }
 
+/// What both list endpoints do first: the configured latency, the gate (token, faults), then
+/// `$filter` and `$top`. `Err` is the response to send instead.
+async fn list_request(
+    shared: &Shared,
+    api: Api,
+    headers: &axum::http::HeaderMap,
+    path: &str,
+    query: &[(String, String)],
+    fields: &[&str],
+    (top_default, top_max): (usize, usize),
+) -> Result<(String, usize, filter::Filter, usize), axum::response::Response> {
+    shared.wait_latency().await;
+    let (tenant, record) = match gate(shared, api, headers, path, query) {
+        Gate::Serve(t, r, delay) => {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            (t, r)
+        }
+        Gate::Respond(resp) => return Err(resp),
+    };
+    let filter = filter::Filter::parse(param(query, "$filter").unwrap_or(""), fields)
+        .map_err(|e| bad_request(shared, record, &e))?;
+    let top = top(query, top_default, top_max).map_err(|e| bad_request(shared, record, &e))?;
+    Ok((tenant, record, filter, top))
+}
+
 /// Records the request and applies token checks and faults, in the order a real service would
 /// meet them: token first, then throttling, then server errors.
 fn gate(
