@@ -214,16 +214,20 @@ async fn send_test_reaches_a_tls_receiver_and_names_a_wrong_ca() {
     })
     .await;
     let to = format!("tls://localhost:{}", tls.port);
-    let out = run(bin().args([
-        "send-test",
-        "-f",
-        "splunk",
-        "--to",
-        &to,
-        "--ca",
-        pki.ca.to_str().unwrap(),
-    ]))
-    .await;
+    let send_test = |ca: &std::path::Path| {
+        let mut c = bin();
+        c.args([
+            "send-test",
+            "-f",
+            "splunk",
+            "--to",
+            &to,
+            "--ca",
+            ca.to_str().unwrap(),
+        ]);
+        c
+    };
+    let out = run(&mut send_test(&pki.ca)).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with(&format!("{to}: OK: sent test alert defender-bridge-test-"))
@@ -232,16 +236,7 @@ async fn send_test_reaches_a_tls_receiver_and_names_a_wrong_ca() {
     let record = text(&got[0]);
     assert!(record.contains("CEF:0|Microsoft|Defender for Endpoint|1.0|defender-bridge-test|defender-bridge test alert (not a real detection)|1|"), "{record}");
 
-    let out = run(bin().args([
-        "send-test",
-        "-f",
-        "splunk",
-        "--to",
-        &to,
-        "--ca",
-        other.ca.to_str().unwrap(),
-    ]))
-    .await;
+    let out = run(&mut send_test(&other.ca)).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains(&format!("{to}: FAILED: TLS handshake with 127.0.0.1:{} failed: invalid peer certificate: UnknownIssuer", tls.port)), "{stderr}");

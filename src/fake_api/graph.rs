@@ -9,8 +9,8 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::{
-    bad_request, json_response, list_request, param, parse_query, query_alerts, record_served, Api,
-    Shared,
+    bad_request, json_response, list_request, offset, param, parse_query, query_alerts,
+    record_served, Api, Shared,
 };
 
 const PATH: &str = "/v1.0/security/alerts_v2";
@@ -46,10 +46,9 @@ pub(super) async fn list(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let offset = match param(&query, "$skiptoken").map(str::parse::<usize>) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return bad_request(&shared, record, "Invalid $skiptoken"),
+    let offset = match offset(&shared, record, &query, "$skiptoken") {
+        Ok(n) => n,
+        Err(resp) => return resp,
     };
     let mut alerts = query_alerts(&shared, &tenant, Api::Graph, &filter);
     match param(&query, "$orderby") {

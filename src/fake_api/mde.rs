@@ -9,7 +9,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::{
-    bad_request, json_response, list_request, param, parse_query, query_alerts, record_served, Api,
+    json_response, list_request, offset, param, parse_query, query_alerts, record_served, Api,
     Shared,
 };
 
@@ -49,10 +49,9 @@ pub(super) async fn list(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let skip = match param(&query, "$skip").map(str::parse::<usize>) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return bad_request(&shared, record, "Invalid $skip"),
+    let skip = match offset(&shared, record, &query, "$skip") {
+        Ok(n) => n,
+        Err(resp) => return resp,
     };
     let expand = param(&query, "$expand") == Some("evidence");
     let alerts = query_alerts(&shared, &tenant, Api::Mde, &filter);

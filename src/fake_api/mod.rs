@@ -619,6 +619,22 @@ fn parse_query(raw: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A non-negative integer query parameter (`$skip`, `$skiptoken`), 0 when absent.
+// The error is the response to send: returned once per bad request, its size does not matter.
+#[allow(clippy::result_large_err)]
+fn offset(
+    shared: &Shared,
+    record: usize,
+    query: &[(String, String)],
+    name: &str,
+) -> Result<usize, axum::response::Response> {
+    match param(query, name).map(str::parse::<usize>) {
+        None => Ok(0),
+        Some(Ok(n)) => Ok(n),
+        Some(Err(_)) => Err(bad_request(shared, record, &format!("Invalid {name}"))),
+    }
+}
+
 fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
     query
         .iter()
