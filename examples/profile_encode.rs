@@ -1,5 +1,6 @@
 //! A loop for profilers (`valgrind --tool=callgrind`): decode and encode the sample alert N
-//! times with one format. `cargo run --release --example profile_encode -- arcsight 10000`
+//! times with one format.
+//! `cargo run --release --example profile_encode -- arcsight 10000 [typical-graph-alert-3k.json]`
 use std::sync::Arc;
 
 use defender_bridge::alert::Alert;
@@ -9,9 +10,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let format = args.next().unwrap_or_else(|| "arcsight".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let pretty = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/realistic-graph-alert.json"
+    let file = args
+        .next()
+        .unwrap_or_else(|| "typical-graph-alert-3k.json".into());
+    let pretty = std::fs::read_to_string(format!(
+        "{}/tests/data/{file}",
+        env!("CARGO_MANIFEST_DIR")
     ))
     .expect("sample");
     let json =
