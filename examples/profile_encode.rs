@@ -13,11 +13,9 @@ fn main() {
     let file = args
         .next()
         .unwrap_or_else(|| "typical-graph-alert-3k.json".into());
-    let pretty = std::fs::read_to_string(format!(
-        "{}/tests/data/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("sample");
+    let pretty =
+        std::fs::read_to_string(format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR")))
+            .expect("sample");
     let json =
         serde_json::to_string(&serde_json::from_str::<serde_json::Value>(&pretty).expect("json"))
             .expect("json");

@@ -6,13 +6,22 @@
 //! are ignored, unknown enum members are kept as text, nulls are absent values, numbers may come as
 //! strings and the other way round, and a timestamp that cannot be parsed is kept as text.
 
+mod owned;
 mod time;
 mod wire;
+
+use std::borrow::Cow;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 pub use time::Timestamp;
+
+/// Text from the alert's JSON, borrowed from it wherever the JSON string needs no unescaping
+/// (nearly always), so that decoding copies almost nothing: allocation was a third of the time
+/// from JSON to record (issue #2's throughput target). [`Alert::into_owned`] detaches an alert
+/// from the text it borrows.
+pub type Text<'a> = Cow<'a, str>;
 
 /// Which API an alert came from (recognised by its shape).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,62 +108,62 @@ impl Serialize for Severity {
 /// One alert, normalised.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Alert {
+pub struct Alert<'a> {
     pub api: Api,
-    pub id: String,
+    pub id: Text<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_alert_id: Option<String>,
+    pub provider_alert_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub incident_id: Option<String>,
+    pub incident_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub investigation_id: Option<String>,
+    pub investigation_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
+    pub title: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    pub description: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub recommended_actions: Option<String>,
+    pub recommended_actions: Option<Text<'a>>,
     pub severity: Severity,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub classification: Option<String>,
+    pub classification: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub determination: Option<String>,
+    pub determination: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
+    pub category: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_source: Option<String>,
+    pub service_source: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detection_source: Option<String>,
+    pub detection_source: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub product_name: Option<String>,
+    pub product_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detector_id: Option<String>,
+    pub detector_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub alert_policy_id: Option<String>,
+    pub alert_policy_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub investigation_state: Option<String>,
+    pub investigation_state: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub threat_display_name: Option<String>,
+    pub threat_display_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub threat_family_name: Option<String>,
+    pub threat_family_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub actor_display_name: Option<String>,
+    pub actor_display_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub mitre_techniques: Vec<String>,
+    pub mitre_techniques: Vec<Text<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub system_tags: Vec<String>,
+    pub system_tags: Vec<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub assigned_to: Option<String>,
+    pub assigned_to: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rbac_group_name: Option<String>,
+    pub rbac_group_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub alert_web_url: Option<String>,
+    pub alert_web_url: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub incident_web_url: Option<String>,
+    pub incident_web_url: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_date_time: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,23 +175,23 @@ pub struct Alert {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_date_time: Option<Timestamp>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub comments: Vec<Comment>,
+    pub comments: Vec<Comment<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub evidence: Vec<Evidence>,
+    pub evidence: Vec<Evidence<'a>>,
     /// Graph `customDetails` and `additionalData` dictionaries, kept verbatim.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub custom_details: Option<Box<RawValue>>,
+    pub custom_details: Option<Cow<'a, RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub additional_data: Option<Box<RawValue>>,
+    pub additional_data: Option<Cow<'a, RawValue>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Comment {
+pub struct Comment<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
+    pub comment: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_by: Option<String>,
+    pub created_by: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_date_time: Option<Timestamp>,
 }
@@ -190,24 +199,24 @@ pub struct Comment {
 /// One evidence item: what all kinds share, and the kind-specific part.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Evidence {
+pub struct Evidence<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_date_time: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<String>,
+    pub verdict: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub remediation_status: Option<String>,
+    pub remediation_status: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detection_status: Option<String>,
+    pub detection_status: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub roles: Vec<String>,
+    pub roles: Vec<Text<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
+    pub tags: Vec<Text<'a>>,
     #[serde(flatten)]
-    pub detail: EvidenceDetail,
+    pub detail: EvidenceDetail<'a>,
 }
 
-impl Evidence {
+impl Evidence<'_> {
     pub fn kind(&self) -> EvidenceKind {
         self.detail.kind()
     }
@@ -216,20 +225,20 @@ impl Evidence {
 /// The typed evidence kinds the format files can address; any other kind is kept as raw JSON.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
-pub enum EvidenceDetail {
-    Device(Box<Device>),
-    File(FileEvidence),
-    Process(Box<Process>),
-    User(UserEvidence),
-    Ip(Ip),
-    Url(Url),
-    Registry(Registry),
-    Mailbox(Mailbox),
+pub enum EvidenceDetail<'a> {
+    Device(Box<Device<'a>>),
+    File(FileEvidence<'a>),
+    Process(Box<Process<'a>>),
+    User(UserEvidence<'a>),
+    Ip(Ip<'a>),
+    Url(Url<'a>),
+    Registry(Registry<'a>),
+    Mailbox(Mailbox<'a>),
     /// An evidence kind this version does not type (Graph has over 40): never dropped.
     Other {
         /// The kind as the API named it (`@odata.type` without the namespace, or `entityType`).
-        name: String,
-        raw: Box<RawValue>,
+        name: Text<'a>,
+        raw: Cow<'a, RawValue>,
     },
 }
 
@@ -246,7 +255,7 @@ pub enum EvidenceKind {
     Other,
 }
 
-impl EvidenceDetail {
+impl EvidenceDetail<'_> {
     pub fn kind(&self) -> EvidenceKind {
         match self {
             EvidenceDetail::Device(_) => EvidenceKind::Device,
@@ -279,165 +288,165 @@ impl EvidenceDetail {
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Device {
+pub struct Device<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mde_device_id: Option<String>,
+    pub mde_device_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub azure_ad_device_id: Option<String>,
+    pub azure_ad_device_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_dns_name: Option<String>,
+    pub device_dns_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_name: Option<String>,
+    pub host_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub nt_domain: Option<String>,
+    pub nt_domain: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_domain: Option<String>,
+    pub dns_domain: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub os_platform: Option<String>,
+    pub os_platform: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub os_build: Option<String>,
+    pub os_build: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub health_status: Option<String>,
+    pub health_status: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub risk_score: Option<String>,
+    pub risk_score: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rbac_group_id: Option<String>,
+    pub rbac_group_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rbac_group_name: Option<String>,
+    pub rbac_group_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub onboarding_status: Option<String>,
+    pub onboarding_status: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub defender_av_status: Option<String>,
+    pub defender_av_status: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_seen_date_time: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_ip_address: Option<String>,
+    pub last_ip_address: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_external_ip_address: Option<String>,
+    pub last_external_ip_address: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ip_interfaces: Vec<String>,
+    pub ip_interfaces: Vec<Text<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub logged_on_users: Vec<Account>,
+    pub logged_on_users: Vec<Account<'a>>,
 }
 
 /// Graph `fileDetails`; MDE file and process evidence fill the same fields.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct FileDetails {
+pub struct FileDetails<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_name: Option<String>,
+    pub file_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_path: Option<String>,
+    pub file_path: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha1: Option<String>,
+    pub sha1: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
+    pub sha256: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub md5: Option<String>,
+    pub md5: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_size: Option<String>,
+    pub file_size: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_publisher: Option<String>,
+    pub file_publisher: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub signer: Option<String>,
+    pub signer: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub issuer: Option<String>,
+    pub issuer: Option<Text<'a>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct FileEvidence {
-    pub file_details: FileDetails,
+pub struct FileEvidence<'a> {
+    pub file_details: FileDetails<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mde_device_id: Option<String>,
+    pub mde_device_id: Option<Text<'a>>,
 }
 
 /// Graph `userAccount`; MDE user evidence and `relatedUser` fill the same fields.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Account {
+pub struct Account<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub account_name: Option<String>,
+    pub account_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain_name: Option<String>,
+    pub domain_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_sid: Option<String>,
+    pub user_sid: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub azure_ad_user_id: Option<String>,
+    pub azure_ad_user_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_principal_name: Option<String>,
+    pub user_principal_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
+    pub display_name: Option<Text<'a>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct UserEvidence {
-    pub user_account: Account,
+pub struct UserEvidence<'a> {
+    pub user_account: Account<'a>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Process {
+pub struct Process<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub process_id: Option<String>,
+    pub process_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_process_id: Option<String>,
+    pub parent_process_id: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub process_command_line: Option<String>,
+    pub process_command_line: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process_creation_date_time: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_process_creation_date_time: Option<Timestamp>,
-    pub image_file: FileDetails,
-    pub parent_process_image_file: FileDetails,
-    pub user_account: Account,
+    pub image_file: FileDetails<'a>,
+    pub parent_process_image_file: FileDetails<'a>,
+    pub user_account: Account<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mde_device_id: Option<String>,
+    pub mde_device_id: Option<Text<'a>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Ip {
+pub struct Ip<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip_address: Option<String>,
+    pub ip_address: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub country_letter_code: Option<String>,
+    pub country_letter_code: Option<Text<'a>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Url {
+pub struct Url<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    pub url: Option<Text<'a>>,
 }
 
 /// Graph `registryKeyEvidence` and `registryValueEvidence`, MDE `Registry` evidence.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Registry {
+pub struct Registry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub registry_key: Option<String>,
+    pub registry_key: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub registry_hive: Option<String>,
+    pub registry_hive: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub registry_value_name: Option<String>,
+    pub registry_value_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub registry_value: Option<String>,
+    pub registry_value: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub registry_value_type: Option<String>,
+    pub registry_value_type: Option<Text<'a>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Mailbox {
+pub struct Mailbox<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
+    pub display_name: Option<Text<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub primary_address: Option<String>,
-    pub user_account: Account,
+    pub primary_address: Option<Text<'a>>,
+    pub user_account: Account<'a>,
 }
 
 /// Why an alert could not be decoded.
@@ -449,14 +458,15 @@ pub enum DecodeError {
     NotAnAlert(&'static str),
 }
 
-impl Alert {
-    /// Decodes one alert object of either API (recognised by its shape).
-    pub fn from_json(json: &str) -> Result<Alert, DecodeError> {
+impl<'a> Alert<'a> {
+    /// Decodes one alert object of either API (recognised by its shape), borrowing its texts
+    /// from `json`.
+    pub fn from_json(json: &'a str) -> Result<Alert<'a>, DecodeError> {
         wire::decode(json)
     }
 
     /// Evidence items of one kind, in API order.
-    pub fn evidence_of(&self, kind: EvidenceKind) -> impl Iterator<Item = &Evidence> {
+    pub fn evidence_of(&self, kind: EvidenceKind) -> impl Iterator<Item = &Evidence<'a>> {
         self.evidence.iter().filter(move |e| e.kind() == kind)
     }
 

@@ -169,7 +169,7 @@ async fn handle(
                     .tenant_id
                     .as_deref()
                     .unwrap_or(&tenant.settings.tenant_id);
-                alert.alert_web_url = Some(tenant.settings.cloud.alert_link(&alert.id, tid));
+                alert.alert_web_url = Some(tenant.settings.cloud.alert_link(&alert.id, tid).into());
             }
             for (i, r) in routes.iter().enumerate() {
                 if !r.destination.wants(&name, &alert.severity) {

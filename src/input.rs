@@ -40,14 +40,14 @@ pub struct Problem {
 
 /// One thing found in the input, in input order.
 #[derive(Debug)]
-pub enum Decoded {
-    /// An alert and the line it starts on.
-    Alert(usize, Box<Alert>),
+pub enum Decoded<'a> {
+    /// An alert and the line it starts on; it borrows from the input.
+    Alert(usize, Box<Alert<'a>>),
     Problem(Problem),
 }
 
 /// Decodes every alert in `input`, calling `emit` for each alert and each problem.
-pub fn decode(input: &[u8], limits: Limits, mut emit: impl FnMut(Decoded)) {
+pub fn decode(input: &[u8], limits: Limits, mut emit: impl FnMut(Decoded<'_>)) {
     let text: Cow<str> = match std::str::from_utf8(input) {
         Ok(s) => Cow::Borrowed(s),
         Err(e) => {
@@ -87,7 +87,7 @@ pub fn decode(input: &[u8], limits: Limits, mut emit: impl FnMut(Decoded)) {
 struct Decoder<'t, 'f> {
     text: &'t str,
     limits: Limits,
-    emit: &'f mut dyn FnMut(Decoded),
+    emit: &'f mut dyn FnMut(Decoded<'_>),
     lines: LineCounter,
 }
 
@@ -322,11 +322,11 @@ fn line_of(bytes: &[u8], offset: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn run_with(input: &[u8], limits: Limits) -> (Vec<(usize, Box<Alert>)>, Vec<Problem>) {
+    fn run_with(input: &[u8], limits: Limits) -> (Vec<(usize, Alert<'static>)>, Vec<Problem>) {
         let mut alerts = Vec::new();
         let mut problems = Vec::new();
         decode(input, limits, |d| match d {
-            Decoded::Alert(l, a) => alerts.push((l, a)),
+            Decoded::Alert(l, a) => alerts.push((l, a.into_owned())),
             Decoded::Problem(p) => problems.push(p),
         });
         (alerts, problems)
@@ -335,7 +335,10 @@ mod tests {
     fn run(input: &str) -> (Vec<(usize, String)>, Vec<Problem>) {
         let (alerts, problems) = run_with(input.as_bytes(), Limits::default());
         (
-            alerts.into_iter().map(|(l, a)| (l, a.id)).collect(),
+            alerts
+                .into_iter()
+                .map(|(l, a)| (l, a.id.into_owned()))
+                .collect(),
             problems,
         )
     }

@@ -333,9 +333,9 @@ async fn send(args: SendArgs) -> Result<ExitCode> {
             let Some((origin, bytes)) = read else {
                 continue;
             };
-            let mut decoded: Vec<Box<Alert>> = Vec::new();
+            let mut decoded: Vec<Alert<'static>> = Vec::new();
             input::decode(&bytes, Limits::default(), |d| match d {
-                Decoded::Alert(_, a) => decoded.push(a),
+                Decoded::Alert(_, a) => decoded.push(a.into_owned()),
                 Decoded::Problem(p) => {
                     if p.rejected {
                         rejected += 1;

@@ -100,7 +100,7 @@ impl Output {
     /// Makes the alert's messages and queues them, in order. A record that cannot fit the
     /// destination's size goes to the dead-letter file with the reason. Waits while the
     /// writer's queue is full. Returns how many messages were queued.
-    pub async fn send(&self, alert: &Alert, ctx: &Context<'_>) -> Result<usize, Error> {
+    pub async fn send(&self, alert: &Alert<'_>, ctx: &Context<'_>) -> Result<usize, Error> {
         let mut queued = 0;
         for index in 0..self.encoder.formatter.record_count(alert) {
             let mut buf = Vec::with_capacity(2048);
@@ -119,7 +119,7 @@ impl Output {
 
     fn dead_letter(
         &self,
-        alert: &Alert,
+        alert: &Alert<'_>,
         ctx: &Context<'_>,
         index: usize,
         e: &EncodeError,
@@ -187,7 +187,7 @@ impl Output {
 
 /// The synthetic alert of `send-test`: clearly marked, informational, never mistaken for a
 /// detection.
-pub fn test_alert() -> Alert {
+pub fn test_alert() -> Alert<'static> {
     let now = chrono::Utc::now();
     let id = format!("defender-bridge-test-{}", uuid::Uuid::new_v4());
     let json = serde_json::json!({
@@ -210,5 +210,7 @@ pub fn test_alert() -> Alert {
         "evidence": [],
     });
     // The literal above is a valid alert.
-    Alert::from_json(&json.to_string()).expect("the test alert decodes")
+    Alert::from_json(&json.to_string())
+        .expect("the test alert decodes")
+        .into_owned()
 }

@@ -18,7 +18,7 @@ use defender_bridge::input::{self, Decoded, Limits};
 use defender_bridge::sink::{Backoff, Framing, Sink, SinkConfig};
 use support::{rsyslog, syslog_ng, Pki, Proto, RsyslogInput, WAIT};
 
-fn alerts() -> Vec<Alert> {
+fn alerts() -> Vec<Alert<'static>> {
     let mut alerts = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir("tests/data")
         .expect("tests/data")
@@ -30,7 +30,7 @@ fn alerts() -> Vec<Alert> {
         let bytes = std::fs::read(&path).expect("fixture");
         input::decode(&bytes, Limits::default(), |d| {
             if let Decoded::Alert(_, alert) = d {
-                alerts.push(*alert);
+                alerts.push(alert.into_owned());
             }
         });
     }

@@ -11,9 +11,11 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use std::borrow::Cow;
+
 use super::{
     Account, Alert, Api, Comment, DecodeError, Device, Evidence, EvidenceDetail, FileDetails,
-    FileEvidence, Ip, Mailbox, Process, Registry, Severity, Timestamp, Url, UserEvidence,
+    FileEvidence, Ip, Mailbox, Process, Registry, Severity, Text, Timestamp, Url, UserEvidence,
 };
 
 /// The visitor methods for the JSON scalars a visitor has no use for: each gives `$value`.
@@ -45,65 +47,65 @@ macro_rules! other_scalars_give {
 )]
 pub(super) struct WireAlert<'a, E> {
     #[serde(deserialize_with = "scalar")]
-    id: Option<String>,
+    id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    provider_alert_id: Option<String>,
+    provider_alert_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    incident_id: Option<String>,
+    incident_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    investigation_id: Option<String>,
+    investigation_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    tenant_id: Option<String>,
+    tenant_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    aad_tenant_id: Option<String>,
+    aad_tenant_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    title: Option<String>,
+    title: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    description: Option<String>,
+    description: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    recommended_actions: Option<String>,
+    recommended_actions: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    severity: Option<String>,
+    severity: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    status: Option<String>,
+    status: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    classification: Option<String>,
+    classification: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    determination: Option<String>,
+    determination: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    category: Option<String>,
+    category: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    service_source: Option<String>,
+    service_source: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    detection_source: Option<String>,
+    detection_source: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    product_name: Option<String>,
+    product_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    detector_id: Option<String>,
+    detector_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    alert_policy_id: Option<String>,
+    alert_policy_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    investigation_state: Option<String>,
+    investigation_state: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    threat_display_name: Option<String>,
+    threat_display_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    threat_name: Option<String>,
+    threat_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    threat_family_name: Option<String>,
+    threat_family_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    actor_display_name: Option<String>,
+    actor_display_name: Option<Text<'a>>,
     #[serde(deserialize_with = "strings")]
-    mitre_techniques: Vec<String>,
+    mitre_techniques: Vec<Text<'a>>,
     #[serde(deserialize_with = "strings")]
-    system_tags: Vec<String>,
+    system_tags: Vec<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    assigned_to: Option<String>,
+    assigned_to: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    rbac_group_name: Option<String>,
+    rbac_group_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    alert_web_url: Option<String>,
+    alert_web_url: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    incident_web_url: Option<String>,
+    incident_web_url: Option<Text<'a>>,
     // Graph times.
     #[serde(deserialize_with = "time")]
     created_date_time: Option<Timestamp>,
@@ -128,13 +130,13 @@ pub(super) struct WireAlert<'a, E> {
     resolved_time: Option<Timestamp>,
     // MDE device and user, which Graph carries as evidence.
     #[serde(deserialize_with = "scalar")]
-    machine_id: Option<String>,
+    machine_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    computer_dns_name: Option<String>,
+    computer_dns_name: Option<Text<'a>>,
     #[serde(deserialize_with = "lenient")]
-    related_user: Option<WireAccount>,
+    related_user: Option<WireAccount<'a>>,
     #[serde(deserialize_with = "lenient_list")]
-    comments: Vec<WireComment>,
+    comments: Vec<WireComment<'a>>,
     /// [`OnePass`] or [`RawList`]: see [`decode`].
     evidence: E,
     // 2019-era MDE fields, before `evidence` existed (the demisto fixture).
@@ -146,19 +148,21 @@ pub(super) struct WireAlert<'a, E> {
     alert_domains: Option<&'a RawValue>,
     #[serde(borrow)]
     alert_ips: Option<&'a RawValue>,
-    custom_details: Option<Box<RawValue>>,
-    additional_data: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    custom_details: Option<&'a RawValue>,
+    #[serde(borrow)]
+    additional_data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct WireComment {
+#[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
+struct WireComment<'a> {
     #[serde(deserialize_with = "scalar")]
-    comment: Option<String>,
+    comment: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    created_by_display_name: Option<String>,
+    created_by_display_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    created_by: Option<String>,
+    created_by: Option<Text<'a>>,
     #[serde(deserialize_with = "time")]
     created_date_time: Option<Timestamp>,
     #[serde(deserialize_with = "time")]
@@ -169,179 +173,179 @@ struct WireComment {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct WireAccount {
+#[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
+struct WireAccount<'a> {
     #[serde(deserialize_with = "scalar")]
-    account_name: Option<String>,
+    account_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    user_name: Option<String>,
+    user_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    domain_name: Option<String>,
+    domain_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    user_sid: Option<String>,
+    user_sid: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    azure_ad_user_id: Option<String>,
+    azure_ad_user_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    aad_user_id: Option<String>,
+    aad_user_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    user_principal_name: Option<String>,
+    user_principal_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    display_name: Option<String>,
+    display_name: Option<Text<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct WireFile {
+#[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
+struct WireFile<'a> {
     #[serde(deserialize_with = "scalar")]
-    file_name: Option<String>,
+    file_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    file_path: Option<String>,
+    file_path: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    sha1: Option<String>,
+    sha1: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    sha256: Option<String>,
+    sha256: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    md5: Option<String>,
+    md5: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    file_size: Option<String>,
+    file_size: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    file_publisher: Option<String>,
+    file_publisher: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    signer: Option<String>,
+    signer: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    issuer: Option<String>,
+    issuer: Option<Text<'a>>,
 }
 
 /// The union of Graph `alertEvidence` subtypes and the flat MDE evidence object.
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct WireEvidence {
+#[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
+struct WireEvidence<'a> {
     #[serde(rename = "@odata.type", deserialize_with = "scalar")]
-    odata_type: Option<String>,
+    odata_type: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    entity_type: Option<String>,
+    entity_type: Option<Text<'a>>,
     #[serde(deserialize_with = "time")]
     created_date_time: Option<Timestamp>,
     #[serde(deserialize_with = "time")]
     evidence_creation_time: Option<Timestamp>,
     #[serde(deserialize_with = "scalar")]
-    verdict: Option<String>,
+    verdict: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    remediation_status: Option<String>,
+    remediation_status: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    detection_status: Option<String>,
+    detection_status: Option<Text<'a>>,
     #[serde(deserialize_with = "strings")]
-    roles: Vec<String>,
+    roles: Vec<Text<'a>>,
     #[serde(deserialize_with = "strings")]
-    tags: Vec<String>,
+    tags: Vec<Text<'a>>,
     // deviceEvidence
     #[serde(deserialize_with = "scalar")]
-    mde_device_id: Option<String>,
+    mde_device_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    azure_ad_device_id: Option<String>,
+    azure_ad_device_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    device_dns_name: Option<String>,
+    device_dns_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    host_name: Option<String>,
+    host_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    nt_domain: Option<String>,
+    nt_domain: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    dns_domain: Option<String>,
+    dns_domain: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    os_platform: Option<String>,
+    os_platform: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    os_build: Option<String>,
+    os_build: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    version: Option<String>,
+    version: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    health_status: Option<String>,
+    health_status: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    risk_score: Option<String>,
+    risk_score: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    rbac_group_id: Option<String>,
+    rbac_group_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    rbac_group_name: Option<String>,
+    rbac_group_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    onboarding_status: Option<String>,
+    onboarding_status: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    defender_av_status: Option<String>,
+    defender_av_status: Option<Text<'a>>,
     #[serde(deserialize_with = "time")]
     first_seen_date_time: Option<Timestamp>,
     #[serde(deserialize_with = "scalar")]
-    last_ip_address: Option<String>,
+    last_ip_address: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    last_external_ip_address: Option<String>,
+    last_external_ip_address: Option<Text<'a>>,
     #[serde(deserialize_with = "strings")]
-    ip_interfaces: Vec<String>,
+    ip_interfaces: Vec<Text<'a>>,
     #[serde(deserialize_with = "lenient_list")]
-    logged_on_users: Vec<WireAccount>,
+    logged_on_users: Vec<WireAccount<'a>>,
     // fileEvidence / processEvidence
     #[serde(deserialize_with = "lenient")]
-    file_details: Option<WireFile>,
+    file_details: Option<WireFile<'a>>,
     #[serde(deserialize_with = "lenient")]
-    image_file: Option<WireFile>,
+    image_file: Option<WireFile<'a>>,
     #[serde(deserialize_with = "lenient")]
-    parent_process_image_file: Option<WireFile>,
+    parent_process_image_file: Option<WireFile<'a>>,
     #[serde(deserialize_with = "lenient")]
-    user_account: Option<WireAccount>,
+    user_account: Option<WireAccount<'a>>,
     #[serde(deserialize_with = "scalar")]
-    process_id: Option<String>,
+    process_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    parent_process_id: Option<String>,
+    parent_process_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    process_command_line: Option<String>,
+    process_command_line: Option<Text<'a>>,
     #[serde(deserialize_with = "time")]
     process_creation_date_time: Option<Timestamp>,
     #[serde(deserialize_with = "time")]
     parent_process_creation_date_time: Option<Timestamp>,
     // ipEvidence, urlEvidence, registry*Evidence, mailboxEvidence
     #[serde(deserialize_with = "scalar")]
-    ip_address: Option<String>,
+    ip_address: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    country_letter_code: Option<String>,
+    country_letter_code: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    url: Option<String>,
+    url: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    registry_key: Option<String>,
+    registry_key: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    registry_hive: Option<String>,
+    registry_hive: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    registry_value_name: Option<String>,
+    registry_value_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    registry_value: Option<String>,
+    registry_value: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    registry_value_type: Option<String>,
+    registry_value_type: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    display_name: Option<String>,
+    display_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    primary_address: Option<String>,
+    primary_address: Option<Text<'a>>,
     // The flat MDE evidence fields (defender-api.md §1.6).
     #[serde(deserialize_with = "scalar")]
-    sha1: Option<String>,
+    sha1: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    sha256: Option<String>,
+    sha256: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    file_name: Option<String>,
+    file_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    file_path: Option<String>,
+    file_path: Option<Text<'a>>,
     #[serde(deserialize_with = "time")]
     process_creation_time: Option<Timestamp>,
     #[serde(deserialize_with = "time")]
     parent_process_creation_time: Option<Timestamp>,
     #[serde(deserialize_with = "scalar")]
-    parent_process_file_name: Option<String>,
+    parent_process_file_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    parent_process_file_path: Option<String>,
+    parent_process_file_path: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    account_name: Option<String>,
+    account_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    domain_name: Option<String>,
+    domain_name: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    user_sid: Option<String>,
+    user_sid: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    aad_user_id: Option<String>,
+    aad_user_id: Option<Text<'a>>,
     #[serde(deserialize_with = "scalar")]
-    user_principal_name: Option<String>,
+    user_principal_name: Option<Text<'a>>,
 }
 
 /// Decodes one alert. The fast way decodes each evidence object in the same pass as the alert
@@ -349,7 +353,7 @@ struct WireEvidence {
 /// the rare shapes (an evidence object that is not an object, Elastic's split shape), so an alert
 /// with any of those, or one the fast way rejects, is decoded again the thorough way
 /// ([`RawList`]), which keeps each evidence object's text. Both give the same alert.
-pub(super) fn decode(json: &str) -> Result<Alert, DecodeError> {
+pub(super) fn decode(json: &str) -> Result<Alert<'_>, DecodeError> {
     if let Ok(wire) = serde_json::from_str::<WireAlert<'_, OnePass>>(json) {
         if !wire.evidence.needs_raw {
             return wire.into_alert();
@@ -359,21 +363,21 @@ pub(super) fn decode(json: &str) -> Result<Alert, DecodeError> {
 }
 
 /// The evidence list, decoded.
-pub(super) trait EvidenceList {
-    fn into_evidence(self, out: &mut Vec<Evidence>);
+pub(super) trait EvidenceList<'a> {
+    fn into_evidence(self, out: &mut Vec<Evidence<'a>>);
     fn len(&self) -> usize;
 }
 
 /// Evidence objects decoded in the alert's pass. `needs_raw` when one of them needs its JSON
 /// text (see [`decode`]).
 #[derive(Default)]
-pub(super) struct OnePass {
-    items: Vec<Evidence>,
+pub(super) struct OnePass<'a> {
+    items: Vec<Evidence<'a>>,
     needs_raw: bool,
 }
 
-impl EvidenceList for OnePass {
-    fn into_evidence(self, out: &mut Vec<Evidence>) {
+impl<'a> EvidenceList<'a> for OnePass<'a> {
+    fn into_evidence(self, out: &mut Vec<Evidence<'a>>) {
         out.extend(self.items);
     }
     fn len(&self) -> usize {
@@ -385,11 +389,14 @@ impl EvidenceList for OnePass {
 #[derive(Default)]
 pub(super) struct RawList<'a>(Vec<RawEvidence<'a>>);
 
-impl EvidenceList for RawList<'_> {
-    fn into_evidence(self, out: &mut Vec<Evidence>) {
-        for raw in self.0.iter().map(RawEvidence::raw) {
-            if raw.get() != "null" {
-                out.push(decode_evidence(raw));
+impl<'a> EvidenceList<'a> for RawList<'a> {
+    fn into_evidence(self, out: &mut Vec<Evidence<'a>>) {
+        for raw in self.0 {
+            match raw {
+                RawEvidence::Borrowed(r) if r.get() == "null" => {}
+                RawEvidence::Borrowed(r) => out.push(decode_evidence(r)),
+                // Rebuilt here, so the evidence cannot borrow from it.
+                RawEvidence::Owned(r) => out.push(decode_evidence(&r).into_owned()),
             }
         }
     }
@@ -404,15 +411,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawList<'a> {
     }
 }
 
-impl<'de> Deserialize<'de> for OnePass {
+impl<'de> Deserialize<'de> for OnePass<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = OnePass;
+            type Value = OnePass<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a list of evidence objects")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OnePass, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = OnePass::default();
                 while let Some(item) = seq.next_element::<OnePassItem>()? {
                     match item {
@@ -423,17 +430,17 @@ impl<'de> Deserialize<'de> for OnePass {
                 }
                 Ok(out)
             }
-            fn visit_unit<E: de::Error>(self) -> Result<OnePass, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(OnePass::default())
             }
-            fn visit_none<E: de::Error>(self) -> Result<OnePass, E> {
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(OnePass::default())
             }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<OnePass, D::Error> {
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
                 d.deserialize_any(self)
             }
             // Anything else (Elastic's single object, a scalar): the thorough way.
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OnePass, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map
                     .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
                     .is_some()
@@ -443,22 +450,22 @@ impl<'de> Deserialize<'de> for OnePass {
                     needs_raw: true,
                 })
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<OnePass, E> {
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(OnePass {
                     items: Vec::new(),
                     needs_raw: true,
                 })
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<OnePass, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 self.visit_str(&v.to_string())
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<OnePass, E> {
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
                 self.visit_str(&v.to_string())
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<OnePass, E> {
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 self.visit_str(&v.to_string())
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<OnePass, E> {
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
                 self.visit_str("")
             }
         }
@@ -469,34 +476,34 @@ impl<'de> Deserialize<'de> for OnePass {
 /// One element of the evidence list in the one-pass decoding. Moved straight into the list, so
 /// the size of `Typed` costs nothing, where a box would cost an allocation.
 #[allow(clippy::large_enum_variant)]
-enum OnePassItem {
+enum OnePassItem<'a> {
     Null,
-    Typed(Evidence),
+    Typed(Evidence<'a>),
     NeedsRaw,
 }
 
-impl<'de> Deserialize<'de> for OnePassItem {
+impl<'de> Deserialize<'de> for OnePassItem<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = OnePassItem;
+            type Value = OnePassItem<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an evidence object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OnePassItem, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 let w = WireEvidence::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(evidence_from_wire(w, None).map_or(OnePassItem::NeedsRaw, OnePassItem::Typed))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<OnePassItem, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(OnePassItem::Null)
             }
-            fn visit_none<E: de::Error>(self) -> Result<OnePassItem, E> {
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(OnePassItem::Null)
             }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<OnePassItem, D::Error> {
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
                 d.deserialize_any(self)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OnePassItem, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
                 Ok(OnePassItem::NeedsRaw)
             }
@@ -506,8 +513,8 @@ impl<'de> Deserialize<'de> for OnePassItem {
     }
 }
 
-impl<E: EvidenceList> WireAlert<'_, E> {
-    pub(super) fn into_alert(self) -> Result<Alert, DecodeError> {
+impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
+    pub(super) fn into_alert(self) -> Result<Alert<'a>, DecodeError> {
         let w = self;
         let id =
             w.id.clone()
@@ -537,7 +544,7 @@ impl<E: EvidenceList> WireAlert<'_, E> {
         let mut evidence = Vec::with_capacity(w.evidence.len() + 2);
         if api == Api::Mde && (w.machine_id.is_some() || w.computer_dns_name.is_some()) {
             // MDE names the device on the alert; Graph as deviceEvidence (defender-api.md §3.6).
-            let (host, domain) = split_fqdn(w.computer_dns_name.as_deref());
+            let (host, domain) = split_fqdn(w.computer_dns_name.clone());
             evidence.push(plain_evidence(EvidenceDetail::Device(Box::new(Device {
                 mde_device_id: w.machine_id.clone(),
                 device_dns_name: w.computer_dns_name.clone(),
@@ -573,7 +580,7 @@ impl<E: EvidenceList> WireAlert<'_, E> {
                 let text = raw.get().trim();
                 if text != "null" && text != "[]" && text != "{}" {
                     evidence.push(plain_evidence(EvidenceDetail::Other {
-                        name: name.to_string(),
+                        name: Cow::Borrowed(name),
                         raw: compact(raw),
                     }));
                 }
@@ -583,7 +590,7 @@ impl<E: EvidenceList> WireAlert<'_, E> {
         let service_source = w
             .service_source
             .map(camel)
-            .or_else(|| (api == Api::Mde).then(|| "microsoftDefenderForEndpoint".to_string()));
+            .or_else(|| (api == Api::Mde).then_some(Cow::Borrowed("microsoftDefenderForEndpoint")));
         Ok(Alert {
             api,
             id,
@@ -634,17 +641,14 @@ impl<E: EvidenceList> WireAlert<'_, E> {
                 })
                 .collect(),
             evidence,
-            custom_details: w
-                .custom_details
-                .filter(|r| r.get() != "{}")
-                .map(|r| compact(&r)),
-            additional_data: w.additional_data.map(|r| compact(&r)),
+            custom_details: w.custom_details.filter(|r| r.get() != "{}").map(compact),
+            additional_data: w.additional_data.map(compact),
         })
     }
 }
 
-impl WireAccount {
-    fn into_account(self) -> Account {
+impl<'a> WireAccount<'a> {
+    fn into_account(self) -> Account<'a> {
         Account {
             account_name: self.account_name.or(self.user_name),
             domain_name: self.domain_name,
@@ -656,8 +660,8 @@ impl WireAccount {
     }
 }
 
-impl From<WireFile> for FileDetails {
-    fn from(f: WireFile) -> Self {
+impl<'a> From<WireFile<'a>> for FileDetails<'a> {
+    fn from(f: WireFile<'a>) -> Self {
         FileDetails {
             file_name: f.file_name,
             file_path: f.file_path,
@@ -672,7 +676,7 @@ impl From<WireFile> for FileDetails {
     }
 }
 
-fn plain_evidence(detail: EvidenceDetail) -> Evidence {
+fn plain_evidence(detail: EvidenceDetail<'_>) -> Evidence<'_> {
     Evidence {
         created_date_time: None,
         verdict: None,
@@ -686,7 +690,7 @@ fn plain_evidence(detail: EvidenceDetail) -> Evidence {
 
 /// `#microsoft.graph.security.fileEvidence` → `fileEvidence`… → `file`; MDE `entityType`
 /// `File` → `File` (camelCased only where it is kept as a name).
-fn evidence_kind_name(w: &WireEvidence) -> Option<&str> {
+fn evidence_kind_name<'w>(w: &'w WireEvidence<'_>) -> Option<&'w str> {
     if let Some(t) = &w.odata_type {
         let t = t.rsplit('.').next().unwrap_or(t);
         return Some(t.strip_suffix("Evidence").unwrap_or(t));
@@ -694,11 +698,11 @@ fn evidence_kind_name(w: &WireEvidence) -> Option<&str> {
     w.entity_type.as_deref()
 }
 
-fn decode_evidence(raw: &RawValue) -> Evidence {
+fn decode_evidence(raw: &RawValue) -> Evidence<'_> {
     let Ok(w) = serde_json::from_str::<WireEvidence>(raw.get()) else {
         // Not an object we understand: keep it whole rather than drop it.
         return plain_evidence(EvidenceDetail::Other {
-            name: "unknown".to_string(),
+            name: Cow::Borrowed("unknown"),
             raw: compact(raw),
         });
     };
@@ -707,7 +711,10 @@ fn decode_evidence(raw: &RawValue) -> Evidence {
 
 /// The typed evidence item, or with `raw` an untyped one; `None` for an untyped kind without its
 /// text.
-fn evidence_from_wire(mut w: WireEvidence, raw: Option<&RawValue>) -> Option<Evidence> {
+fn evidence_from_wire<'a>(
+    mut w: WireEvidence<'a>,
+    raw: Option<&'a RawValue>,
+) -> Option<Evidence<'a>> {
     const TYPED: &[&str] = &[
         "device",
         "machine",
@@ -724,11 +731,11 @@ fn evidence_from_wire(mut w: WireEvidence, raw: Option<&RawValue>) -> Option<Evi
     ];
     let name = evidence_kind_name(&w).unwrap_or("unknown");
     let typed = TYPED.iter().find(|t| t.eq_ignore_ascii_case(name)).copied();
-    let other_name = typed.is_none().then(|| camel(name.to_string()));
+    let other_name = typed.is_none().then(|| camel(Cow::Owned(name.to_string())));
     let detail = match typed.and_then(|t| w.typed_detail(t)) {
         Some(d) => d,
         None => EvidenceDetail::Other {
-            name: other_name.unwrap_or_else(|| "unknown".to_string()),
+            name: other_name.unwrap_or(Cow::Borrowed("unknown")),
             raw: compact(raw?),
         },
     };
@@ -743,9 +750,9 @@ fn evidence_from_wire(mut w: WireEvidence, raw: Option<&RawValue>) -> Option<Evi
     })
 }
 
-impl WireEvidence {
+impl<'a> WireEvidence<'a> {
     /// The kind-specific part of a typed kind (`kind` is one of `evidence_from_wire`'s `TYPED`).
-    fn typed_detail(&mut self, kind: &str) -> Option<EvidenceDetail> {
+    fn typed_detail(&mut self, kind: &str) -> Option<EvidenceDetail<'a>> {
         let w = self;
         let detail = match kind {
             "device" | "machine" => {
@@ -835,7 +842,7 @@ impl WireEvidence {
     }
 
     /// Graph's nested `userAccount`, else MDE's flat account fields.
-    fn account(&mut self) -> Account {
+    fn account(&mut self) -> Account<'a> {
         match self.user_account.take() {
             Some(a) => a.into_account(),
             None => Account {
@@ -850,7 +857,7 @@ impl WireEvidence {
     }
 
     /// MDE's flat file fields.
-    fn flat_file(&mut self) -> FileDetails {
+    fn flat_file(&mut self) -> FileDetails<'a> {
         FileDetails {
             file_name: self.file_name.take(),
             file_path: self.file_path.take(),
@@ -863,9 +870,9 @@ impl WireEvidence {
 
 /// Graph sends `hostName` and `dnsDomain` only since 2026 (the Wazuh fixture); before that the
 /// device is named by `deviceDnsName` alone, which is split so that format files can rely on both.
-fn with_host_and_domain(mut d: Device) -> Device {
+fn with_host_and_domain(mut d: Device<'_>) -> Device<'_> {
     if d.host_name.is_none() || d.dns_domain.is_none() {
-        let (host, domain) = split_fqdn(d.device_dns_name.as_deref());
+        let (host, domain) = split_fqdn(d.device_dns_name.clone());
         if d.host_name.is_none() {
             d.host_name = host;
         }
@@ -878,53 +885,60 @@ fn with_host_and_domain(mut d: Device) -> Device {
 
 /// Raw JSON kept in the model without its line breaks and indentation, so that a JSON record
 /// that embeds it stays on one line.
-fn compact(raw: &RawValue) -> Box<RawValue> {
+fn compact(raw: &RawValue) -> Cow<'_, RawValue> {
     let text = raw.get();
     if !text.contains(['\n', '\r', '\t']) {
-        return raw.to_owned();
+        return Cow::Borrowed(raw);
     }
     serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| serde_json::value::to_raw_value(&v).ok())
-        .unwrap_or_else(|| raw.to_owned())
+        .map_or(Cow::Borrowed(raw), Cow::Owned)
 }
 
 /// `host.example.com` → (`host`, `example.com`).
-fn split_fqdn(fqdn: Option<&str>) -> (Option<String>, Option<String>) {
-    match fqdn {
-        None => (None, None),
-        // An address is not a name to split.
-        Some(f) if f.parse::<std::net::IpAddr>().is_ok() => (Some(f.to_string()), None),
-        Some(f) => match f.split_once('.') {
-            Some((h, d)) if !h.is_empty() && !d.is_empty() => {
-                (Some(h.to_string()), Some(d.to_string()))
-            }
-            _ => (Some(f.to_string()), None),
-        },
+fn split_fqdn(fqdn: Option<Text<'_>>) -> (Option<Text<'_>>, Option<Text<'_>>) {
+    let Some(f) = fqdn else {
+        return (None, None);
+    };
+    // An address is not a name to split.
+    if f.parse::<std::net::IpAddr>().is_ok() {
+        return (Some(f), None);
+    }
+    let Some(dot) = f.find('.').filter(|&i| i > 0 && i + 1 < f.len()) else {
+        return (Some(f), None);
+    };
+    match f {
+        Cow::Borrowed(b) => (
+            Some(Cow::Borrowed(&b[..dot])),
+            Some(Cow::Borrowed(&b[dot + 1..])),
+        ),
+        Cow::Owned(mut host) => {
+            let domain = host.split_off(dot + 1);
+            host.pop();
+            (Some(Cow::Owned(host)), Some(Cow::Owned(domain)))
+        }
     }
 }
 
 /// PascalCase enum members (MDE, some Graph examples) → Graph's camelCase (defender-api.md §3.2:
 /// "parse enums case-insensitively").
-fn camel(mut s: String) -> String {
-    if let Some(first) = s.chars().next() {
-        if first.is_ascii_uppercase() {
-            // An all-capitals acronym (`MTP`) is left alone.
-            if !s
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-            {
-                s[..1].make_ascii_lowercase();
-            }
-        }
+fn camel(mut s: Text<'_>) -> Text<'_> {
+    if s.starts_with(|c: char| c.is_ascii_uppercase())
+        // An all-capitals acronym (`MTP`) is left alone.
+        && !s
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    {
+        s.to_mut()[..1].make_ascii_lowercase();
     }
     s
 }
 
 /// MDE `detectionSource` values → the Graph enum (defender-api.md §3.6, §1.7). Unknown values are
 /// kept, camelCased.
-fn detection_source(s: String) -> String {
-    let mapped = match s.as_str() {
+fn detection_source(s: Text<'_>) -> Text<'_> {
+    let mapped = match s.as_ref() {
         "WindowsDefenderAv" => "antivirus",
         "WindowsDefenderAtp" => "microsoftDefenderForEndpoint",
         "CustomerTI" => "customTi",
@@ -938,7 +952,7 @@ fn detection_source(s: String) -> String {
         "AzureATP" => "microsoftDefenderForIdentity",
         _ => return camel(s),
     };
-    mapped.to_string()
+    Cow::Borrowed(mapped)
 }
 
 // ---- lenient deserializers ----------------------------------------------------------------
@@ -946,32 +960,30 @@ fn detection_source(s: String) -> String {
 struct ScalarVisitor;
 
 impl<'de> Visitor<'de> for ScalarVisitor {
-    type Value = Option<String>;
+    type Value = Option<Text<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a string, number, boolean or null")
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(non_empty(v).map(str::to_string))
+    // A string without escapes is borrowed from the input; one with escapes is unescaped into
+    // a copy.
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(non_empty(v).map(Cow::Borrowed))
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(if non_empty(&v).is_some() {
-            Some(v)
-        } else {
-            None
-        })
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(non_empty(v).map(|v| Cow::Owned(v.to_string())))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
+        Ok(Some(Cow::Owned(v.to_string())))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
+        Ok(Some(Cow::Owned(v.to_string())))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
+        Ok(Some(Cow::Owned(v.to_string())))
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Some(v.to_string()))
+        Ok(Some(Cow::Borrowed(if v { "true" } else { "false" })))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -985,23 +997,25 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     // An object or array where a scalar was expected: keep it as compact JSON text.
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let v = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(Some(v.to_string()))
+        Ok(Some(Cow::Owned(v.to_string())))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(Some(v.to_string()))
+        Ok(Some(Cow::Owned(v.to_string())))
     }
 }
 
+/// `None` for a value that is empty or only white space. Nearly every value starts with a
+/// printable ASCII character, which settles it without `trim`'s Unicode scan.
 fn non_empty(s: &str) -> Option<&str> {
-    if s.trim().is_empty() {
-        None
-    } else {
-        Some(s)
+    match s.as_bytes().first() {
+        Some(b) if b.is_ascii_graphic() => Some(s),
+        _ if s.trim().is_empty() => None,
+        _ => Some(s),
     }
 }
 
-fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Text<'de>>, D::Error> {
     d.deserialize_any(ScalarVisitor)
 }
 
@@ -1009,7 +1023,7 @@ fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
 /// as [`scalar`] reads it, kept as text.
 fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
     struct V;
-    fn text(s: Option<String>) -> Option<Timestamp> {
+    fn text(s: Option<Text<'_>>) -> Option<Timestamp> {
         s.map(|s| Timestamp::parse(&s))
     }
     impl<'de> Visitor<'de> for V {
@@ -1051,19 +1065,19 @@ fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> 
     d.deserialize_any(V)
 }
 
-struct Scalar(Option<String>);
+struct Scalar<'a>(Option<Text<'a>>);
 
-impl<'de> Deserialize<'de> for Scalar {
+impl<'de> Deserialize<'de> for Scalar<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         scalar(d).map(Scalar)
     }
 }
 
 /// A list of strings; also a single string (the MDE docs type `mitreTechniques` as String) or null.
-fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Text<'de>>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
-        type Value = Vec<String>;
+        type Value = Vec<Text<'de>>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a list of strings")
         }
@@ -1074,11 +1088,11 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
             }
             Ok(out)
         }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(comma_list(v).map(Cow::Borrowed).collect())
+        }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(v.split(',')
-                .filter_map(|s| non_empty(s.trim()))
-                .map(str::to_string)
-                .collect())
+            Ok(comma_list(v).map(|s| Cow::Owned(s.to_string())).collect())
         }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(Vec::new())
@@ -1090,23 +1104,27 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
             d.deserialize_any(self)
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(vec![v.to_string()])
+            ScalarVisitor.visit_i64(v).map(Vec::from_iter)
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(vec![v.to_string()])
+            ScalarVisitor.visit_u64(v).map(Vec::from_iter)
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            Ok(vec![v.to_string()])
+            ScalarVisitor.visit_f64(v).map(Vec::from_iter)
         }
         fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-            Ok(vec![v.to_string()])
+            ScalarVisitor.visit_bool(v).map(Vec::from_iter)
         }
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-            Ok(vec![v.to_string()])
+            ScalarVisitor.visit_map(map).map(Vec::from_iter)
         }
     }
     d.deserialize_any(V)
+}
+
+/// `"T1059, T1086"` → `T1059`, `T1086`.
+fn comma_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').filter_map(|s| non_empty(s.trim()))
 }
 
 /// An object of type `T`, or `None` for null or anything that is not an object. Decoded in the
@@ -1226,13 +1244,4 @@ fn evidence_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvidence<'de>
 pub(super) enum RawEvidence<'a> {
     Borrowed(&'a RawValue),
     Owned(Box<RawValue>),
-}
-
-impl RawEvidence<'_> {
-    fn raw(&self) -> &RawValue {
-        match self {
-            RawEvidence::Borrowed(r) => r,
-            RawEvidence::Owned(r) => r,
-        }
-    }
 }

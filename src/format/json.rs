@@ -7,13 +7,13 @@
 
 use serde::Serialize;
 
-use crate::alert::{Alert, EvidenceDetail};
+use crate::alert::{Alert, EvidenceDetail, Text};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Record<'a> {
     #[serde(flatten)]
-    alert: &'a Alert,
+    alert: &'a Alert<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tenant_name: Option<&'a str>,
 }
@@ -54,8 +54,8 @@ pub fn escaped_len(c: char) -> usize {
 }
 
 /// The alert's free-text values that may be cut to make a whole-alert record fit, longest first.
-pub fn cuttable_texts(alert: &mut Alert) -> Vec<&mut String> {
-    let mut out: Vec<&mut String> = Vec::new();
+pub fn cuttable_texts<'s, 'a>(alert: &'s mut Alert<'a>) -> Vec<&'s mut Text<'a>> {
+    let mut out: Vec<&mut Text<'a>> = Vec::new();
     out.extend(alert.description.as_mut());
     out.extend(alert.recommended_actions.as_mut());
     for c in &mut alert.comments {

@@ -326,14 +326,14 @@ fn encode_whole_alert(
                 .map(json::escaped_len)
                 .sum::<usize>()
                 + json::escaped_len(text::TRUNCATION_MARK);
-            let mut value = Cow::Borrowed(text.as_str());
+            let mut value = Cow::Borrowed(text.as_ref());
             if text::truncate_to_escaped_bytes(
                 &mut value,
                 len.saturating_sub(excess).max(floor),
                 json::escaped_len,
             ) && escaped(&value) < len
             {
-                *text = value.into_owned();
+                *text = Cow::Owned(value.into_owned());
                 cut_one = true;
                 break;
             }
@@ -403,7 +403,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn alert_with(title: &str, description: &str, command_line: &str) -> Alert {
+    fn alert_with(title: &str, description: &str, command_line: &str) -> Alert<'static> {
         let json = serde_json::json!({
             "id": "da-prop-1",
             "tenantId": "t-1",
@@ -418,7 +418,7 @@ mod tests {
                 "imageFile": {"fileName": "x.exe"}
             }]
         });
-        Alert::from_json(&json.to_string()).unwrap()
+        Alert::from_json(&json.to_string()).unwrap().into_owned()
     }
 
     fn expected(v: &str, max: usize) -> Option<String> {

@@ -4,7 +4,7 @@
 //! A path is resolved once, when the format file is compiled, to a plain function pointer; the hot
 //! path calls it and never looks at the path text again.
 
-use crate::alert::{Alert, Evidence, EvidenceDetail, EvidenceKind, Timestamp};
+use crate::alert::{Alert, Evidence, EvidenceDetail, EvidenceKind, Text, Timestamp};
 
 /// A value read from an alert, borrowed where it can be.
 #[derive(Debug, Clone)]
@@ -26,8 +26,8 @@ impl Val<'_> {
     }
 }
 
-pub type AlertGetter = for<'a> fn(&'a Alert) -> Val<'a>;
-pub type EvidenceGetter = for<'a> fn(&'a Evidence) -> Val<'a>;
+pub type AlertGetter = for<'a> fn(&'a Alert<'_>) -> Val<'a>;
+pub type EvidenceGetter = for<'a> fn(&'a Evidence<'_>) -> Val<'a>;
 
 /// A compiled path.
 #[derive(Clone, Copy)]
@@ -52,14 +52,14 @@ impl std::fmt::Debug for Path {
     }
 }
 
-fn s(o: &Option<String>) -> Val<'_> {
+fn s<'a>(o: &'a Option<Text<'_>>) -> Val<'a> {
     o.as_deref().map_or(Val::None, Val::Str)
 }
 fn t(o: &Option<Timestamp>) -> Val<'_> {
     o.as_ref().map_or(Val::None, Val::Time)
 }
-fn l(v: &[String]) -> Val<'_> {
-    Val::List(v.iter().map(String::as_str).collect())
+fn l<'a>(v: &'a [Text<'_>]) -> Val<'a> {
+    Val::List(v.iter().map(|t| t.as_ref()).collect())
 }
 
 static ALERT: &[(&str, AlertGetter)] = &[
