@@ -1,9 +1,12 @@
 //! The alert as it comes over the wire, from either API, and its translation into [`Alert`].
 //!
-//! One struct holds the union of both APIs' field names, so a single serde pass decodes either
-//! shape; which API it was is decided afterwards from the fields present. Every scalar goes through
+//! One struct holds the union of both APIs' alert-level field names, so a single serde pass
+//! decodes either shape; which API it was is decided afterwards from the fields present. Evidence
+//! objects are decoded by kind ([`evidence`]). Every scalar goes through
 //! [`scalar`], which takes a string, number, boolean or null (the docs and the real payloads
 //! disagree: `incidentId` is a number in MDE and a string in Graph, `osBuild` may be null, …).
+
+mod evidence;
 
 use std::fmt;
 
@@ -15,7 +18,7 @@ use std::borrow::Cow;
 
 use super::{
     Account, Alert, Api, Comment, DecodeError, Device, Evidence, EvidenceDetail, FileDetails,
-    FileEvidence, Ip, Mailbox, Process, Registry, Severity, Text, Timestamp, Url, UserEvidence,
+    Severity, Text, Timestamp, UserEvidence,
 };
 
 /// The visitor methods for the JSON scalars a visitor has no use for: each gives `$value`.
@@ -216,141 +219,10 @@ struct WireFile<'a> {
     issuer: Option<Text<'a>>,
 }
 
-/// The union of Graph `alertEvidence` subtypes and the flat MDE evidence object.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default, bound(deserialize = "'de: 'a"))]
-struct WireEvidence<'a> {
-    #[serde(rename = "@odata.type", deserialize_with = "scalar")]
-    odata_type: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    entity_type: Option<Text<'a>>,
-    #[serde(deserialize_with = "time")]
-    created_date_time: Option<Timestamp>,
-    #[serde(deserialize_with = "time")]
-    evidence_creation_time: Option<Timestamp>,
-    #[serde(deserialize_with = "scalar")]
-    verdict: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    remediation_status: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    detection_status: Option<Text<'a>>,
-    #[serde(deserialize_with = "strings")]
-    roles: Vec<Text<'a>>,
-    #[serde(deserialize_with = "strings")]
-    tags: Vec<Text<'a>>,
-    // deviceEvidence
-    #[serde(deserialize_with = "scalar")]
-    mde_device_id: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    azure_ad_device_id: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    device_dns_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    host_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    nt_domain: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    dns_domain: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    os_platform: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    os_build: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    version: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    health_status: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    risk_score: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    rbac_group_id: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    rbac_group_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    onboarding_status: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    defender_av_status: Option<Text<'a>>,
-    #[serde(deserialize_with = "time")]
-    first_seen_date_time: Option<Timestamp>,
-    #[serde(deserialize_with = "scalar")]
-    last_ip_address: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    last_external_ip_address: Option<Text<'a>>,
-    #[serde(deserialize_with = "strings")]
-    ip_interfaces: Vec<Text<'a>>,
-    #[serde(deserialize_with = "lenient_list")]
-    logged_on_users: Vec<WireAccount<'a>>,
-    // fileEvidence / processEvidence
-    #[serde(deserialize_with = "lenient")]
-    file_details: Option<WireFile<'a>>,
-    #[serde(deserialize_with = "lenient")]
-    image_file: Option<WireFile<'a>>,
-    #[serde(deserialize_with = "lenient")]
-    parent_process_image_file: Option<WireFile<'a>>,
-    #[serde(deserialize_with = "lenient")]
-    user_account: Option<WireAccount<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    process_id: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    parent_process_id: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    process_command_line: Option<Text<'a>>,
-    #[serde(deserialize_with = "time")]
-    process_creation_date_time: Option<Timestamp>,
-    #[serde(deserialize_with = "time")]
-    parent_process_creation_date_time: Option<Timestamp>,
-    // ipEvidence, urlEvidence, registry*Evidence, mailboxEvidence
-    #[serde(deserialize_with = "scalar")]
-    ip_address: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    country_letter_code: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    url: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    registry_key: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    registry_hive: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    registry_value_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    registry_value: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    registry_value_type: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    display_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    primary_address: Option<Text<'a>>,
-    // The flat MDE evidence fields (defender-api.md §1.6).
-    #[serde(deserialize_with = "scalar")]
-    sha1: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    sha256: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    file_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    file_path: Option<Text<'a>>,
-    #[serde(deserialize_with = "time")]
-    process_creation_time: Option<Timestamp>,
-    #[serde(deserialize_with = "time")]
-    parent_process_creation_time: Option<Timestamp>,
-    #[serde(deserialize_with = "scalar")]
-    parent_process_file_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    parent_process_file_path: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    account_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    domain_name: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    user_sid: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    aad_user_id: Option<Text<'a>>,
-    #[serde(deserialize_with = "scalar")]
-    user_principal_name: Option<Text<'a>>,
-}
-
 /// Decodes one alert. The fast way decodes each evidence object in the same pass as the alert
 /// ([`OnePass`]); it cannot keep the JSON text of an evidence kind it does not type, nor handle
-/// the rare shapes (an evidence object that is not an object, Elastic's split shape), so an alert
+/// the rare shapes (an evidence object that is not an object or does not name its kind first,
+/// Elastic's split shape), so an alert
 /// with any of those, or one the fast way rejects, is decoded again the thorough way
 /// ([`RawList`]), which keeps each evidence object's text. Both give the same alert.
 pub(super) fn decode(json: &str) -> Result<Alert<'_>, DecodeError> {
@@ -394,9 +266,9 @@ impl<'a> EvidenceList<'a> for RawList<'a> {
         for raw in self.0 {
             match raw {
                 RawEvidence::Borrowed(r) if r.get() == "null" => {}
-                RawEvidence::Borrowed(r) => out.push(decode_evidence(r)),
+                RawEvidence::Borrowed(r) => out.push(evidence::decode_raw(r)),
                 // Rebuilt here, so the evidence cannot borrow from it.
-                RawEvidence::Owned(r) => out.push(decode_evidence(&r).into_owned()),
+                RawEvidence::Owned(r) => out.push(evidence::decode_raw(&r).into_owned()),
             }
         }
     }
@@ -491,8 +363,10 @@ impl<'de> Deserialize<'de> for OnePassItem<'de> {
                 f.write_str("an evidence object")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let w = WireEvidence::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(evidence_from_wire(w, None).map_or(OnePassItem::NeedsRaw, OnePassItem::Typed))
+                Ok(
+                    evidence::decode_in_pass(map)?
+                        .map_or(OnePassItem::NeedsRaw, OnePassItem::Typed),
+                )
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(OnePassItem::Null)
@@ -545,7 +419,7 @@ impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
         if api == Api::Mde && (w.machine_id.is_some() || w.computer_dns_name.is_some()) {
             // MDE names the device on the alert; Graph as deviceEvidence (defender-api.md §3.6).
             let (host, domain) = split_fqdn(w.computer_dns_name.clone());
-            evidence.push(plain_evidence(EvidenceDetail::Device(Box::new(Device {
+            evidence.push(evidence::plain(EvidenceDetail::Device(Box::new(Device {
                 mde_device_id: w.machine_id.clone(),
                 device_dns_name: w.computer_dns_name.clone(),
                 host_name: host,
@@ -565,7 +439,7 @@ impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
                 _ => false,
             });
             if !known && account.account_name.is_some() {
-                evidence.push(plain_evidence(EvidenceDetail::User(UserEvidence {
+                evidence.push(evidence::plain(EvidenceDetail::User(UserEvidence {
                     user_account: account,
                 })));
             }
@@ -579,7 +453,7 @@ impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
             if let Some(raw) = raw {
                 let text = raw.get().trim();
                 if text != "null" && text != "[]" && text != "{}" {
-                    evidence.push(plain_evidence(EvidenceDetail::Other {
+                    evidence.push(evidence::plain(EvidenceDetail::Other {
                         name: Cow::Borrowed(name),
                         raw: compact(raw),
                     }));
@@ -674,213 +548,6 @@ impl<'a> From<WireFile<'a>> for FileDetails<'a> {
             issuer: f.issuer,
         }
     }
-}
-
-fn plain_evidence(detail: EvidenceDetail<'_>) -> Evidence<'_> {
-    Evidence {
-        created_date_time: None,
-        verdict: None,
-        remediation_status: None,
-        detection_status: None,
-        roles: Vec::new(),
-        tags: Vec::new(),
-        detail,
-    }
-}
-
-/// `#microsoft.graph.security.fileEvidence` → `fileEvidence`… → `file`; MDE `entityType`
-/// `File` → `File` (camelCased only where it is kept as a name).
-fn evidence_kind_name<'w>(w: &'w WireEvidence<'_>) -> Option<&'w str> {
-    if let Some(t) = &w.odata_type {
-        let t = t.rsplit('.').next().unwrap_or(t);
-        return Some(t.strip_suffix("Evidence").unwrap_or(t));
-    }
-    w.entity_type.as_deref()
-}
-
-fn decode_evidence(raw: &RawValue) -> Evidence<'_> {
-    let Ok(w) = serde_json::from_str::<WireEvidence>(raw.get()) else {
-        // Not an object we understand: keep it whole rather than drop it.
-        return plain_evidence(EvidenceDetail::Other {
-            name: Cow::Borrowed("unknown"),
-            raw: compact(raw),
-        });
-    };
-    evidence_from_wire(w, Some(raw)).expect("an evidence object's text is at hand")
-}
-
-/// The typed evidence item, or with `raw` an untyped one; `None` for an untyped kind without its
-/// text.
-fn evidence_from_wire<'a>(
-    mut w: WireEvidence<'a>,
-    raw: Option<&'a RawValue>,
-) -> Option<Evidence<'a>> {
-    const TYPED: &[&str] = &[
-        "device",
-        "machine",
-        "file",
-        "process",
-        "user",
-        "account",
-        "ip",
-        "url",
-        "registrykey",
-        "registryvalue",
-        "registry",
-        "mailbox",
-    ];
-    let name = evidence_kind_name(&w).unwrap_or("unknown");
-    let typed = TYPED.iter().find(|t| t.eq_ignore_ascii_case(name)).copied();
-    let other_name = typed.is_none().then(|| camel(Cow::Owned(name.to_string())));
-    let detail = match typed.and_then(|t| w.typed_detail(t)) {
-        Some(d) => d,
-        None => EvidenceDetail::Other {
-            name: other_name.unwrap_or(Cow::Borrowed("unknown")),
-            raw: compact(raw?),
-        },
-    };
-    Some(Evidence {
-        created_date_time: w.created_date_time.or(w.evidence_creation_time),
-        verdict: w.verdict.map(camel),
-        remediation_status: w.remediation_status.map(camel),
-        detection_status: w.detection_status.map(camel),
-        roles: w.roles,
-        tags: w.tags,
-        detail,
-    })
-}
-
-impl<'a> WireEvidence<'a> {
-    /// The kind-specific part of a typed kind (`kind` is one of `evidence_from_wire`'s `TYPED`).
-    fn typed_detail(&mut self, kind: &str) -> Option<EvidenceDetail<'a>> {
-        let w = self;
-        let detail = match kind {
-            "device" | "machine" => {
-                EvidenceDetail::Device(Box::new(with_host_and_domain(Device {
-                    mde_device_id: w.mde_device_id.take(),
-                    azure_ad_device_id: w.azure_ad_device_id.take(),
-                    device_dns_name: w.device_dns_name.take(),
-                    host_name: w.host_name.take(),
-                    nt_domain: w.nt_domain.take(),
-                    dns_domain: w.dns_domain.take(),
-                    os_platform: w.os_platform.take(),
-                    os_build: w.os_build.take(),
-                    version: w.version.take(),
-                    health_status: w.health_status.take(),
-                    risk_score: w.risk_score.take(),
-                    rbac_group_id: w.rbac_group_id.take(),
-                    rbac_group_name: w.rbac_group_name.take(),
-                    onboarding_status: w.onboarding_status.take(),
-                    defender_av_status: w.defender_av_status.take(),
-                    first_seen_date_time: w.first_seen_date_time.take(),
-                    last_ip_address: w.last_ip_address.take(),
-                    last_external_ip_address: w.last_external_ip_address.take(),
-                    ip_interfaces: std::mem::take(&mut w.ip_interfaces),
-                    logged_on_users: std::mem::take(&mut w.logged_on_users)
-                        .into_iter()
-                        .map(WireAccount::into_account)
-                        .collect(),
-                })))
-            }
-            "file" => EvidenceDetail::File(FileEvidence {
-                file_details: match w.file_details.take() {
-                    Some(f) => f.into(),
-                    None => w.flat_file(),
-                },
-                mde_device_id: w.mde_device_id.take(),
-            }),
-            "process" => EvidenceDetail::Process(Box::new(Process {
-                process_id: w.process_id.take(),
-                parent_process_id: w.parent_process_id.take(),
-                process_command_line: w.process_command_line.take(),
-                process_creation_date_time: w
-                    .process_creation_date_time
-                    .take()
-                    .or(w.process_creation_time.take()),
-                parent_process_creation_date_time: w
-                    .parent_process_creation_date_time
-                    .take()
-                    .or(w.parent_process_creation_time.take()),
-                image_file: match w.image_file.take() {
-                    Some(f) => f.into(),
-                    None => w.flat_file(),
-                },
-                parent_process_image_file: match w.parent_process_image_file.take() {
-                    Some(f) => f.into(),
-                    None => FileDetails {
-                        file_name: w.parent_process_file_name.take(),
-                        file_path: w.parent_process_file_path.take(),
-                        ..FileDetails::default()
-                    },
-                },
-                user_account: w.account(),
-                mde_device_id: w.mde_device_id.take(),
-            })),
-            "user" | "account" => EvidenceDetail::User(UserEvidence {
-                user_account: w.account(),
-            }),
-            "ip" => EvidenceDetail::Ip(Ip {
-                ip_address: w.ip_address.take(),
-                country_letter_code: w.country_letter_code.take(),
-            }),
-            "url" => EvidenceDetail::Url(Url { url: w.url.take() }),
-            "registrykey" | "registryvalue" | "registry" => EvidenceDetail::Registry(Registry {
-                registry_key: w.registry_key.take(),
-                registry_hive: w.registry_hive.take(),
-                registry_value_name: w.registry_value_name.take(),
-                registry_value: w.registry_value.take(),
-                registry_value_type: w.registry_value_type.take(),
-            }),
-            "mailbox" => EvidenceDetail::Mailbox(Mailbox {
-                display_name: w.display_name.take(),
-                primary_address: w.primary_address.take(),
-                user_account: w.account(),
-            }),
-            _ => return None,
-        };
-        Some(detail)
-    }
-
-    /// Graph's nested `userAccount`, else MDE's flat account fields.
-    fn account(&mut self) -> Account<'a> {
-        match self.user_account.take() {
-            Some(a) => a.into_account(),
-            None => Account {
-                account_name: self.account_name.take(),
-                domain_name: self.domain_name.take(),
-                user_sid: self.user_sid.take(),
-                azure_ad_user_id: self.aad_user_id.take(),
-                user_principal_name: self.user_principal_name.take(),
-                display_name: None,
-            },
-        }
-    }
-
-    /// MDE's flat file fields.
-    fn flat_file(&mut self) -> FileDetails<'a> {
-        FileDetails {
-            file_name: self.file_name.take(),
-            file_path: self.file_path.take(),
-            sha1: self.sha1.take(),
-            sha256: self.sha256.take(),
-            ..FileDetails::default()
-        }
-    }
-}
-
-/// Graph sends `hostName` and `dnsDomain` only since 2026 (the Wazuh fixture); before that the
-/// device is named by `deviceDnsName` alone, which is split so that format files can rely on both.
-fn with_host_and_domain(mut d: Device<'_>) -> Device<'_> {
-    if d.host_name.is_none() || d.dns_domain.is_none() {
-        let (host, domain) = split_fqdn(d.device_dns_name.clone());
-        if d.host_name.is_none() {
-            d.host_name = host;
-        }
-        if d.dns_domain.is_none() {
-            d.dns_domain = domain;
-        }
-    }
-    d
 }
 
 /// Raw JSON kept in the model without its line breaks and indentation, so that a JSON record
@@ -1204,7 +871,7 @@ fn lenient_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<
     d.deserialize_any(V(std::marker::PhantomData))
 }
 
-/// `evidence` is a list of objects, each kept as raw JSON for [`decode_evidence`] (which needs
+/// `evidence` is a list of objects, each kept as raw JSON for [`evidence::decode_raw`] (which needs
 /// the whole object for kinds it does not type); Elastic's split shape gives one object (fixture
 /// `mde-alerts-elastic-split-evidence.ndjson`); null or absent means none. One pass either way.
 fn evidence_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvidence<'de>>, D::Error> {
