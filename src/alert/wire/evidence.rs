@@ -77,7 +77,8 @@ enum Shape {
 pub(super) fn decode_in_pass<'de, A: MapAccess<'de>>(
     mut map: A,
 ) -> Result<Option<Evidence<'de>>, A::Error> {
-    let shape = match map.next_key::<Cow<'de, str>>()?.as_deref() {
+    // (A `Cow` key would be copied: serde's `Cow` always deserializes owned.)
+    let shape = match map.next_key_seed(Scalar)?.flatten().as_deref() {
         Some("@odata.type") => Shape::Graph,
         Some("entityType") => Shape::Mde,
         _ => return skip_rest(map),
