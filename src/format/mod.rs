@@ -10,6 +10,7 @@ pub mod json;
 pub mod leef;
 pub mod mapping;
 pub mod path;
+pub mod stamp;
 pub mod syslog;
 pub mod text;
 
