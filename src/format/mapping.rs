@@ -1046,7 +1046,14 @@ impl Value {
 fn clean_cow(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
     match v {
         Cow::Borrowed(b) => text::clean(b),
-        Cow::Owned(o) => text::clean(&o).map(|c| Cow::Owned(c.into_owned())),
+        Cow::Owned(o) => {
+            // Most values need no cleaning: keep the String instead of copying it.
+            let cleaned = match text::clean(&o)? {
+                Cow::Borrowed(c) if c.len() == o.len() => None,
+                c => Some(c.into_owned()),
+            };
+            Some(Cow::Owned(cleaned.unwrap_or(o)))
+        }
     }
 }
 
