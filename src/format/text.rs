@@ -112,6 +112,19 @@ fn needs_neutralizing(c: char) -> bool {
 /// trailing spaces in values). Returns `None` for a value that is then empty (rule 4: no key with
 /// an empty value).
 pub fn clean(s: &str) -> Option<Cow<'_, str>> {
+    // Fast path: printable ASCII that neither starts nor ends with a space has nothing to trim
+    // or neutralise (most values).
+    let graphic = |b: Option<&u8>| b.is_some_and(u8::is_ascii_graphic);
+    if graphic(s.as_bytes().first())
+        && graphic(s.as_bytes().last())
+        && printable_ascii(s.as_bytes())
+    {
+        return Some(Cow::Borrowed(s));
+    }
+    clean_slow(s)
+}
+
+fn clean_slow(s: &str) -> Option<Cow<'_, str>> {
     let trimmed = s.trim();
     if trimmed.is_empty() {
         return None;
@@ -233,6 +246,12 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Printable ASCII (with and without spaces at the ends) and anything else.
+        #[test]
+        fn clean_fast_path_changes_nothing(s in "[ -~]{0,20}|.{0,20}") {
+            proptest::prop_assert_eq!(clean(&s), clean_slow(&s));
+        }
+
         // Word-at-a-time search finds what a byte-by-byte search finds.
         #[test]
         fn find_any_is_position(hay in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
