@@ -11,26 +11,35 @@ const MONTHS: [&[u8; 3]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 
-/// `v` in decimal, zero-padded to `width` digits (more digits if it needs them).
-pub fn push_padded(out: &mut Vec<u8>, v: u32, width: usize) {
-    let mut buf = [b'0'; 10];
-    let mut i = buf.len();
+/// `v` as exactly `W` digits, zero-padded; `v` must be below 10^W. A fixed width lets the
+/// compiler unroll the loop and store the digits in one go.
+fn push_digits<const W: usize>(out: &mut Vec<u8>, v: u32) {
+    let mut buf = [b'0'; W];
     let mut v = v;
-    while v > 0 || buf.len() - i < width {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
+    for d in buf.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
         v /= 10;
     }
-    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(&buf);
+}
+
+/// `v` in decimal, no padding (a syslog PRI: 0-191).
+pub fn push_decimal(out: &mut Vec<u8>, v: u32) {
+    match v {
+        0..=9 => push_digits::<1>(out, v),
+        10..=99 => push_digits::<2>(out, v),
+        100..=999 => push_digits::<3>(out, v),
+        _ => out.extend_from_slice(v.to_string().as_bytes()),
+    }
 }
 
 /// `%H:%M:%S`; a leap second is second 60, as chrono writes it.
 fn push_hms(out: &mut Vec<u8>, t: &impl Timelike) {
-    push_padded(out, t.hour(), 2);
+    push_digits::<2>(out, t.hour());
     out.push(b':');
-    push_padded(out, t.minute(), 2);
+    push_digits::<2>(out, t.minute());
     out.push(b':');
-    push_padded(out, t.second() + t.nanosecond() / 1_000_000_000, 2);
+    push_digits::<2>(out, t.second() + t.nanosecond() / 1_000_000_000);
 }
 
 fn four_digit_year(t: &impl Datelike) -> Option<u32> {
@@ -44,14 +53,14 @@ pub fn cef_date(out: &mut Vec<u8>, t: &(impl Datelike + Timelike), millis: bool)
     };
     out.extend_from_slice(MONTHS[t.month0() as usize]);
     out.push(b' ');
-    push_padded(out, t.day(), 2);
+    push_digits::<2>(out, t.day());
     out.push(b' ');
-    push_padded(out, year, 4);
+    push_digits::<4>(out, year);
     out.push(b' ');
     push_hms(out, t);
     if millis {
         out.push(b'.');
-        push_padded(out, t.nanosecond() / 1_000_000 % 1000, 3);
+        push_digits::<3>(out, t.nanosecond() / 1_000_000 % 1000);
     }
     true
 }
@@ -61,15 +70,15 @@ pub fn rfc5424(out: &mut Vec<u8>, t: &(impl Datelike + Timelike)) -> bool {
     let Some(year) = four_digit_year(t) else {
         return false;
     };
-    push_padded(out, year, 4);
+    push_digits::<4>(out, year);
     out.push(b'-');
-    push_padded(out, t.month(), 2);
+    push_digits::<2>(out, t.month());
     out.push(b'-');
-    push_padded(out, t.day(), 2);
+    push_digits::<2>(out, t.day());
     out.push(b'T');
     push_hms(out, t);
     out.push(b'.');
-    push_padded(out, t.nanosecond() / 1_000 % 1_000_000, 6);
+    push_digits::<6>(out, t.nanosecond() / 1_000 % 1_000_000);
     out.push(b'Z');
     true
 }
@@ -79,10 +88,13 @@ pub fn rfc5424(out: &mut Vec<u8>, t: &(impl Datelike + Timelike)) -> bool {
 pub fn rfc3164(out: &mut Vec<u8>, t: &(impl Datelike + Timelike)) {
     out.extend_from_slice(MONTHS[t.month0() as usize]);
     out.push(b' ');
-    if t.day() < 10 {
-        out.push(b' ');
+    match t.day() {
+        d @ 0..=9 => {
+            out.push(b' ');
+            push_digits::<1>(out, d);
+        }
+        d => push_digits::<2>(out, d),
     }
-    push_padded(out, t.day(), 1);
     out.push(b' ');
     push_hms(out, t);
 }

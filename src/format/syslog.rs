@@ -129,7 +129,7 @@ impl SyslogHeader {
         let pri = u32::from(self.facility) * 8 + u32::from(severity.min(7));
         let write_pri = |out: &mut Vec<u8>| {
             out.push(b'<');
-            stamp::push_padded(out, pri, 1);
+            stamp::push_decimal(out, pri);
             out.push(b'>');
         };
         let write_hostname = |out: &mut Vec<u8>| match hostname {
