@@ -2,6 +2,8 @@
 //!
 //! `CEF:0|Vendor|Product|Version|ClassID|Name|Severity|key=value key=value…`
 
+use super::text;
+
 /// What a CEF extension key holds (formats.md §1.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
@@ -178,21 +180,20 @@ pub fn header_escaped_len(c: char, pipes: HeaderPipes) -> usize {
 /// Header value: `\` → `\\`, `|` → `\|` or `/`; CR and LF are not allowed there and become a
 /// space (formats.md §1.4).
 pub fn write_header_value(out: &mut Vec<u8>, v: &str, pipes: HeaderPipes) {
-    let bytes = v.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
+    let pipe: &[u8] = match pipes {
+        HeaderPipes::Escape => b"\\|",
+        HeaderPipes::Replace => b"/",
+    };
+    text::write_replacing(
+        out,
+        v.as_bytes(),
+        [b'\\', b'|', b'\r', b'\n'],
+        |b| match b {
             b'\\' => b"\\\\",
-            b'|' if pipes == HeaderPipes::Escape => b"\\|",
-            b'|' => b"/",
-            b'\r' | b'\n' => b" ",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(rep);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
+            b'|' => pipe,
+            _ => b" ",
+        },
+    );
 }
 
 /// Bytes a character takes in an extension value.
@@ -206,21 +207,17 @@ pub fn ext_escaped_len(c: char) -> usize {
 /// Extension value: `\` → `\\`, `=` → `\=`, LF → `\n`, CR → `\r`; nothing else is escaped, not
 /// even `|` (formats.md §1.4, rule 3).
 pub fn write_ext_value(out: &mut Vec<u8>, v: &str) {
-    let bytes = v.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let rep: &[u8] = match b {
+    text::write_replacing(
+        out,
+        v.as_bytes(),
+        [b'\\', b'=', b'\n', b'\r'],
+        |b| match b {
             b'\\' => b"\\\\",
             b'=' => b"\\=",
             b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(rep);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
+            _ => b"\\r",
+        },
+    );
 }
 
 /// CEF severity: an integer 0-10 or one of the words (formats.md §1.3, rule 7).

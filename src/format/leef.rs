@@ -6,6 +6,8 @@
 //! LF: they are replaced. `=` inside a value is harmless, as receivers split pairs on the
 //! delimiter first and then at the first `=`.
 
+use super::text;
+
 /// Header field lengths: vendor, product, version, event id (≤255, formats.md §2.1).
 pub const HEADER_MAX_LEN: [usize; 4] = [255, 255, 255, 255];
 
@@ -73,17 +75,31 @@ impl Dialect {
 
     /// The delimiter field of a 2.0 header: the character itself when printable, else `xHH`
     /// (formats.md §2.1).
-    fn delimiter_field(&self) -> String {
+    fn write_delimiter_field(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
         let c = self.delimiter;
         if c.is_ascii_graphic() {
-            c.to_string()
+            out.push(c as u8);
         } else {
-            format!("x{:02X}", c as u32)
+            let _ = write!(out, "x{:02X}", c as u32);
         }
     }
 }
 
 fn write_value(out: &mut Vec<u8>, v: &str, d: &Dialect) {
+    if d.delimiter.is_ascii() {
+        let delim = d.delimiter as u8;
+        let rep = |b| {
+            if b == delim {
+                d.substitute.as_bytes()
+            } else {
+                b" "
+            }
+        };
+        text::write_replacing(out, v.as_bytes(), [delim, b'\r', b'\n'], rep);
+        return;
+    }
+    // A delimiter outside ASCII takes several bytes: compare characters.
     let mut start = 0;
     for (i, c) in v.char_indices() {
         let rep: &[u8] = if c == d.delimiter {
@@ -102,11 +118,10 @@ fn write_value(out: &mut Vec<u8>, v: &str, d: &Dialect) {
 
 /// Header values never carry `|` (QRadar's handling of `\|` is undocumented, §2.2) nor CR/LF.
 fn write_header_value(out: &mut Vec<u8>, v: &str) {
-    out.extend(v.bytes().map(|b| match b {
-        b'|' => b'/',
-        b'\r' | b'\n' => b' ',
-        b => b,
-    }));
+    text::write_replacing(out, v.as_bytes(), [b'|', b'\r', b'\n'], |b| match b {
+        b'|' => b"/",
+        _ => b" ",
+    });
 }
 
 /// Writes one LEEF record. `header` holds vendor, product, version and event id.
@@ -126,15 +141,15 @@ pub fn write_record<'a>(
         out.push(b'|');
     }
     if d.version == 2 {
-        out.extend_from_slice(d.delimiter_field().as_bytes());
+        d.write_delimiter_field(out);
         out.push(b'|');
     }
     let mut delim = [0u8; 4];
-    let delim = d.delimiter.encode_utf8(&mut delim).as_bytes().to_vec();
+    let delim = d.delimiter.encode_utf8(&mut delim).as_bytes();
     let mut first = true;
     for (k, v) in attrs {
         if !first {
-            out.extend_from_slice(&delim);
+            out.extend_from_slice(delim);
         }
         first = false;
         out.extend_from_slice(k.as_bytes());

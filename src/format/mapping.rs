@@ -19,7 +19,7 @@ use toml::Spanned;
 use super::cef::{self, HeaderPipes, KeyType};
 use super::leef::{self, Dialect};
 use super::path::{self, Path, Val};
-use super::text;
+use super::{stamp, text};
 use crate::alert::{Alert, Evidence, Timestamp};
 
 /// A format file that could not be loaded: where, and why.
@@ -1046,7 +1046,14 @@ impl Value {
 fn clean_cow(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
     match v {
         Cow::Borrowed(b) => text::clean(b),
-        Cow::Owned(o) => text::clean(&o).map(|c| Cow::Owned(c.into_owned())),
+        Cow::Owned(o) => {
+            // Most values need no cleaning: keep the String instead of copying it.
+            let cleaned = match text::clean(&o)? {
+                Cow::Borrowed(c) if c.len() == o.len() => None,
+                c => Some(c.into_owned()),
+            };
+            Some(Cow::Owned(cleaned.unwrap_or(o)))
+        }
     }
 }
 
@@ -1054,10 +1061,25 @@ fn convert_time(dt: &DateTime<Utc>, c: Convert) -> String {
     match c {
         Convert::EpochMs => dt.timestamp_millis().to_string(),
         Convert::EpochS => format!("{}.{:03}", dt.timestamp(), dt.timestamp_subsec_millis()),
-        Convert::CefDate => dt.format("%b %d %Y %H:%M:%S UTC").to_string(),
-        Convert::CefDateMs => dt.format("%b %d %Y %H:%M:%S%.3f UTC").to_string(),
+        Convert::CefDate => cef_date(dt, false),
+        Convert::CefDateMs => cef_date(dt, true),
         _ => dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
     }
+}
+
+/// `MMM dd yyyy HH:mm:ss[.SSS] UTC`, by hand when the year has four digits.
+fn cef_date(dt: &DateTime<Utc>, millis: bool) -> String {
+    let mut out = Vec::with_capacity(28);
+    if stamp::cef_date(&mut out, dt, millis) {
+        out.extend_from_slice(b" UTC");
+        return String::from_utf8(out).expect("month names and digits are ASCII");
+    }
+    let fmt = if millis {
+        "%b %d %Y %H:%M:%S%.3f UTC"
+    } else {
+        "%b %d %Y %H:%M:%S UTC"
+    };
+    dt.format(fmt).to_string()
 }
 
 impl Check {

@@ -10,6 +10,7 @@ pub mod json;
 pub mod leef;
 pub mod mapping;
 pub mod path;
+pub mod stamp;
 pub mod syslog;
 pub mod text;
 
@@ -180,7 +181,8 @@ impl Formatter {
             ),
             Syntax::Json => (&[], &[]),
         };
-        let mut header = Vec::with_capacity(self.plan.header.len());
+        // Six fields at most (CEF): an array, not one more allocation per record.
+        let mut header: [Cow<'a, str>; 6] = Default::default();
         for (i, v) in self.plan.header.iter().enumerate() {
             let mut value = v
                 .eval(alert, ctx, current, &|_| true)
@@ -194,7 +196,7 @@ impl Formatter {
             if i == 5 && !cef::valid_severity(&value) {
                 value = Cow::Borrowed("Unknown");
             }
-            header.push(value);
+            header[i] = value;
         }
         let mut items = Vec::with_capacity(self.plan.fields.len());
         for (i, f) in self.plan.fields.iter().enumerate() {
@@ -285,7 +287,7 @@ impl Formatter {
 }
 
 struct Record<'a> {
-    header: Vec<Cow<'a, str>>,
+    header: [Cow<'a, str>; 6],
     items: Vec<Item<'a>>,
 }
 

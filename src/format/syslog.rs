@@ -4,7 +4,11 @@
 //! Written by hand rather than with the `syslog` crate: that crate always stamps "now", pads the
 //! RFC 3164 day with a zero and has a numeric MSGID (rust-stack.md §2).
 
+use std::io::Write;
+
 use chrono::{DateTime, Local, Utc};
+
+use super::stamp;
 
 use crate::alert::Severity;
 
@@ -122,40 +126,44 @@ impl SyslogHeader {
         time: DateTime<Utc>,
         tag: Option<&str>,
     ) {
-        use std::io::Write;
-        let pri = u16::from(self.facility) * 8 + u16::from(severity.min(7));
-        let own;
-        let hostname = match hostname {
-            Some(h) => {
-                own = printable(h, 255);
-                own.as_str()
-            }
-            None => self.hostname.as_str(),
+        let pri = u32::from(self.facility) * 8 + u32::from(severity.min(7));
+        let write_pri = |out: &mut Vec<u8>| {
+            out.push(b'<');
+            stamp::push_decimal(out, pri);
+            out.push(b'>');
+        };
+        let write_hostname = |out: &mut Vec<u8>| match hostname {
+            Some(h) => push_printable(out, h, 255),
+            None => out.extend_from_slice(self.hostname.as_bytes()),
         };
         match self.kind {
             HeaderKind::None => {}
             HeaderKind::Rfc5424 => {
+                write_pri(out);
+                out.extend_from_slice(b"1 ");
                 // At most 6 fraction digits, uppercase T and Z (RFC 5424 §6.2.3, rule 10).
-                let _ = write!(
-                    out,
-                    "<{pri}>1 {} {} {} - - - ",
-                    time.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
-                    hostname,
-                    self.app_name
-                );
+                if !stamp::rfc5424(out, &time) {
+                    let _ = write!(out, "{}", time.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+                }
+                out.push(b' ');
+                write_hostname(out);
+                out.push(b' ');
+                out.extend_from_slice(self.app_name.as_bytes());
+                out.extend_from_slice(b" - - - ");
             }
             HeaderKind::Rfc3164 => {
+                write_pri(out);
                 // `Mmm dd hh:mm:ss` with a space-padded day (RFC 3164 §4.1.2, rule 11).
-                let stamp = match self.clock {
-                    Clock::Utc => time.format("%b %e %H:%M:%S").to_string(),
-                    Clock::Local => time
-                        .with_timezone(&Local)
-                        .format("%b %e %H:%M:%S")
-                        .to_string(),
-                };
-                let _ = write!(out, "<{pri}>{stamp} {hostname} ");
+                match self.clock {
+                    Clock::Utc => stamp::rfc3164(out, &time),
+                    Clock::Local => stamp::rfc3164(out, &time.with_timezone(&Local)),
+                }
+                out.push(b' ');
+                write_hostname(out);
+                out.push(b' ');
                 if let Some(tag) = tag {
-                    let _ = write!(out, "{}: ", printable(tag, 32));
+                    push_printable(out, tag, 32);
+                    out.extend_from_slice(b": ");
                 }
             }
         }
@@ -165,15 +173,23 @@ impl SyslogHeader {
 /// PRINTUSASCII (33-126), other characters replaced by `_`, cut to `max`; `-` when empty (the
 /// RFC 5424 NILVALUE).
 fn printable(s: &str, max: usize) -> String {
-    let out: String = s
-        .chars()
-        .map(|c| if ('!'..='~').contains(&c) { c } else { '_' })
-        .take(max)
-        .collect();
-    if out.is_empty() {
-        "-".to_string()
-    } else {
-        out
+    let mut out = Vec::new();
+    push_printable(&mut out, s, max);
+    String::from_utf8(out).expect("PRINTUSASCII is ASCII")
+}
+
+/// [`printable`] appended to `out`, so a per-record HOSTNAME or TAG needs no String.
+fn push_printable(out: &mut Vec<u8>, s: &str, max: usize) {
+    let start = out.len();
+    out.extend(s.chars().take(max).map(|c| {
+        if ('!'..='~').contains(&c) {
+            c as u8
+        } else {
+            b'_'
+        }
+    }));
+    if out.len() == start {
+        out.push(b'-');
     }
 }
 

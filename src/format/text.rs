@@ -60,6 +60,50 @@ fn printable_ascii(b: &[u8]) -> bool {
         .all(|&c| (0x20..0x7f).contains(&c))
 }
 
+/// Index of the first byte of `hay` that is one of `needles`, eight bytes at a time (most values
+/// hold none, so the escapers copy them whole).
+pub fn find_any<const N: usize>(hay: &[u8], needles: [u8; N]) -> Option<usize> {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for c in &mut chunks {
+        let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // A zero byte of `x ^ needle` (the classic "has zero byte" test). Only bytes above a
+        // real match can be flagged falsely, so the lowest flag is always a real match.
+        let mut hits = 0;
+        for n in needles {
+            let y = x ^ (ONES * u64::from(n));
+            hits |= y.wrapping_sub(ONES) & !y & HIGH;
+        }
+        if hits != 0 {
+            return Some(base + hits.trailing_zeros() as usize / 8);
+        }
+        base += 8;
+    }
+    let rest = chunks.remainder();
+    rest.iter()
+        .position(|b| needles.contains(b))
+        .map(|i| base + i)
+}
+
+/// Appends `v` to `out` with every byte of `needles` replaced by `rep(byte)`; the runs in between
+/// are copied whole.
+pub fn write_replacing<'r, const N: usize>(
+    out: &mut Vec<u8>,
+    v: &[u8],
+    needles: [u8; N],
+    rep: impl Fn(u8) -> &'r [u8],
+) {
+    let mut rest = v;
+    while let Some(i) = find_any(rest, needles) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(rep(rest[i]));
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
 fn needs_neutralizing(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\r') || c == '\u{2028}' || c == '\u{2029}'
 }
@@ -68,6 +112,19 @@ fn needs_neutralizing(c: char) -> bool {
 /// trailing spaces in values). Returns `None` for a value that is then empty (rule 4: no key with
 /// an empty value).
 pub fn clean(s: &str) -> Option<Cow<'_, str>> {
+    // Fast path: printable ASCII that neither starts nor ends with a space has nothing to trim
+    // or neutralise (most values).
+    let graphic = |b: Option<&u8>| b.is_some_and(u8::is_ascii_graphic);
+    if graphic(s.as_bytes().first())
+        && graphic(s.as_bytes().last())
+        && printable_ascii(s.as_bytes())
+    {
+        return Some(Cow::Borrowed(s));
+    }
+    clean_slow(s)
+}
+
+fn clean_slow(s: &str) -> Option<Cow<'_, str>> {
     let trimmed = s.trim();
     if trimmed.is_empty() {
         return None;
@@ -185,6 +242,22 @@ mod tests {
             assert_eq!(truncate_chars(&mut v, *max), *cut, "{input}");
             assert_eq!(v, *want);
             assert!(v.chars().count() <= *max);
+        }
+    }
+
+    proptest::proptest! {
+        // Printable ASCII (with and without spaces at the ends) and anything else.
+        #[test]
+        fn clean_fast_path_changes_nothing(s in "[ -~]{0,20}|.{0,20}") {
+            proptest::prop_assert_eq!(clean(&s), clean_slow(&s));
+        }
+
+        // Word-at-a-time search finds what a byte-by-byte search finds.
+        #[test]
+        fn find_any_is_position(hay in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let needles = [b'\\', b'=', b'\n', 0x80];
+            let want = hay.iter().position(|b| needles.contains(b));
+            proptest::prop_assert_eq!(find_any(&hay, needles), want);
         }
     }
 
