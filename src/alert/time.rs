@@ -76,11 +76,7 @@ fn parse_utc_fast(t: &str) -> Option<DateTime<Utc>> {
     {
         return None;
     }
-    let digit = |i: usize| -> Option<u32> {
-        let d = b[i].wrapping_sub(b'0');
-        (d < 10).then_some(u32::from(d))
-    };
-    let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
+    let two = |i: usize| two_digits(b[i], b[i + 1]);
     let year = two(0)? * 100 + two(2)?;
     let (month, day) = (two(5)?, two(8)?);
     let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
@@ -91,8 +87,8 @@ fn parse_utc_fast(t: &str) -> Option<DateTime<Utc>> {
             if digits == 0 || digits > 9 {
                 return None;
             }
-            for i in 20..20 + digits {
-                nanos = nanos * 10 + digit(i)?;
+            for &c in &b[20..20 + digits] {
+                nanos = nanos * 10 + u32::from(c - b'0');
             }
             nanos *= 10u32.pow(9 - digits as u32);
             &b[20 + digits..]
@@ -105,6 +101,13 @@ fn parse_utc_fast(t: &str) -> Option<DateTime<Utc>> {
     let date = chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
     let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
     Some(date.and_time(time).and_utc())
+}
+
+/// `b'4', b'2'` → 42.
+#[inline]
+fn two_digits(tens: u8, ones: u8) -> Option<u32> {
+    let (t, o) = (tens.wrapping_sub(b'0'), ones.wrapping_sub(b'0'));
+    (t < 10 && o < 10).then(|| u32::from(t) * 10 + u32::from(o))
 }
 
 impl From<DateTime<Utc>> for Timestamp {
