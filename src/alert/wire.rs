@@ -236,8 +236,7 @@ pub(super) fn decode(json: &str) -> Result<Alert<'_>, DecodeError> {
 
 /// The evidence list, decoded.
 pub(super) trait EvidenceList<'a> {
-    fn into_evidence(self, out: &mut Vec<Evidence<'a>>);
-    fn len(&self) -> usize;
+    fn into_evidence(self) -> Vec<Evidence<'a>>;
 }
 
 /// Evidence objects decoded in the alert's pass. `needs_raw` when one of them needs its JSON
@@ -249,11 +248,8 @@ pub(super) struct OnePass<'a> {
 }
 
 impl<'a> EvidenceList<'a> for OnePass<'a> {
-    fn into_evidence(self, out: &mut Vec<Evidence<'a>>) {
-        out.extend(self.items);
-    }
-    fn len(&self) -> usize {
-        self.items.len()
+    fn into_evidence(self) -> Vec<Evidence<'a>> {
+        self.items
     }
 }
 
@@ -262,7 +258,8 @@ impl<'a> EvidenceList<'a> for OnePass<'a> {
 pub(super) struct RawList<'a>(Vec<RawEvidence<'a>>);
 
 impl<'a> EvidenceList<'a> for RawList<'a> {
-    fn into_evidence(self, out: &mut Vec<Evidence<'a>>) {
+    fn into_evidence(self) -> Vec<Evidence<'a>> {
+        let mut out = Vec::with_capacity(self.0.len());
         for raw in self.0 {
             match raw {
                 RawEvidence::Borrowed(r) if r.get() == "null" => {}
@@ -271,9 +268,7 @@ impl<'a> EvidenceList<'a> for RawList<'a> {
                 RawEvidence::Owned(r) => out.push(evidence::decode_raw(&r).into_owned()),
             }
         }
-    }
-    fn len(&self) -> usize {
-        self.0.len()
+        out
     }
 }
 
@@ -292,7 +287,11 @@ impl<'de> Deserialize<'de> for OnePass<'de> {
                 f.write_str("a list of evidence objects")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = OnePass::default();
+                let mut out = OnePass {
+                    // Graph alerts carry a few items, usually.
+                    items: Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64)),
+                    needs_raw: false,
+                };
                 while let Some(item) = seq.next_element::<OnePassItem>()? {
                     match item {
                         OnePassItem::Null => {}
@@ -415,11 +414,11 @@ impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
             Api::Graph
         };
 
-        let mut evidence = Vec::with_capacity(w.evidence.len() + 2);
+        let mut evidence = w.evidence.into_evidence();
         if api == Api::Mde && (w.machine_id.is_some() || w.computer_dns_name.is_some()) {
             // MDE names the device on the alert; Graph as deviceEvidence (defender-api.md §3.6).
             let (host, domain) = split_fqdn(w.computer_dns_name.clone());
-            evidence.push(evidence::plain(EvidenceDetail::Device(Box::new(Device {
+            evidence.insert(0, evidence::plain(EvidenceDetail::Device(Box::new(Device {
                 mde_device_id: w.machine_id.clone(),
                 device_dns_name: w.computer_dns_name.clone(),
                 host_name: host,
@@ -428,7 +427,6 @@ impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
                 ..Device::default()
             }))));
         }
-        w.evidence.into_evidence(&mut evidence);
         if let Some(user) = w.related_user {
             let account = user.into_account();
             let known = evidence.iter().any(|e| match &e.detail {
