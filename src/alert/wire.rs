@@ -418,14 +418,17 @@ impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
         if api == Api::Mde && (w.machine_id.is_some() || w.computer_dns_name.is_some()) {
             // MDE names the device on the alert; Graph as deviceEvidence (defender-api.md §3.6).
             let (host, domain) = split_fqdn(w.computer_dns_name.clone());
-            evidence.insert(0, evidence::plain(EvidenceDetail::Device(Box::new(Device {
-                mde_device_id: w.machine_id.clone(),
-                device_dns_name: w.computer_dns_name.clone(),
-                host_name: host,
-                dns_domain: domain,
-                rbac_group_name: w.rbac_group_name.clone(),
-                ..Device::default()
-            }))));
+            evidence.insert(
+                0,
+                evidence::plain(EvidenceDetail::Device(Box::new(Device {
+                    mde_device_id: w.machine_id.clone(),
+                    device_dns_name: w.computer_dns_name.clone(),
+                    host_name: host,
+                    dns_domain: domain,
+                    rbac_group_name: w.rbac_group_name.clone(),
+                    ..Device::default()
+                }))),
+            );
         }
         if let Some(user) = w.related_user {
             let account = user.into_account();
