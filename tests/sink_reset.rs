@@ -195,6 +195,46 @@ async fn a_stalled_or_dead_destination_does_not_hold_up_another() {
     staller.await.unwrap();
 }
 
+/// A receiver that accepts the connection and then reads nothing: after the write timeout the
+/// sink drops that connection and writes the unfinished batch again, whole, on a new one.
+/// Without the timeout it would wait on the first connection forever, looking up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stops_reading_is_left_for_a_new_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = config(&format!("tcp://{addr}"));
+    cfg.write_timeout = Duration::from_millis(300);
+    let sink = Arc::new(cfg.build().unwrap());
+    // 40 MB: more than the socket buffers of a receiver that reads nothing hold.
+    let records = mixed_records(20_000, 8192, 51);
+    let sender = {
+        let (sink, records) = (sink.clone(), records.clone());
+        tokio::spawn(async move { send_all(&sink, &records).await })
+    };
+    let (stalled, _) = listener.accept().await.unwrap(); // held open, never read
+    let (conn, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("the sink gives up on the stalled connection and connects again")
+        .unwrap();
+    let reading = tokio::spawn(read_to_end(conn));
+    tokio::time::timeout(WAIT, sender)
+        .await
+        .expect("everything is accepted once the new connection reads")
+        .unwrap();
+    let sink = Arc::into_inner(sink).expect("sender gone");
+    assert_eq!(sink.stats().reconnects, 1);
+    sink.shutdown(WAIT).await.unwrap();
+    drop(stalled);
+
+    // What the new connection got: the batch the stall cut off, from its first record, and
+    // everything after it.
+    let got = reading.await.unwrap();
+    let all = framed(&records, Framing::Lf);
+    assert!(!got.is_empty() && got.len() < all.len());
+    assert!(all.ends_with(&got), "a suffix of the stream");
+    assert_eq!(all[all.len() - got.len() - 1], b'\n', "starts at a record");
+}
+
 /// UDP to a closed port: ICMP refusals are counted and logged, never fatal; once a receiver
 /// binds the port, datagrams arrive again.
 #[tokio::test]

@@ -162,6 +162,10 @@ pub struct SinkConfig {
     pub queue_capacity: usize,
     /// Limit for resolving, connecting and the TLS handshake together.
     pub connect_timeout: Duration,
+    /// TCP and TLS: a batch not written within this time means a receiver that accepted the
+    /// connection but stopped reading; the connection is dropped and the batch written again on
+    /// a new one.
+    pub write_timeout: Duration,
     pub backoff: Backoff,
 }
 
@@ -177,6 +181,7 @@ impl SinkConfig {
             tls: TlsOptions::default(),
             queue_capacity: 10_000,
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
             backoff: Backoff::default(),
         }
     }
@@ -249,6 +254,7 @@ impl SinkConfig {
             destination: self.destination.clone(),
             tls,
             timeout: self.connect_timeout,
+            write_timeout: self.write_timeout,
         })
     }
 

@@ -35,6 +35,7 @@ pub(crate) struct Connector {
     pub destination: Destination,
     pub tls: Option<TlsClient>,
     pub timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 impl Connector {
@@ -211,23 +212,33 @@ pub(crate) async fn run(
             }
         };
 
-        let written = async {
+        let written = tokio::time::timeout(connector.write_timeout, async {
             stream.write_all(&batch).await?;
             stream.flush().await
-        }
+        })
         .await;
         match written {
-            Ok(()) => {
+            Ok(Ok(())) => {
                 shared.sent(batch_messages, batch.len());
                 batch.clear();
                 batch_messages = 0;
                 failures = 0;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // Keep the batch: it goes out again, whole, on the next connection.
                 conn = None;
                 failures += 1;
                 shared.down(format!("writing failed: {e}"));
+            }
+            Err(_) => {
+                // The receiver accepted the connection but reads nothing: without this, the
+                // destination would look up while nothing moves. Same as a failed write.
+                conn = None;
+                failures += 1;
+                shared.down(format!(
+                    "writing stalled for {:?}: the receiver is not reading",
+                    connector.write_timeout
+                ));
             }
         }
     }
