@@ -21,6 +21,22 @@ use super::{
     Severity, Text, Timestamp, UserEvidence,
 };
 
+/// The visitor methods for JSON `null` (and an `Option` around a value): null gives `$value`,
+/// anything else is visited as itself.
+macro_rules! null_gives {
+    ($value:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    };
+}
+
 /// The visitor methods for the JSON scalars a visitor has no use for: each gives `$value`.
 macro_rules! other_scalars_give {
     ($value:expr) => {
@@ -301,15 +317,7 @@ impl<'de> Deserialize<'de> for OnePass<'de> {
                 }
                 Ok(out)
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(OnePass::default())
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(OnePass::default())
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                d.deserialize_any(self)
-            }
+            null_gives!(OnePass::default());
             // Anything else (Elastic's single object, a scalar): the thorough way.
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map
@@ -367,15 +375,7 @@ impl<'de> Deserialize<'de> for OnePassItem<'de> {
                         .map_or(OnePassItem::NeedsRaw, OnePassItem::Typed),
                 )
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(OnePassItem::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(OnePassItem::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                d.deserialize_any(self)
-            }
+            null_gives!(OnePassItem::Null);
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
                 Ok(OnePassItem::NeedsRaw)
@@ -653,15 +653,7 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
         Ok(Some(Cow::Borrowed(if v { "true" } else { "false" })))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
+    null_gives!(None);
     // An object or array where a scalar was expected: keep it as compact JSON text.
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let v = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
@@ -714,15 +706,7 @@ fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> 
         fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
             ScalarVisitor.visit_bool(v).map(text)
         }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
-        }
+        null_gives!(None);
         fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
             ScalarVisitor.visit_seq(seq).map(text)
         }
@@ -762,15 +746,7 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Text<'de>>, D::Error> 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             Ok(comma_list(v).map(|s| Cow::Owned(s.to_string())).collect())
         }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
-        }
+        null_gives!(Vec::new());
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
             ScalarVisitor.visit_i64(v).map(Vec::from_iter)
         }
@@ -813,15 +789,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for LenientVisitor<T> {
         Ok(None)
     }
     other_scalars_give!(None);
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
+    null_gives!(None);
 }
 
 fn lenient<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -859,15 +827,7 @@ fn lenient_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<
             Ok(Vec::new())
         }
         other_scalars_give!(Vec::new());
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
-        }
+        null_gives!(Vec::new());
     }
     d.deserialize_any(V(std::marker::PhantomData))
 }
@@ -895,15 +855,7 @@ fn evidence_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvidence<'de>
             Ok(vec![RawEvidence::Owned(raw)])
         }
         other_scalars_give!(Vec::new());
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(self)
-        }
+        null_gives!(Vec::new());
     }
     d.deserialize_any(V)
 }
