@@ -56,8 +56,23 @@ pub struct AlertBatch {
     pub tenant_id: String,
     pub api: Api,
     pub alerts: Vec<RawAlert>,
+    /// Alerts of the page that cannot be forwarded (no id, no readable lastUpdate time). The
+    /// receiver must put them in the dead-letter file before it accepts the batch: the cursor
+    /// moves past them, so the dead-letter file is the only place they are kept (issue 8 §12).
+    pub rejected: Vec<RejectedAlert>,
     /// The tenant's cursor once this batch is accepted.
     pub cursor_after: DateTime<Utc>,
+}
+
+/// An alert object of a page that cannot be forwarded, kept whole for the dead-letter file.
+#[derive(Debug)]
+pub struct RejectedAlert {
+    /// The alert's id, when it has one.
+    pub id: Option<String>,
+    /// Why it cannot be forwarded.
+    pub reason: String,
+    /// The alert object exactly as received.
+    pub json: Box<RawValue>,
 }
 
 /// A batch and the acknowledgement the poller waits for before it moves its checkpoint.
@@ -472,6 +487,7 @@ impl Poller {
                 tenant_id: self.settings.tenant_id.clone(),
                 api: self.settings.api,
                 alerts: forward,
+                rejected: Vec::new(),
                 cursor_after,
             };
             out.send(Delivery {

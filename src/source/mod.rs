@@ -39,7 +39,7 @@ pub mod tenant;
 
 pub use auth::{AuthError, EntraTokenProvider, TokenProvider};
 pub use checkpoint::Checkpoint;
-pub use defender::{AlertBatch, Delivery, PollError, Poller, RawAlert};
+pub use defender::{AlertBatch, Delivery, PollError, Poller, RawAlert, RejectedAlert};
 pub use http::{build_http_client, HttpError, HttpSettings};
 pub use tenant::{
     Api, Cloud, Credential, Filters, SecretString, Severity, TenantSettings, UpdatePolicy,
