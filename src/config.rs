@@ -377,7 +377,8 @@ impl Config {
                 s.initial_lookback = l;
             }
             if let Some(p) = raw.page_size {
-                s.page_size = p.clamp(1, 10_000);
+                // Clamped to the API's maximum by TenantSettings::page_size.
+                s.page_size = Some(p.max(1));
             }
             if let Some(p) = policy(&t.update_policy)?.or(global_policy) {
                 s.update_policy = p;

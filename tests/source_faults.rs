@@ -33,7 +33,7 @@ fn seed(h: &Harness, tenant: &str, n: usize, prefix: &str) -> BTreeSet<Version> 
 async fn throttled_requests_wait_retry_after_and_rate_stays_under_limit() {
     let h = Harness::new().await;
     let mut settings = h.tenant("contoso", A, Api::Graph);
-    settings.page_size = 2;
+    settings.page_size = Some(2);
     let period = Duration::from_secs(2);
     settings.rate_limits = Some(vec![(20, period)]);
     let expected = seed(&h, A, 40, "rate");

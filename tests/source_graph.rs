@@ -71,7 +71,7 @@ async fn pages_through_next_link() {
 async fn fifty_alerts_with_one_timestamp_split_across_pages() {
     let h = Harness::new().await;
     let mut settings = h.tenant("contoso", T1, Api::Graph);
-    settings.page_size = 30;
+    settings.page_size = Some(30);
     let t = ago(30.0);
     let mut expected = BTreeSet::new();
     for i in 0..50 {

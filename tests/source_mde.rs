@@ -18,16 +18,128 @@ fn list_queries(h: &Harness) -> Vec<std::collections::HashMap<String, String>> {
         .collect()
 }
 
-/// 35 alerts in one window with `$top=10`: a full page halves the window until each window
-/// fits in a page. Every alert arrives once; no request uses `$skip`.
+/// 35 alerts in one window with `$top=10` are paged with `$skip`, each page repeating a tenth
+/// of the one before. One of them is updated between page 1 and page 2 and so leaves the window
+/// being paged, shifting the later ones back by one: the overlap keeps that shift from
+/// skipping an alert (plain `$skip` paging would lose one), and both versions of the updated
+/// alert arrive. The alerts are older than the overlap, so a miss would be for good.
 #[tokio::test]
-async fn full_page_halves_the_window() {
+async fn skip_paging_survives_an_update_during_paging() {
+    use defender_bridge::source::Delivery;
     let h = Harness::new().await;
     let settings = h.tenant("fabrikam", T1, Api::Mde);
     let mut expected = BTreeSet::new();
     for i in 0..35 {
-        let t = ago(100.0 - 2.0 * i as f64);
+        let t = ago(3000.0 - 60.0 * i as f64);
         let id = format!("da63{i:04}_100");
+        h.fake
+            .upsert_alert(T1, Api::Mde, mde_alert(T1, &id, t, "New"));
+        expected.insert((T1.to_string(), id, t));
+    }
+    let mut poller = h.poller(settings);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(1);
+    let mut got = Vec::new();
+    let receiver = async {
+        let mut batches = 0;
+        while let Some(Delivery { batch, ack }) = rx.recv().await {
+            batches += 1;
+            for a in &batch.alerts {
+                got.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
+            }
+            if batches == 1 {
+                // On page 1 (ids sort first): resolved now, so it leaves the window.
+                let t = ago(0.0);
+                h.fake
+                    .upsert_alert(T1, Api::Mde, mde_alert(T1, "da630001_100", t, "Resolved"));
+                expected.insert((T1.to_string(), "da630001_100".to_string(), t));
+            }
+            ack.accept();
+        }
+    };
+    let poll = async {
+        let r = poller.poll_once(&tx).await;
+        drop(tx);
+        r
+    };
+    let (result, ()) = tokio::join!(poll, receiver);
+    result.expect("poll");
+    // The new version is after this window: the next poll brings it.
+    let got2 = Received::default();
+    poller.poll_once(&got2.channel()).await.expect("poll 2");
+    got.extend(got2.all());
+    assert_exactly(&got, &expected);
+    let queries = list_queries(&h);
+    for q in &queries {
+        assert_eq!(q["$expand"], "evidence");
+        assert_eq!(q["$top"], "10");
+        let f = &q["$filter"];
+        assert!(
+            f.starts_with("lastUpdateTime ge ") && f.contains(" and lastUpdateTime lt "),
+            "{f}"
+        );
+    }
+    let skips: Vec<String> = queries
+        .iter()
+        .take(4)
+        .map(|q| q.get("$skip").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(skips, ["", "9", "18", "27"]);
+}
+
+/// issue 8 §2: a burst of 30 alerts with one `lastUpdateTime`, more than a page (20), stays
+/// inside the overlap for many polls while some of its alerts are updated again. Each poll
+/// costs a small, fixed number of requests (halving the window down to one instant cost 42 to
+/// 84), and every version arrives once.
+#[tokio::test]
+async fn a_burst_at_one_instant_costs_few_requests_per_poll() {
+    let h = Harness::new().await;
+    let mut settings = h.tenant("fabrikam", T1, Api::Mde);
+    settings.page_size = Some(20);
+    let burst = ago(60.0);
+    let mut expected = BTreeSet::new();
+    for i in 0..30 {
+        let id = format!("da63burst{i:02}_1");
+        h.fake
+            .upsert_alert(T1, Api::Mde, mde_alert(T1, &id, burst, "New"));
+        expected.insert((T1.to_string(), id, burst));
+    }
+    let got = Received::default();
+    let mut poller = h.poller(settings);
+    let mut per_poll = Vec::new();
+    for round in 0..8 {
+        let stats = poller.poll_once(&got.channel()).await.expect("poll");
+        per_poll.push(stats.requests);
+        // Three alerts of the burst are updated before the next poll.
+        for k in 0..3 {
+            let id = format!("da63burst{:02}_1", (round * 3 + k) % 30);
+            let t = ago(0.0) + chrono::Duration::milliseconds(k as i64);
+            h.fake
+                .upsert_alert(T1, Api::Mde, mde_alert(T1, &id, t, "InProgress"));
+            expected.insert((T1.to_string(), id, t));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    poller.poll_once(&got.channel()).await.expect("last poll");
+    assert_exactly(&got.all(), &expected);
+    assert!(
+        per_poll.iter().all(|&n| n <= 3),
+        "requests per poll: {per_poll:?}"
+    );
+}
+
+/// issue 8 §10: a server that returns at most 7 alerts a page although `$top=50` was asked.
+/// A short page is not taken for the end of the window until the server has shown it fills
+/// pages to `$top`: one more request finds the rest, and pages of 7 count as full from then on.
+#[tokio::test]
+async fn a_server_that_caps_pages_below_top_loses_nothing() {
+    let h = Harness::new().await;
+    let mut settings = h.tenant("fabrikam", T1, Api::Mde);
+    settings.page_size = Some(50);
+    h.fake.cap_pages(T1, 7);
+    let mut expected = BTreeSet::new();
+    for i in 0..25 {
+        let t = ago(3000.0 - 60.0 * i as f64);
+        let id = format!("da63cap{i:02}_1");
         h.fake
             .upsert_alert(T1, Api::Mde, mde_alert(T1, &id, t, "New"));
         expected.insert((T1.to_string(), id, t));
@@ -36,63 +148,43 @@ async fn full_page_halves_the_window() {
     let mut poller = h.poller(settings);
     poller.poll_once(&got.channel()).await.expect("poll");
     assert_exactly(&got.all(), &expected);
-    let queries = list_queries(&h);
-    assert!(
-        queries.len() > 4,
-        "the window was split: {} requests",
-        queries.len()
-    );
-    for q in &queries {
-        assert_eq!(q["$expand"], "evidence");
-        assert_eq!(q["$top"], "10");
-        assert!(!q.contains_key("$skip"));
-        let f = &q["$filter"];
-        assert!(
-            f.starts_with("lastUpdateTime ge ") && f.contains(" and lastUpdateTime lt "),
-            "{f}"
-        );
-    }
-    // Nothing new: the next poll forwards nothing.
+    // The next poll knows the cap: nothing new, nothing again.
     poller.poll_once(&got.channel()).await.expect("poll 2");
-    assert_eq!(got.len(), 35);
+    assert_eq!(got.len(), 25);
 }
 
-/// 25 alerts sharing one instant with `$top=10`: halving cannot split an instant, so that
-/// one-instant window is paged with `$skip` 10 and 20.
+/// issue 8 §11: a server that ignores `$skip` returns its first page for every offset. The
+/// poll stops with a clear error after a few requests instead of looping, and forwards each
+/// alert once.
 #[tokio::test]
-async fn one_full_instant_is_paged_with_skip() {
+async fn a_server_that_ignores_skip_is_an_error_not_a_loop() {
     let h = Harness::new().await;
     let settings = h.tenant("fabrikam", T1, Api::Mde);
+    h.fake.ignore_skip(T1);
     let t = ago(30.0);
-    let mut expected = BTreeSet::new();
     for i in 0..25 {
-        let id = format!("da63tie{i:02}_7");
+        let id = format!("da63noskip{i:02}_1");
         h.fake
             .upsert_alert(T1, Api::Mde, mde_alert(T1, &id, t, "New"));
-        expected.insert((T1.to_string(), id, t));
-    }
-    // Two neighbours on either side of the instant.
-    for (id, secs) in [("da63before_1", 31.0), ("da63after_1", 29.0)] {
-        let t = ago(secs);
-        h.fake
-            .upsert_alert(T1, Api::Mde, mde_alert(T1, id, t, "New"));
-        expected.insert((T1.to_string(), id.to_string(), t));
     }
     let got = Received::default();
-    let mut poller = h.poller(settings.clone());
-    poller.poll_once(&got.channel()).await.expect("poll");
-    assert_exactly(&got.all(), &expected);
-    let skips: BTreeSet<String> = list_queries(&h)
-        .into_iter()
-        .filter_map(|q| q.get("$skip").cloned())
-        .collect();
-    assert_eq!(skips, ["10".to_string(), "20".to_string()].into());
-    // A restarted poller re-reads the instant (overlap) and sends nothing again.
-    h.poller(settings)
-        .poll_once(&got.channel())
-        .await
-        .expect("poll after restart");
-    assert_eq!(got.len(), 27);
+    let mut poller = h.poller(settings);
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        poller.poll_once(&got.channel()),
+    )
+    .await
+    .expect("the poll ends")
+    .expect_err("an ignored $skip is an error");
+    assert!(err.to_string().contains("ignores $skip"), "{err}");
+    assert!(
+        list_queries(&h).len() <= 3,
+        "{} requests",
+        list_queries(&h).len()
+    );
+    assert_eq!(got.len(), 10);
+    let unique: BTreeSet<_> = got.all().into_iter().collect();
+    assert_eq!(unique.len(), 10);
 }
 
 /// A status change is a new version (new lastUpdate) and is forwarded under the default policy.

@@ -1,6 +1,7 @@
 //! Fake Graph `GET /v1.0/security/alerts_v2` (defender-api.md §3.1): `$filter`,
 //! `$orderby=lastUpdateDateTime asc|desc`, `$top` ≤ 1,000, and `@odata.nextLink` with a
-//! `$skiptoken` while more results remain.
+//! `$skiptoken` while more results remain. Unkind modes (`FakeApi::cap_pages`, `ignore_orderby`,
+//! `ignore_skip`) change what a page holds.
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
@@ -50,8 +51,15 @@ pub(super) async fn list(
         Ok(n) => n,
         Err(resp) => return resp,
     };
-    let mut alerts = query_alerts(&shared, &tenant, Api::Graph, &filter);
-    match param(&query, "$orderby") {
+    let (mut alerts, faults) = query_alerts(&shared, &tenant, Api::Graph, &filter);
+    let offset = if faults.ignore_skip { 0 } else { offset };
+    let top = faults.page_cap.map_or(top, |cap| top.min(cap));
+    let orderby = if faults.ignore_orderby {
+        None
+    } else {
+        param(&query, "$orderby")
+    };
+    match orderby {
         // Without $orderby the order is the service's own; here, by id.
         None => alerts.sort_by(|a, b| a.1.cmp(&b.1)),
         Some("lastUpdateDateTime asc") | Some("lastUpdateDateTime") => {
@@ -69,12 +77,14 @@ pub(super) async fn list(
         "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2",
         "value": page.into_iter().map(|(_, _, v)| v).collect::<Vec<Value>>(),
     });
+    // With `ignore_skip` the link never advances: a server that repeats its nextLink.
+    let next_offset = if faults.ignore_skip { 0 } else { offset + top };
     if offset + top < total {
         let mut next = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in query.iter().filter(|(k, _)| k != "$skiptoken") {
             next.append_pair(k, v);
         }
-        next.append_pair("$skiptoken", &(offset + top).to_string());
+        next.append_pair("$skiptoken", &next_offset.to_string());
         body["@odata.nextLink"] =
             Value::String(format!("{}{PATH}?{}", shared.base_url, next.finish()));
     }

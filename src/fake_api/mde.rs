@@ -1,6 +1,7 @@
 //! Fake MDE `GET /api/alerts` (defender-api.md §1.4): `$filter`, `$top` ≤ 10,000, `$skip`,
 //! `$expand=evidence`. Like the real API it returns no `@odata.nextLink`, and its order is not
 //! time order (here: by alert id).
+//! Unkind modes (`FakeApi::cap_pages`, `ignore_skip`) change what a page holds.
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
@@ -54,7 +55,10 @@ pub(super) async fn list(
         Err(resp) => return resp,
     };
     let expand = param(&query, "$expand") == Some("evidence");
-    let alerts = query_alerts(&shared, &tenant, Api::Mde, &filter);
+    let (mut alerts, faults) = query_alerts(&shared, &tenant, Api::Mde, &filter);
+    alerts.sort_by(|a, b| a.1.cmp(&b.1));
+    let skip = if faults.ignore_skip { 0 } else { skip };
+    let top = faults.page_cap.map_or(top, |cap| top.min(cap));
     let mut page: Vec<_> = alerts.into_iter().skip(skip).take(top).collect();
     record_served(&shared, &tenant, Api::Mde, &page);
     if !expand {

@@ -83,6 +83,13 @@ struct Faults {
     /// Next N API requests are answered only after this delay.
     slow: u32,
     slow_by: Duration,
+    /// Unkind servers (issue 8): pages hold at most this many alerts whatever `$top` says.
+    page_cap: Option<usize>,
+    /// Graph: `$orderby` is ignored (the service's own order, here by id).
+    ignore_orderby: bool,
+    /// `$skip` (MDE) and `$skiptoken` (Graph) are ignored: the first page again, with the same
+    /// nextLink.
+    ignore_skip: bool,
 }
 
 struct FakeTenant {
@@ -91,6 +98,8 @@ struct FakeTenant {
     secret_expired: bool,
     /// Per API: id -> (lastUpdate, current alert JSON).
     alerts: HashMap<Api, BTreeMap<String, (DateTime<Utc>, Value)>>,
+    /// Per API: objects served as they are (no id, a bad time), matched as if at that time.
+    raw: HashMap<Api, Vec<(DateTime<Utc>, Value)>>,
     faults: Faults,
     tokens_valid_after: Option<DateTime<Utc>>,
     /// `roles` claim of issued tokens; `None` gives the permission the API needs.
@@ -119,6 +128,9 @@ struct Shared {
     token_lifetime: Mutex<Duration>,
     /// Added before every answer (benchmarks: "1,000 tenants with 20 ms latency", issue 4).
     latency: Mutex<Duration>,
+    /// The fake's clock minus the real one: the `Date` header of every answer (a machine whose
+    /// clock is off sees Microsoft's clock differ from its own).
+    clock_offset: Mutex<chrono::Duration>,
 }
 
 impl Shared {
@@ -170,11 +182,16 @@ impl FakeApi {
             base_url: format!("https://localhost:{}", addr.port()),
             token_lifetime: Mutex::new(Duration::from_secs(3599)),
             latency: Mutex::new(Duration::ZERO),
+            clock_offset: Mutex::new(chrono::Duration::zero()),
         });
         let router = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
             .route("/v1.0/security/alerts_v2", get(graph::list))
             .route("/api/alerts", get(mde::list))
+            .layer(axum::middleware::map_response_with_state(
+                shared.clone(),
+                date_header,
+            ))
             .with_state(shared.clone());
         let stop = CancellationToken::new();
         let tls = TlsListener::spawn(listener, TlsAcceptor::from(server_config), stop.clone());
@@ -223,6 +240,7 @@ impl FakeApi {
                 credential,
                 secret_expired: false,
                 alerts: HashMap::new(),
+                raw: HashMap::new(),
                 faults: Faults::default(),
                 tokens_valid_after: None,
                 roles: None,
@@ -326,6 +344,50 @@ impl FakeApi {
             t.faults.slow = n;
             t.faults.slow_by = delay;
         });
+    }
+
+    /// Pages of the tenant hold at most `cap` alerts, whatever `$top` asks (a server that caps
+    /// pages below `$top` without saying so).
+    pub fn cap_pages(&self, tenant_id: &str, cap: usize) {
+        self.with_tenant(tenant_id, |t| t.faults.page_cap = Some(cap.max(1)));
+    }
+
+    /// Graph ignores `$orderby` for the tenant (alerts_v2 does not document it).
+    pub fn ignore_orderby(&self, tenant_id: &str) {
+        self.with_tenant(tenant_id, |t| t.faults.ignore_orderby = true);
+    }
+
+    /// The tenant's list endpoints ignore `$skip` / `$skiptoken`: every page is the first one.
+    pub fn ignore_skip(&self, tenant_id: &str) {
+        self.with_tenant(tenant_id, |t| t.faults.ignore_skip = true);
+    }
+
+    /// Serves `object` as it is (it may lack an id or a readable time) to list requests whose
+    /// time filter includes `at`.
+    pub fn add_raw_object(&self, tenant_id: &str, api: Api, at: DateTime<Utc>, object: Value) {
+        self.with_tenant(tenant_id, |t| {
+            t.raw.entry(api).or_default().push((at, object));
+        });
+    }
+
+    /// The fake's clock runs `offset` from the real one: its `Date` headers say so, as the
+    /// real service would to a machine whose clock is off by `-offset`.
+    pub fn set_clock_offset(&self, offset: chrono::Duration) {
+        *self
+            .shared
+            .clock_offset
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = offset;
+    }
+
+    /// The fake's clock (see [`FakeApi::set_clock_offset`]).
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+            + *self
+                .shared
+                .clock_offset
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every request received so far.
@@ -680,26 +742,71 @@ impl hyper::body::Body for BrokenBody {
     }
 }
 
-/// The alerts of `tenant` for `api` matching `filter`, in the API's order, plus served records.
+/// `Date` on every answer, from the fake's clock (RFC 9110 §6.6.1, IMF-fixdate).
+async fn date_header(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    let offset = *shared
+        .clock_offset
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let date = (Utc::now() + offset)
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&date) {
+        resp.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    resp
+}
+
+/// The alerts of `tenant` for `api` matching `filter`, in the API's order (by id), plus the
+/// raw objects whose time matches, with the tenant's faults.
 fn query_alerts(
     shared: &Shared,
     tenant_id: &str,
     api: Api,
     filter: &filter::Filter,
-) -> Vec<(DateTime<Utc>, String, Value)> {
+) -> (Vec<(DateTime<Utc>, String, Value)>, ServeFaults) {
     let inner = shared.lock();
-    let Some(store) = inner
-        .tenants
-        .get(tenant_id)
-        .and_then(|t| t.alerts.get(&api))
-    else {
-        return Vec::new();
+    let Some(tenant) = inner.tenants.get(tenant_id) else {
+        return (Vec::new(), ServeFaults::default());
     };
-    store
-        .iter()
+    let faults = ServeFaults {
+        page_cap: tenant.faults.page_cap,
+        ignore_orderby: tenant.faults.ignore_orderby,
+        ignore_skip: tenant.faults.ignore_skip,
+    };
+    let field = match api {
+        Api::Graph => "lastUpdateDateTime",
+        Api::Mde => "lastUpdateTime",
+    };
+    let mut out: Vec<_> = tenant
+        .alerts
+        .get(&api)
+        .into_iter()
+        .flatten()
         .filter(|(_, (_, v))| filter.matches(v))
         .map(|(id, (lu, v))| (*lu, id.clone(), v.clone()))
-        .collect()
+        .collect();
+    for (i, (at, v)) in tenant.raw.get(&api).into_iter().flatten().enumerate() {
+        let mut probe = v.clone();
+        if let Some(o) = probe.as_object_mut() {
+            o.insert(field.into(), Value::String(at.to_rfc3339()));
+        }
+        if filter.matches(&probe) {
+            out.push((*at, format!("~raw{i:04}"), v.clone()));
+        }
+    }
+    (out, faults)
+}
+
+/// The faults that change how a list is served.
+#[derive(Clone, Copy, Debug, Default)]
+struct ServeFaults {
+    page_cap: Option<usize>,
+    ignore_orderby: bool,
+    ignore_skip: bool,
 }
 
 fn record_served(
@@ -709,7 +816,7 @@ fn record_served(
     page: &[(DateTime<Utc>, String, Value)],
 ) {
     let mut inner = shared.lock();
-    for (lu, id, _) in page {
+    for (lu, id, _) in page.iter().filter(|(_, id, _)| !id.starts_with("~raw")) {
         inner.served.push(Served {
             tenant: tenant_id.to_string(),
             api,

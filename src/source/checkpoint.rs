@@ -5,7 +5,7 @@
 //! handed over and accepted". Each poll starts again at `cursor - overlap` (late alerts,
 //! peers.md §6 "Missed alerts"); the de-dup set of (alert id, lastUpdate) over that span makes
 //! every version go out once (peers.md §7.2).
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -74,6 +74,11 @@ pub struct Checkpoint {
     /// Per alert id, for the `first` and `status` update policies.
     #[serde(default)]
     pub alerts: HashMap<String, AlertState>,
+    /// Alert objects that could not be forwarded (no id, no readable time) and went to the
+    /// dead-letter file, by digest of their JSON, with the (server) time first seen: the
+    /// overlap serves them again, and each should be dead-lettered once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl Checkpoint {
@@ -86,6 +91,7 @@ impl Checkpoint {
             cursor: start,
             seen: BTreeSet::new(),
             alerts: HashMap::new(),
+            rejected: BTreeMap::new(),
         }
     }
 
@@ -164,6 +170,9 @@ impl Checkpoint {
     pub fn prune(&mut self, horizon: DateTime<Utc>, policy_horizon: DateTime<Utc>) {
         self.seen = self.seen.split_off(&(horizon, String::new()));
         self.alerts.retain(|_, s| s.last_update >= policy_horizon);
+        // A rejected object was first seen after its own lastUpdate, so once that instant is
+        // before the horizon the window no longer serves it.
+        self.rejected.retain(|_, first_seen| *first_seen >= horizon);
     }
 }
 

@@ -8,14 +8,25 @@
 //!   the next page is asked from the newest instant seen (time-boundary paging, immune to
 //!   results shifting under an offset); the nextLink itself is followed only through an instant
 //!   that fills a whole page.
-//! - MDE pages by time window and never relies on nextLink, which MDE does not return reliably
-//!   (defender-api.md §1.4): a full page halves the window; a one-instant window that is still
-//!   full is paged with `$skip`.
+//!   Every page's order is checked: alerts_v2 does not document `$orderby` (delivery.md §5), and
+//!   a server that ignores it has each window paged to its end by nextLink instead.
+//! - MDE pages a window with `$skip` and never relies on nextLink, which MDE does not return
+//!   reliably (defender-api.md §1.4); pages overlap by a tenth so that alerts leaving the result
+//!   set while it is paged cannot shift one past us. A poll costs about one request per
+//!   `0.9 × page_size` alerts in its window (issue 8 §2).
+//! - A window ends at the API's clock (its `Date` header), not the local one (issue 8 §9). A
+//!   short page ends a window only once the server has shown it fills pages to `$top`
+//!   (issue 8 §10). A repeated nextLink, an ignored `$skip`, bodies over a limit and endless
+//!   paging are errors, not loops (issue 8 §11).
 //! - Windows start with `ge` and are de-duplicated by (id, lastUpdate), so alerts sharing one
 //!   timestamp are never lost at a page boundary (peers.md §6, demisto PR 45413).
-//! - 429 waits exactly Retry-After (defender-api.md §1.5); 5xx, timeouts and resets back off
-//!   exponentially with jitter; a 401 renews the token once.
+//! - 429 waits exactly Retry-After (defender-api.md §1.5), at most [`MAX_RETRY_AFTER`]; 5xx,
+//!   timeouts and resets back off exponentially with jitter; a 401 renews the token once.
+//! - A batch changes the checkpoint only once the receiver has accepted it, so a failed poll
+//!   resumes from what was accepted, never from a fresh state (issue 8 §7).
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +49,17 @@ const REQUEST_ATTEMPTS: u32 = 3;
 const MAX_THROTTLED: u32 = 10;
 /// Retry-After missing on a 429: wait a minute, the period of every documented limit.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Longest Retry-After obeyed: the documented limits reset within a minute or an hour, and a
+/// broken value must not park a tenant for days (issue 8 §11).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
+/// Largest error body read, for the message.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+/// Requests one poll may make before it stops: a server that never says "no more".
+const MAX_REQUESTS_PER_POLL: u32 = 2_000;
+/// Clocks further apart than this are logged.
+const CLOCK_WARN_SECS: i64 = 60;
+/// Clock differences up to this are not corrected (see `Poller::server_now`).
+const CLOCK_TOLERANCE_SECS: i64 = 5;
 
 /// One alert as the API returned it.
 #[derive(Debug)]
@@ -112,6 +134,8 @@ pub enum PollError {
     Transport(String),
     #[error("unexpected API response: {0}")]
     BadResponse(String),
+    #[error("the API sent a response larger than {0} bytes; asking for smaller pages next time")]
+    TooLarge(usize),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error("the batch was not accepted (the receiver dropped it)")]
@@ -141,9 +165,14 @@ impl PollError {
 /// What one successful poll did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PollStats {
+    /// HTTP requests sent to the alert API, retries included.
     pub requests: u32,
     pub received: usize,
     pub forwarded: usize,
+    /// Alert objects handed over as rejected (for the dead-letter file).
+    pub rejected: usize,
+    /// Time spent waiting for the tenant's own rate limiter.
+    pub rate_limited: Duration,
 }
 
 /// Health of a tenant, readable while [`Poller::run`] runs (for `check`, metrics and tests).
@@ -153,6 +182,16 @@ pub struct TenantStatus {
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
     pub forwarded: u64,
+    /// Alert objects that could not be forwarded and went to the dead-letter file.
+    pub rejected: u64,
+    /// How far the cursor was behind the API's clock after the last successful poll.
+    pub behind: Duration,
+    /// `behind` is more than one poll interval.
+    pub lagging: bool,
+    /// API clock minus local clock, as the last `Date` header said.
+    pub clock_offset: Option<chrono::Duration>,
+    /// Responses refused for their size.
+    pub oversized_responses: u64,
 }
 
 /// Polls one tenant.
@@ -162,25 +201,51 @@ pub struct Poller {
     tokens: Arc<dyn TokenProvider>,
     limiter: RateLimiter,
     path: PathBuf,
+    /// The committed state: what the receiver has accepted. A batch changes it only once it is
+    /// accepted, so a failed poll leaves nothing to roll back (issue 8 §7).
     state: Checkpoint,
     /// The last save failed after the destinations had accepted the alerts: the in-memory
     /// state is ahead of the file and is saved again at the next poll.
     unsaved: bool,
+    server: ServerView,
+    /// HTTP requests sent and time spent waiting for the rate limiter, since start.
+    requests: AtomicU32,
+    limited_micros: AtomicU64,
+    /// `requests` when the current poll started.
+    poll_started_at: u32,
     status: Arc<Mutex<TenantStatus>>,
 }
 
-/// A page as both APIs return it.
+/// What this poller has learned about its API server while talking to it.
+#[derive(Debug, Default)]
+struct ServerView {
+    /// Server time minus local time, from the last response's `Date` header.
+    clock_offset: Option<chrono::Duration>,
+    /// A page as long as the `$top` asked was seen: a shorter page ends its window.
+    honours_top: bool,
+    /// The server returned a short page and then more: it caps pages at this length.
+    page_cap: Option<usize>,
+    /// Graph: a page was not in `lastUpdateDateTime` order, so `$orderby` is not honoured.
+    unordered: bool,
+    /// `$top` halved after a response too large to read.
+    top_limit: Option<usize>,
+}
+
+/// A page as both APIs return it, and the server's clock when it answered.
 #[derive(Deserialize)]
 struct Page {
     value: Vec<Box<RawValue>>,
     #[serde(rename = "@odata.nextLink", default)]
     next_link: Option<String>,
+    #[serde(skip)]
+    date: Option<DateTime<Utc>>,
 }
 
 /// The few fields the poller reads from each alert; everything else passes through untouched.
 #[derive(Deserialize)]
 struct AlertHead {
-    id: String,
+    #[serde(default)]
+    id: Option<String>,
     #[serde(rename = "lastUpdateDateTime", alias = "lastUpdateTime", default)]
     last_update: Option<String>,
     #[serde(rename = "createdDateTime", alias = "alertCreationTime", default)]
@@ -191,6 +256,15 @@ struct AlertHead {
     classification: Option<String>,
     #[serde(default)]
     determination: Option<String>,
+}
+
+/// A page split into what can be forwarded and what cannot.
+struct Parsed {
+    alerts: Vec<(RawAlert, AlertState)>,
+    rejected: Vec<RejectedAlert>,
+    newest: Option<DateTime<Utc>>,
+    /// The page's times never go down.
+    ascending: bool,
 }
 
 impl Poller {
@@ -219,7 +293,7 @@ impl Poller {
             None => Checkpoint::fresh(
                 &settings.tenant_id,
                 &api,
-                Utc::now() - to_chrono(settings.initial_lookback),
+                before(Utc::now(), settings.initial_lookback),
             ),
         };
         Ok(Poller {
@@ -230,6 +304,10 @@ impl Poller {
             path,
             state,
             unsaved: false,
+            server: ServerView::default(),
+            requests: AtomicU32::new(0),
+            limited_micros: AtomicU64::new(0),
+            poll_started_at: 0,
             status: Arc::default(),
         })
     }
@@ -241,6 +319,11 @@ impl Poller {
     /// The committed state (what is on disk after the last accepted batch).
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.state
+    }
+
+    /// The API's clock minus the local one, from the last `Date` header seen.
+    pub fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.server.clock_offset
     }
 
     /// A handle on the tenant's health, updated by [`Poller::run`].
@@ -265,11 +348,13 @@ impl Poller {
                 Ok(stats) => {
                     failures = 0;
                     tracing::debug!(tenant = %name, ?stats, "poll done");
+                    self.report_lag(&stats);
                     let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
                     s.last_success = Some(Utc::now());
                     s.last_error = None;
                     s.consecutive_failures = 0;
                     s.forwarded += stats.forwarded as u64;
+                    s.rejected += stats.rejected as u64;
                     self.settings
                         .poll_interval
                         .saturating_sub(started.elapsed())
@@ -291,6 +376,9 @@ impl Poller {
                     let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
                     s.last_error = Some(e.to_string());
                     s.consecutive_failures = failures;
+                    if matches!(e, PollError::TooLarge(_)) {
+                        s.oversized_responses += 1;
+                    }
                     delay
                 }
             };
@@ -301,27 +389,53 @@ impl Poller {
         }
     }
 
-    /// One complete poll from the checkpoint to now. On error the in-memory state goes back to
-    /// the last saved checkpoint, so the next poll resumes from what was accepted.
+    /// After a successful poll: a warning when the tenant's cursor is more than one poll
+    /// interval behind the API's clock, and a note when it has caught up (issue 8 §4).
+    fn report_lag(&self, stats: &PollStats) {
+        let behind = (self.server_now() - self.state.cursor)
+            .to_std()
+            .unwrap_or_default();
+        let lagging = behind > self.settings.poll_interval;
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match (s.lagging, lagging) {
+            (false, true) => tracing::warn!(
+                tenant = %self.settings.name,
+                "tenant is {}s behind (more than the poll interval of {:?}): the last poll took {} \
+                 requests and waited {:.1}s for the tenant's own rate limiter",
+                behind.as_secs(),
+                self.settings.poll_interval,
+                stats.requests,
+                stats.rate_limited.as_secs_f64()
+            ),
+            (true, false) => tracing::info!(
+                tenant = %self.settings.name,
+                "tenant has caught up ({}s behind)",
+                behind.as_secs()
+            ),
+            _ => {}
+        }
+        s.lagging = lagging;
+        s.behind = behind;
+        s.clock_offset = self.server.clock_offset;
+    }
+
+    /// One complete poll from the checkpoint to now. On error the state stays at what the
+    /// receiver accepted, so the next poll resumes from there.
     pub async fn poll_once(
         &mut self,
         out: &mpsc::Sender<Delivery>,
     ) -> Result<PollStats, PollError> {
         let mut stats = PollStats::default();
+        let requests = self.requests.load(Ordering::Relaxed);
+        self.poll_started_at = requests;
+        let limited = self.limited_micros.load(Ordering::Relaxed);
         let result = match self.settings.api {
             Api::Graph => self.poll_graph(out, &mut stats).await,
             Api::Mde => self.poll_mde(out, &mut stats).await,
         };
-        // A failed save after delivery keeps the in-memory state: going back to the file would
-        // send everything since the last save again, at every retry.
-        if matches!(&result, Err(e) if !matches!(e, PollError::Unsaved(_))) {
-            let api = self.settings.api.to_string();
-            self.state = match Checkpoint::load(&self.path) {
-                Ok(Some(cp)) => cp,
-                // Nothing saved yet: keep the first-run cursor, forget unsaved de-dup entries.
-                _ => Checkpoint::fresh(&self.settings.tenant_id, &api, self.state_start()),
-            };
-        }
+        stats.requests = self.requests.load(Ordering::Relaxed) - requests;
+        stats.rate_limited =
+            Duration::from_micros(self.limited_micros.load(Ordering::Relaxed) - limited);
         result.map(|()| stats)
     }
 
@@ -336,17 +450,87 @@ impl Poller {
         Ok(self.get_page(&url).await?.value.len())
     }
 
-    fn state_start(&self) -> DateTime<Utc> {
-        // Used only when no checkpoint was ever saved: the cursor was the first-run start.
-        self.state.cursor.min(Utc::now())
+    /// Local time corrected by the API's clock, as far as its `Date` headers tell. Offsets
+    /// within [`CLOCK_TOLERANCE_SECS`] are left alone: `Date` has whole seconds, and the overlap
+    /// covers a skew that small anyway.
+    fn server_now(&self) -> DateTime<Utc> {
+        let now = Utc::now();
+        self.server
+            .clock_offset
+            .filter(|o| o.num_seconds().abs() > CLOCK_TOLERANCE_SECS)
+            .and_then(|o| now.checked_add_signed(o))
+            .unwrap_or(now)
     }
 
+    /// `[cursor - overlap, now)` in the API's time: a local clock ahead of Microsoft's would
+    /// otherwise move the cursor past alerts not yet written (issue 8 §9).
     fn window(&self) -> (DateTime<Utc>, DateTime<Utc>) {
-        let lo = floor_tick(self.state.cursor - to_chrono(self.settings.overlap));
-        let hi = floor_tick(Utc::now()).max(lo + chrono::Duration::microseconds(1));
+        let lo = floor_tick(before(self.state.cursor, self.settings.overlap));
+        let hi = floor_tick(self.server_now()).max(lo + chrono::Duration::microseconds(1));
         (lo, hi)
     }
 
+    /// The cursor once a window is complete: its end, but never past the API's clock at the
+    /// last answer (the first poll's window is built before any `Date` header was seen).
+    fn complete_at(&self, hi: DateTime<Utc>, date: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        let skewed =
+            |d: &DateTime<Utc>| (*d - Utc::now()).num_seconds().abs() > CLOCK_TOLERANCE_SECS;
+        let end = date.filter(skewed).map_or(hi, |d| hi.min(floor_tick(d)));
+        end.max(self.state.cursor)
+    }
+
+    /// Notes the API's clock from a response's `Date`, warning when it and the local clock
+    /// differ by more than a minute.
+    fn observe_clock(&mut self, date: Option<DateTime<Utc>>) {
+        let Some(date) = date else { return };
+        // `Date` has whole seconds, truncated: the offset errs on the late side, which only
+        // ends windows a little early.
+        let offset = date - Utc::now();
+        let limit = chrono::Duration::seconds(CLOCK_WARN_SECS);
+        let was_off = self.server.clock_offset.is_some_and(|o| o.abs() > limit);
+        let off = offset.abs() > limit;
+        if off && !was_off {
+            tracing::warn!(tenant = %self.settings.name,
+                "the local clock differs from the API's by {}s (local is {}); windows follow \
+                 the API's clock, but check NTP on this machine",
+                offset.num_seconds().abs(),
+                if offset < chrono::Duration::zero() { "ahead" } else { "behind" });
+        } else if was_off && !off {
+            tracing::info!(tenant = %self.settings.name, "the local clock agrees with the API's again");
+        }
+        self.server.clock_offset = Some(offset);
+    }
+
+    /// `$top` for this API: the configured size within the API's maximum, halved after a page
+    /// too large to read.
+    fn top(&self) -> usize {
+        let top = self.settings.page_size() as usize;
+        self.server.top_limit.map_or(top, |l| top.min(l)).max(1)
+    }
+
+    /// GET a page and learn the server's clock from it; a page too large to read halves `$top`
+    /// for the following requests.
+    async fn fetch(&mut self, url: &str) -> Result<Page, PollError> {
+        match self.get_page(url).await {
+            Ok(page) => {
+                self.observe_clock(page.date);
+                Ok(page)
+            }
+            Err(e @ PollError::TooLarge(_)) => {
+                let half = (self.top() / 2).max(1);
+                tracing::warn!(tenant = %self.settings.name,
+                    "a page was too large to read; asking for {half} alerts a page from now on");
+                self.server.top_limit = Some(half);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Graph, time-boundary paging (module header): while `@odata.nextLink` says there is more,
+    /// ask again from the newest instant seen. A server that does not honour `$orderby` has the
+    /// window paged by its links to the end instead, and the cursor moves only then
+    /// (issue 8 §8).
     async fn poll_graph(
         &mut self,
         out: &mpsc::Sender<Delivery>,
@@ -355,18 +539,32 @@ impl Poller {
         let (lo, hi) = self.window();
         let mut from = lo;
         let mut url = self.graph_url(from, hi);
+        let mut followed = HashSet::new();
         loop {
-            let page = self.get_page(&url).await?;
-            stats.requests += 1;
+            let page = self.fetch(&url).await?;
             stats.received += page.value.len();
-            let (alerts, max_seen) = self.parse(page.value);
+            let date = page.date;
+            let parsed = self.parse(page.value);
+            if !parsed.ascending && !self.server.unordered {
+                // alerts_v2 documents no $orderby (delivery.md §5): a server that ignores it
+                // makes "everything before the newest instant is done" false. Start the window
+                // again, by links.
+                tracing::warn!(tenant = %self.settings.name,
+                    "the API does not return alerts in lastUpdateDateTime order ($orderby is \
+                     ignored); paging each window to its end by @odata.nextLink from now on");
+                self.server.unordered = true;
+                url = self.graph_url(lo, hi);
+                continue;
+            }
+            let newest = parsed.newest;
             let cursor_after = match &page.next_link {
+                None => self.complete_at(hi, date),
+                Some(_) if self.server.unordered => self.state.cursor,
                 // Sorted ascending: everything before this page's newest instant is done. The
                 // instant itself is re-read by the next window (`ge`) and de-duplicated.
-                Some(_) => max_seen.unwrap_or(self.state.cursor).max(self.state.cursor),
-                None => hi.max(self.state.cursor),
+                Some(_) => newest.unwrap_or(self.state.cursor).max(self.state.cursor),
             };
-            stats.forwarded += self.commit(out, alerts, cursor_after, lo).await?;
+            self.commit(out, parsed, cursor_after, lo, stats).await?;
             let Some(next) = page.next_link else {
                 return Ok(());
             };
@@ -375,119 +573,178 @@ impl Poller {
             // result set, an offset then skips one alert, and that alert is lost for good if it
             // is older than the overlap (peers.md §6, elastic/integrations#20234; Elastic moved
             // to time-boundary paging, defender-api.md §3.1). Only when a whole page is one
-            // instant (no progress) is the nextLink followed, to page through that instant.
-            match max_seen {
-                Some(newest) if newest > from => {
-                    from = newest;
+            // instant (no progress), or the order cannot be trusted, is the nextLink followed.
+            match newest {
+                Some(n) if n > from && !self.server.unordered => {
+                    from = n;
                     url = self.graph_url(from, hi);
                 }
-                _ => url = self.check_next_link(&next)?,
+                _ => url = self.follow(&mut followed, &next)?,
             }
+            self.check_budget()?;
         }
     }
 
+    /// MDE: one time window `[cursor - overlap, now)`, paged with `$skip`, MDE returning no
+    /// nextLink (defender-api.md §1.4). A poll costs about `n / (0.9 top) + 1` requests for `n`
+    /// alerts in the window, whatever their timestamps (issue 8 §2: halving the window down to
+    /// one instant cost 42 to 84 requests a poll for a burst of 30 alerts at one instant).
+    ///
+    /// Pages overlap by a tenth: an alert updated while the window is being paged leaves the
+    /// result set and shifts the later ones back by one; the overlap keeps such shifts from
+    /// skipping an alert, and the de-duplication set drops the repeats.
     async fn poll_mde(
         &mut self,
         out: &mpsc::Sender<Delivery>,
         stats: &mut PollStats,
     ) -> Result<(), PollError> {
-        let (mut lo, end) = self.window();
-        let top = self.settings.page_size.max(1) as usize;
-        let tick = chrono::Duration::nanoseconds(100);
-        // Window length: halved after a full page, doubled after one that fit, so a burst
-        // costs a few extra requests instead of a halving series for every window after it.
-        let mut span = end - lo;
-        while lo < end {
-            let mut hi = if end - lo > span {
-                floor_tick(lo + span).max(lo + tick)
-            } else {
-                end
-            };
-            let mut skip = 0usize;
-            loop {
-                let page = self.get_page(&self.mde_url(lo, hi, skip)).await?;
-                stats.requests += 1;
-                let full = page.value.len() >= top;
-                if full && skip == 0 && hi - lo > tick {
-                    // Too many alerts for one page: halve the window and ask again.
-                    let half = floor_tick(lo + (hi - lo) / 2);
-                    hi = if half > lo { half } else { lo + tick };
-                    span = hi - lo;
-                    continue;
-                }
-                stats.received += page.value.len();
-                let (alerts, _) = self.parse(page.value);
-                if full {
-                    // One instant with more alerts than a page: $skip through it. The cursor
-                    // stays at `lo` until the instant is complete; de-dup covers a restart.
-                    stats.forwarded += self.commit(out, alerts, self.state.cursor, lo).await?;
-                    skip += top;
-                    continue;
-                }
-                stats.forwarded += self
-                    .commit(out, alerts, hi.max(self.state.cursor), lo)
-                    .await?;
-                break;
+        let (lo, hi) = self.window();
+        let mut skip = 0usize;
+        let mut window_seen: HashSet<(DateTime<Utc>, String)> = HashSet::new();
+        // Some(n): this request looks past a short page of n alerts.
+        let mut look: Option<usize> = None;
+        loop {
+            let top = self.top();
+            let page = self.fetch(&self.mde_url(lo, hi, skip)).await?;
+            let len = page.value.len();
+            stats.received += len;
+            let date = page.date;
+            let parsed = self.parse(page.value);
+            let fresh = parsed
+                .alerts
+                .iter()
+                .filter(|(a, _)| window_seen.insert((a.last_update, a.id.clone())))
+                .count();
+            if len >= top {
+                self.server.honours_top = true;
             }
-            lo = hi;
-            span = span.checked_mul(2).unwrap_or(span).min(end - lo);
+            let was_look = look.take();
+            if let (Some(short), true, None) = (was_look, fresh > 0, self.server.page_cap) {
+                // More after a short page: the server caps pages at that page's length.
+                tracing::warn!(tenant = %self.settings.name,
+                    "the API returns at most {short} alerts a page although $top={top} was \
+                     asked; a page of {short} counts as full from now on");
+                self.server.page_cap = Some(short);
+            }
+            let full = len >= self.server.page_cap.unwrap_or(top).min(top);
+            if full && skip > 0 && fresh == 0 && parsed.rejected.is_empty() {
+                return Err(PollError::BadResponse(format!(
+                    "the API answered $skip={skip} with alerts it had already returned for this \
+                     window: it ignores $skip, so the window cannot be paged"
+                )));
+            }
+            // A short page ends the window only when the server is known to fill pages up to
+            // `$top` or its cap; otherwise it may cap pages below `$top` without saying so
+            // (issue 8 §10), and one more request looks past it.
+            let confirm = !full
+                && len > 0
+                && was_look.is_none()
+                && !self.server.honours_top
+                && self.server.page_cap.is_none();
+            let more = full || confirm;
+            let cursor_after = if more {
+                self.state.cursor
+            } else {
+                self.complete_at(hi, date)
+            };
+            self.commit(out, parsed, cursor_after, lo, stats).await?;
+            if !more {
+                return Ok(());
+            }
+            look = confirm.then_some(len);
+            skip += len - margin(len);
+            self.check_budget()?;
+        }
+    }
+
+    /// Follows a nextLink unless it was followed before in this poll (a server that repeats
+    /// it, or ignores its `$skiptoken`, would keep the loop going forever: issue 8 §11).
+    fn follow(&self, followed: &mut HashSet<String>, next: &str) -> Result<String, PollError> {
+        let url = self.check_next_link(next)?;
+        if !followed.insert(url.clone()) {
+            return Err(PollError::BadResponse(
+                "the API returned an @odata.nextLink it had returned before in this poll; \
+                 paging stopped"
+                    .into(),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// The last guard against a server that never says "no more": a poll that has made this
+    /// many requests stops, and the next one starts again from the cursor.
+    fn check_budget(&self) -> Result<(), PollError> {
+        let made = self.requests.load(Ordering::Relaxed) - self.poll_started_at;
+        if made >= MAX_REQUESTS_PER_POLL {
+            return Err(PollError::BadResponse(format!(
+                "a poll made {made} requests without reaching the end of its window; stopped"
+            )));
         }
         Ok(())
     }
 
-    /// Applies de-dup and the update policy to `alerts`, hands the survivors over, waits for the
-    /// acknowledgement, then saves the checkpoint with `cursor_after`.
+    /// Applies de-dup and the update policy to a page, hands the survivors (and the alerts
+    /// that cannot be forwarded, for the dead-letter file) over, waits for the acknowledgement,
+    /// and only then changes the state and saves it with `cursor_after`.
     async fn commit(
         &mut self,
         out: &mpsc::Sender<Delivery>,
-        alerts: Vec<(RawAlert, AlertState)>,
+        page: Parsed,
         cursor_after: DateTime<Utc>,
         window_lo: DateTime<Utc>,
-    ) -> Result<usize, PollError> {
+        stats: &mut PollStats,
+    ) -> Result<(), PollError> {
         let mut forward = Vec::new();
-        let mut changed = cursor_after != self.state.cursor;
-        for (alert, triage) in alerts {
-            if self.state.has_seen(&alert.id, alert.last_update) {
+        let mut new_seen: HashSet<(DateTime<Utc>, String)> = HashSet::new();
+        let mut policy: HashMap<String, AlertState> = HashMap::new();
+        for (alert, triage) in page.alerts {
+            let key = (alert.last_update, alert.id.clone());
+            if self.state.has_seen(&alert.id, alert.last_update) || new_seen.contains(&key) {
                 continue;
             }
-            changed = true;
-            self.state
-                .seen
-                .insert((alert.last_update, alert.id.clone()));
+            new_seen.insert(key);
+            let prev = policy
+                .get(&alert.id)
+                .or_else(|| self.state.alerts.get(&alert.id));
             let keep = match self.settings.update_policy {
                 UpdatePolicy::All => true,
-                UpdatePolicy::First => !self.state.alerts.contains_key(&alert.id),
-                UpdatePolicy::Status => match self.state.alerts.get(&alert.id) {
-                    None => true,
-                    Some(prev) => !prev.same_triage(&triage),
-                },
+                UpdatePolicy::First => prev.is_none(),
+                UpdatePolicy::Status => prev.is_none_or(|p| !p.same_triage(&triage)),
             };
-            if self.settings.update_policy != UpdatePolicy::All {
-                let newer = self
-                    .state
-                    .alerts
-                    .get(&alert.id)
-                    .is_none_or(|prev| prev.last_update <= triage.last_update);
-                if newer {
-                    self.state.alerts.insert(alert.id.clone(), triage);
-                }
+            if self.settings.update_policy != UpdatePolicy::All
+                && prev.is_none_or(|p| p.last_update <= triage.last_update)
+            {
+                policy.insert(alert.id.clone(), triage);
             }
             if keep {
                 forward.push(alert);
             }
         }
+        let mut rejected = Vec::new();
+        let mut digests = Vec::new();
+        for r in page.rejected {
+            let digest = digest(r.json.get());
+            if !self.state.rejected.contains_key(&digest) && !digests.contains(&digest) {
+                tracing::error!(tenant = %self.settings.name, alert = r.id.as_deref().unwrap_or("-"),
+                    "an alert cannot be forwarded ({}); it goes to the dead-letter file", r.reason);
+                digests.push(digest);
+                rejected.push(r);
+            }
+        }
+        let changed =
+            cursor_after != self.state.cursor || !new_seen.is_empty() || !digests.is_empty();
         if !changed && !self.unsaved {
-            return Ok(0);
+            return Ok(());
         }
         let forwarded = forward.len();
-        if !forward.is_empty() {
+        if !forward.is_empty() || !rejected.is_empty() {
             let (tx, rx) = oneshot::channel();
             let batch = AlertBatch {
                 tenant_name: self.settings.name.clone(),
                 tenant_id: self.settings.tenant_id.clone(),
                 api: self.settings.api,
                 alerts: forward,
-                rejected: Vec::new(),
+                rejected,
                 cursor_after,
             };
             out.send(Delivery {
@@ -498,37 +755,58 @@ impl Poller {
             .map_err(|_| PollError::Closed)?;
             rx.await.map_err(|_| PollError::NotAccepted)?;
         }
+        // Accepted: only now does the state move.
+        stats.forwarded += forwarded;
+        stats.rejected += digests.len();
+        self.state.seen.extend(new_seen);
+        self.state.alerts.extend(policy);
+        let first_seen = self.server_now();
+        self.state
+            .rejected
+            .extend(digests.into_iter().map(|d| (d, first_seen)));
         self.state.cursor = cursor_after.max(self.state.cursor);
         // Keep de-dup entries the next window can still return: it starts at cursor - overlap,
         // and never before this window's start while a window is being paged.
-        let horizon =
-            floor_tick(self.state.cursor - to_chrono(self.settings.overlap)).min(window_lo);
-        let policy_horizon = Utc::now() - to_chrono(self.settings.policy_retention);
+        let horizon = floor_tick(before(self.state.cursor, self.settings.overlap)).min(window_lo);
+        let policy_horizon = before(Utc::now(), self.settings.policy_retention);
         self.state.prune(horizon, policy_horizon);
         let (state, path) = (self.state.clone(), self.path.clone());
         let saved = tokio::task::spawn_blocking(move || state.save(&path))
             .await
             .map_err(|e| PollError::BadResponse(format!("checkpoint writer panicked: {e}")))?;
         self.unsaved = saved.is_err();
-        saved.map_err(PollError::Unsaved)?;
-        Ok(forwarded)
+        saved.map_err(PollError::Unsaved)
     }
 
-    /// Reads id, lastUpdate and triage fields of each alert. Alerts without an id cannot be
-    /// de-duplicated or cursored; they are logged and counted, not forwarded.
-    fn parse(
-        &self,
-        values: Vec<Box<RawValue>>,
-    ) -> (Vec<(RawAlert, AlertState)>, Option<DateTime<Utc>>) {
-        let mut out = Vec::with_capacity(values.len());
-        let mut max_seen = None;
+    /// Reads id, lastUpdate and triage fields of each alert. An alert without an id or a
+    /// readable lastUpdate cannot be de-duplicated or cursored: it is handed over as rejected,
+    /// for the dead-letter file (issue 8 §12), never silently dropped.
+    fn parse(&self, values: Vec<Box<RawValue>>) -> Parsed {
+        let mut out = Parsed {
+            alerts: Vec::with_capacity(values.len()),
+            rejected: Vec::new(),
+            newest: None,
+            ascending: true,
+        };
         for json in values {
             let head: AlertHead = match serde_json::from_str(json.get()) {
                 Ok(h) => h,
                 Err(e) => {
-                    tracing::error!(tenant = %self.settings.name, "skipping an alert without a usable id: {e}");
+                    out.rejected.push(RejectedAlert {
+                        id: None,
+                        reason: format!("not an alert object: {e}"),
+                        json,
+                    });
                     continue;
                 }
+            };
+            let Some(id) = head.id.filter(|id| !id.trim().is_empty()) else {
+                out.rejected.push(RejectedAlert {
+                    id: None,
+                    reason: "the alert has no id".into(),
+                    json,
+                });
+                continue;
             };
             let when = head
                 .last_update
@@ -537,27 +815,33 @@ impl Poller {
                 .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                 .map(|t| t.with_timezone(&Utc));
             let Some(last_update) = when else {
-                tracing::error!(tenant = %self.settings.name, alert = %head.id,
-                    "skipping an alert without a readable lastUpdate time");
+                out.rejected.push(RejectedAlert {
+                    id: Some(id),
+                    reason: "the alert has no readable lastUpdate time".into(),
+                    json,
+                });
                 continue;
             };
-            max_seen = max_seen.max(Some(last_update));
+            if out.newest.is_some_and(|n| last_update < n) {
+                out.ascending = false;
+            }
+            out.newest = out.newest.max(Some(last_update));
             let triage = AlertState {
                 last_update,
                 status: head.status,
                 classification: head.classification,
                 determination: head.determination,
             };
-            out.push((
+            out.alerts.push((
                 RawAlert {
-                    id: head.id,
+                    id,
                     last_update,
                     json,
                 },
                 triage,
             ));
         }
-        (out, max_seen)
+        out
     }
 
     fn graph_url(&self, lo: DateTime<Utc>, hi: DateTime<Utc>) -> String {
@@ -583,7 +867,7 @@ impl Poller {
             "{}/v1.0/security/alerts_v2?$filter={}&$orderby=lastUpdateDateTime%20asc&$top={}",
             s.api_base(),
             encode(&filter),
-            s.page_size.clamp(1, 1000)
+            self.top()
         )
     }
 
@@ -604,7 +888,7 @@ impl Poller {
             "{}/api/alerts?$filter={}&$expand=evidence&$top={}",
             s.api_base(),
             encode(&filter),
-            s.page_size.clamp(1, 10_000)
+            self.top()
         );
         if skip > 0 {
             url.push_str(&format!("&$skip={skip}"));
@@ -637,30 +921,44 @@ impl Poller {
         let mut transient = 0u32;
         let mut throttled = 0u32;
         loop {
-            self.limiter.acquire().await;
+            let waited = self.limiter.acquire().await;
+            self.limited_micros
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             let token = self.tokens.token().await?;
             let mut req = self.http.get(url).bearer_auth(token.token.secret());
             if s.api == Api::Graph {
                 // defender-api.md §3.1: receive evolvable enum members added after v1.0.
                 req = req.header("Prefer", "include-unknown-enum-members");
             }
+            self.requests.fetch_add(1, Ordering::Relaxed);
             let failure = match req.send().await {
                 Err(e) => describe_reqwest(&e),
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    let date = resp
+                        .headers()
+                        .get(reqwest::header::DATE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| DateTime::parse_from_rfc2822(v.trim()).ok())
+                        .map(|d| d.with_timezone(&Utc));
                     let retry_after = resp
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
+                        .and_then(|v| parse_retry_after(v, date));
                     match status {
-                        200 => match resp.bytes().await {
+                        200 => match read_limited(resp, s.max_page_bytes).await {
                             Ok(body) => {
-                                return serde_json::from_slice::<Page>(&body).map_err(|e| {
+                                let mut page = serde_json::from_slice::<Page>(&body).map_err(|e| {
                                     PollError::BadResponse(format!("the alert list is not valid JSON: {e}"))
-                                })
+                                })?;
+                                page.date = date;
+                                return Ok(page);
                             }
-                            Err(e) => describe_reqwest(&e),
+                            Err(BodyError::TooLarge) => {
+                                return Err(PollError::TooLarge(s.max_page_bytes))
+                            }
+                            Err(BodyError::Read(e)) => describe_reqwest(&e),
                         },
                         401 if !renewed => {
                             // Expired or revoked token: sign in again, once.
@@ -710,8 +1008,29 @@ impl Poller {
     }
 }
 
+enum BodyError {
+    TooLarge,
+    Read(reqwest::Error),
+}
+
+/// Reads a response body, refusing one larger than `limit` bytes before it is all in memory
+/// (issue 8 §11: a page or an error body was read whole, however large).
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// `{"error":{"code":…,"message":…}}` (MDE and Graph error envelope, defender-api.md §1.5) as
-/// "code: message", else the start of the body.
+/// "code: message", else the start of the body. At most [`MAX_ERROR_BYTES`] are read.
 async fn api_error_text(resp: reqwest::Response) -> String {
     #[derive(Deserialize)]
     struct Envelope {
@@ -724,15 +1043,16 @@ async fn api_error_text(resp: reqwest::Response) -> String {
         #[serde(default)]
         message: String,
     }
-    let body = resp.bytes().await.unwrap_or_default();
-    match serde_json::from_slice::<Envelope>(&body) {
+    let body = match read_limited(resp, MAX_ERROR_BYTES).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return format!("(an error body over {MAX_ERROR_BYTES} bytes)"),
+        Err(BodyError::Read(_)) => Vec::new(),
+    };
+    let text = match serde_json::from_slice::<Envelope>(&body) {
         Ok(e) => format!("{}: {}", e.error.code, e.error.message),
-        Err(_) => String::from_utf8_lossy(&body)
-            .chars()
-            .take(200)
-            .filter(|c| !c.is_control())
-            .collect(),
-    }
+        Err(_) => String::from_utf8_lossy(&body).into_owned(),
+    };
+    text.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {
@@ -754,13 +1074,44 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
     text
 }
 
-/// Retry-After in seconds or as an HTTP date (RFC 9110 §10.2.3).
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    if let Ok(secs) = v.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+/// Retry-After in seconds or as an HTTP date (RFC 9110 §10.2.3), capped at
+/// [`MAX_RETRY_AFTER`]. A date is read against the response's own `Date` when it has one, so a
+/// local clock that is off does not change the wait.
+fn parse_retry_after(v: &str, date: Option<DateTime<Utc>>) -> Option<Duration> {
+    let wait = match v.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let when = DateTime::parse_from_rfc2822(v.trim()).ok()?;
+            (when.with_timezone(&Utc) - date.unwrap_or_else(Utc::now))
+                .to_std()
+                .unwrap_or_default()
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// `t - d`, saturating at the earliest time chrono has instead of panicking (issue 8 §5).
+fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// How many alerts of a page of `len` the next page repeats (a tenth, see `poll_mde`).
+fn margin(len: usize) -> usize {
+    if len < 2 {
+        0
+    } else {
+        (len / 10).max(1)
     }
-    let when = DateTime::parse_from_rfc2822(v.trim()).ok()?;
-    (when.with_timezone(&Utc) - Utc::now()).to_std().ok()
+}
+
+/// A stable name for an alert object that has no usable id.
+fn digest(json: &str) -> String {
+    use sha1::Digest as _;
+    let hash = sha1::Sha1::digest(json.as_bytes());
+    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Capped exponential backoff with "equal jitter": a random delay in [d/2, d] where
@@ -801,10 +1152,6 @@ fn encode(s: &str) -> String {
         .replace('+', "%20")
 }
 
-fn to_chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,8 +1167,22 @@ mod tests {
 
     #[test]
     fn retry_after_seconds_and_date() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("7", None), Some(Duration::from_secs(7)));
+        // A date in the past: no wait. One read against the response's own Date.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", None),
+            Some(Duration::ZERO)
+        );
+        let date = DateTime::parse_from_rfc2822("Wed, 21 Oct 2015 07:27:30 GMT")
+            .expect("date")
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", Some(date)),
+            Some(Duration::from_secs(30))
+        );
+        // A huge value is capped.
+        assert_eq!(parse_retry_after("999999999", None), Some(MAX_RETRY_AFTER));
+        assert_eq!(before(Utc::now(), Duration::MAX), DateTime::<Utc>::MIN_UTC);
     }
 
     #[test]

@@ -21,6 +21,12 @@ struct Bucket {
 /// A bucket for "L requests per P" gets capacity `b` (a tenth of the limit, at least 1) and
 /// refills at `(SAFETY*L - b) / P`, so any window of length P admits at most `b + rate*P =
 /// SAFETY*L` requests: the limit holds for every sliding window, not only on average.
+///
+/// Buckets start **empty**, not full (issue 8 §3): the API counts the requests of the process
+/// that ran before a restart too, and a full bucket after every restart would add `b` requests
+/// to a window each time. Empty, the window spanning a restart holds at most `b + rate*t` before
+/// it and `rate*t'` after it, `t + t' = P`: still `SAFETY*L`, however often the daemon restarts.
+/// The cost is one refill interval (about half a second) before a tenant's first request.
 pub struct RateLimiter {
     state: Mutex<(Vec<Bucket>, Instant)>,
 }
@@ -37,7 +43,7 @@ impl RateLimiter {
                 Bucket {
                     capacity,
                     rate,
-                    tokens: capacity,
+                    tokens: 0.0,
                 }
             })
             .collect();
@@ -46,12 +52,13 @@ impl RateLimiter {
         }
     }
 
-    /// Waits until every bucket has a token, then takes them.
-    pub async fn acquire(&self) {
+    /// Waits until every bucket has a token, then takes them. Returns how long it waited.
+    pub async fn acquire(&self) -> Duration {
+        let start = Instant::now();
         loop {
             let wait = self.try_acquire(Instant::now());
             match wait {
-                None => return,
+                None => return start.elapsed(),
                 Some(d) => tokio::time::sleep(d).await,
             }
         }
@@ -121,6 +128,16 @@ mod tests {
         assert!(max_in_window(&times, minute) <= 150);
         // Not needlessly slow either: about 142 per minute after the first burst.
         assert!(times[599] < Duration::from_secs(5 * 60), "{:?}", times[599]);
+    }
+
+    #[test]
+    fn a_new_limiter_starts_empty() {
+        let limiter = RateLimiter::new(&[(150, Duration::from_secs(60))]);
+        let now = Instant::now();
+        limiter.state.lock().expect("lock").1 = now;
+        let wait = limiter.try_acquire(now).expect("no token at start");
+        // One token refills in 1 / ((142.5 - 14) / 60 s) = 0.47 s.
+        assert!(wait > Duration::from_millis(400) && wait < Duration::from_millis(500));
     }
 
     #[test]

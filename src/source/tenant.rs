@@ -239,8 +239,10 @@ pub struct TenantSettings {
     pub overlap: Duration,
     /// On the very first run (no checkpoint), start at now minus this.
     pub initial_lookback: Duration,
-    /// `$top`: Graph allows at most 1,000, MDE 10,000 (defender-api.md §1.4, §3.1).
-    pub page_size: u32,
+    /// `$top`; `None` for the API's maximum, which is also its default here: Graph allows
+    /// 1,000, MDE 10,000 (defender-api.md §1.4, §3.1). Large pages make a burst of alerts cost
+    /// few requests under MDE's 100/min and 1,500/h.
+    pub page_size: Option<u32>,
     pub update_policy: UpdatePolicy,
     /// How long per-alert policy state (`first`, `status`) is kept after an alert's last update.
     pub policy_retention: Duration,
@@ -250,6 +252,9 @@ pub struct TenantSettings {
     /// First delay after a 5xx, timeout or connection error; doubles up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Largest response body read for a page (issue 8 §11). A larger page is an error and the
+    /// next request asks for half as many alerts.
+    pub max_page_bytes: usize,
 }
 
 impl TenantSettings {
@@ -273,12 +278,14 @@ impl TenantSettings {
             poll_interval: Duration::from_secs(60),
             overlap: Duration::from_secs(10 * 60),
             initial_lookback: Duration::from_secs(24 * 3600),
-            page_size: 500,
+            page_size: None,
             update_policy: UpdatePolicy::All,
             policy_retention: Duration::from_secs(30 * 24 * 3600),
             rate_limits: None,
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(5 * 60),
+            // 10,000 MDE alerts with evidence are some tens of MB.
+            max_page_bytes: 256 * 1024 * 1024,
         }
     }
 
@@ -300,6 +307,15 @@ impl TenantSettings {
 
     pub fn scope(&self) -> &'static str {
         self.cloud.scope(self.api)
+    }
+
+    /// `$top` in effect: the configured size within the API's maximum.
+    pub fn page_size(&self) -> u32 {
+        let max = match self.api {
+            Api::Graph => 1_000,
+            Api::Mde => 10_000,
+        };
+        self.page_size.unwrap_or(max).clamp(1, max)
     }
 
     /// The limits the rate limiter keeps under.

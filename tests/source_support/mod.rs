@@ -76,7 +76,7 @@ impl Harness {
         s.poll_interval = Duration::from_millis(100);
         s.overlap = Duration::from_secs(120);
         s.initial_lookback = Duration::from_secs(3600);
-        s.page_size = 10;
+        s.page_size = Some(10);
         s.backoff_base = Duration::from_millis(20);
         s.backoff_max = Duration::from_millis(200);
         // The documented limits (100/min for MDE) would make these tests slow; the rate
@@ -85,22 +85,37 @@ impl Harness {
         s
     }
 
+    /// The list requests the fake answered (any status), with their queries.
+    pub fn list_requests(&self) -> Vec<defender_bridge::fake_api::RequestRecord> {
+        self.fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/api/alerts" || r.path == "/v1.0/security/alerts_v2")
+            .collect()
+    }
+
     pub fn poller(&self, settings: TenantSettings) -> Poller {
         Poller::connect(settings, self.http.clone(), &self.state_dir()).expect("poller")
     }
 }
 
-/// Records every delivered alert version and accepts the batch.
+/// Records every delivered alert version (and the reason of every rejected alert object) and
+/// accepts the batch.
 #[derive(Clone, Default)]
-pub struct Received(pub Arc<Mutex<Vec<Version>>>);
+pub struct Received(pub Arc<Mutex<Vec<Version>>>, pub Arc<Mutex<Vec<String>>>);
 
 impl Received {
     /// A channel whose receiving end records and accepts every batch.
     pub fn channel(&self) -> mpsc::Sender<Delivery> {
         let (tx, mut rx) = mpsc::channel::<Delivery>(4);
         let store = self.0.clone();
+        let rejected = self.1.clone();
         tokio::spawn(async move {
             while let Some(Delivery { batch, ack }) = rx.recv().await {
+                rejected
+                    .lock()
+                    .expect("lock")
+                    .extend(batch.rejected.iter().map(|r| r.reason.clone()));
                 let mut s = store.lock().expect("lock");
                 for a in &batch.alerts {
                     // The raw JSON is the alert as served: its id and time agree.
@@ -152,6 +167,11 @@ impl Received {
 
     pub fn len(&self) -> usize {
         self.0.lock().expect("lock").len()
+    }
+
+    /// The reasons of the rejected alert objects handed over so far.
+    pub fn rejected(&self) -> Vec<String> {
+        self.1.lock().expect("lock").clone()
     }
 }
 
