@@ -30,17 +30,85 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{s:?} is not a duration like \"60s\" or \"5m\": {e}"
-        ))
-    })
+/// The accepted range of a duration key. Checked at load, so that no value in the file can
+/// overflow the poller's date arithmetic or make a sleep meaningless (issue 8 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    pub key: &'static str,
+    pub min: Duration,
+    pub max: Duration,
 }
 
-fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    de_duration(d).map(Some)
+const fn range(key: &'static str, min: Duration, max_secs: u64) -> DurationRange {
+    DurationRange {
+        key,
+        min,
+        max: Duration::from_secs(max_secs),
+    }
+}
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// Polling more often than ten times a second only spends the APIs' rate limits; a day is the
+/// longest interval that still delivers alerts the same day.
+pub const POLL_INTERVAL: DurationRange = range("poll_interval", Duration::from_millis(100), DAY);
+/// Alerts become visible minutes late (peers.md §6); a day of read-back covers any delay seen,
+/// and the de-duplication set holds every version of the overlap, so more only costs memory.
+pub const OVERLAP: DurationRange = range("overlap", Duration::ZERO, DAY);
+/// Neither API returns alerts older than the tenant's data retention, at most 180 days
+/// (defender-api.md §1.4 "Retention"; Defender for Endpoint's retention setting goes from 30 to
+/// 180 days): looking back further only asks for nothing.
+pub const INITIAL_LOOKBACK: DurationRange = range("initial_lookback", Duration::ZERO, 180 * DAY);
+/// systemd's default stop timeout is 90 s; an hour is far past any sensible flush.
+pub const SHUTDOWN_TIMEOUT: DurationRange = range("shutdown_timeout", Duration::ZERO, HOUR);
+
+/// A range bound in the largest whole unit, as the documentation writes it ("180d", not
+/// humantime's "5months 27days 19h 12m").
+fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match () {
+        _ if d.subsec_nanos() != 0 => format!("{}ms", d.as_millis()),
+        _ if s == 0 => "0s".to_string(),
+        _ if s % DAY == 0 => format!("{}d", s / DAY),
+        _ if s % HOUR == 0 => format!("{}h", s / HOUR),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+/// A duration key's value: parsed ("60s", "5m"), checked against its range, errors at its line.
+fn duration(
+    c: &Ctx,
+    value: &Option<Spanned<String>>,
+    r: DurationRange,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let text = v.get_ref();
+    let d = match humantime::parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => {
+            return c.err(
+                v.span(),
+                format!(
+                    "{} is {text:?}, not a duration like \"60s\" or \"5m\": {e}",
+                    r.key
+                ),
+            )
+        }
+    };
+    if d < r.min || d > r.max {
+        return c.err(
+            v.span(),
+            format!(
+                "{} is {text:?}: it must be from {} to {}",
+                r.key,
+                short(r.min),
+                short(r.max)
+            ),
+        );
+    }
+    Ok(Some(d))
 }
 
 /// Where a secret is: an environment variable or a file (whose content, trimmed, is the
@@ -59,12 +127,12 @@ pub struct SecretRef {
 pub struct RawConfig {
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub poll_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub overlap: Option<Duration>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub initial_lookback: Option<Duration>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub overlap: Option<Spanned<String>>,
+    #[serde(default)]
+    pub initial_lookback: Option<Spanned<String>>,
     #[serde(default)]
     pub update_policy: Option<Spanned<String>>,
     #[serde(default)]
@@ -81,8 +149,8 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     #[serde(default)]
     pub dead_letter: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub shutdown_timeout: Option<Duration>,
+    #[serde(default)]
+    pub shutdown_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub tenant: Vec<Spanned<RawTenant>>,
     #[serde(default)]
@@ -113,8 +181,8 @@ pub struct RawTenant {
     pub service_sources: Vec<String>,
     #[serde(default)]
     pub syslog_hostname: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub poll_interval: Option<Duration>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
     #[serde(default)]
     pub update_policy: Option<Spanned<String>>,
 }
@@ -270,6 +338,10 @@ impl Config {
             }
         };
         let global_policy = policy(&raw.update_policy)?;
+        let poll_interval = duration(&c, &raw.poll_interval, POLL_INTERVAL)?;
+        let overlap = duration(&c, &raw.overlap, OVERLAP)?;
+        let initial_lookback = duration(&c, &raw.initial_lookback, INITIAL_LOOKBACK)?;
+        let shutdown_timeout = duration(&c, &raw.shutdown_timeout, SHUTDOWN_TIMEOUT)?;
 
         let mut tenants: Vec<Tenant> = Vec::new();
         for t in &raw.tenant {
@@ -367,13 +439,13 @@ impl Config {
                 min_severity: severity(&c, &t.min_severity)?,
                 service_sources: t.service_sources.clone(),
             };
-            if let Some(p) = t.poll_interval.or(raw.poll_interval) {
+            if let Some(p) = duration(&c, &t.poll_interval, POLL_INTERVAL)?.or(poll_interval) {
                 s.poll_interval = p;
             }
-            if let Some(o) = raw.overlap {
+            if let Some(o) = overlap {
                 s.overlap = o;
             }
-            if let Some(l) = raw.initial_lookback {
+            if let Some(l) = initial_lookback {
                 s.initial_lookback = l;
             }
             if let Some(p) = raw.page_size {
@@ -499,7 +571,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("/var/lib/defender-bridge")),
             http,
             log_level: raw.log_level.clone().unwrap_or_else(|| "info".to_string()),
-            shutdown_timeout: raw.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
+            shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(30)),
             tenants,
             destinations,
             warnings,
@@ -630,6 +702,76 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn durations_out_of_range_name_the_key_the_range_and_the_line() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let cases: &[(&str, usize, &str)] = &[
+            // The value of issue 8 §5 that panicked the daemon.
+            (
+                "initial_lookback = \"300000y\"\n",
+                1,
+                "initial_lookback is \"300000y\": it must be from 0s to 180d",
+            ),
+            (
+                "\noverlap = \"1000000d\"\n",
+                2,
+                "overlap is \"1000000d\": it must be from 0s to 1d",
+            ),
+            (
+                "poll_interval = \"10ms\"\n",
+                1,
+                "poll_interval is \"10ms\": it must be from 100ms to 1d",
+            ),
+            (
+                "shutdown_timeout = \"2h\"\n",
+                1,
+                "shutdown_timeout is \"2h\": it must be from 0s to 1h",
+            ),
+            (
+                "shutdown_timeout = \"soon\"\n",
+                1,
+                "shutdown_timeout is \"soon\", not a duration",
+            ),
+            (
+                &format!("{TENANT}poll_interval = \"400d\"\n"),
+                6,
+                "poll_interval is \"400d\"",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (src, line, msg) in cases {
+            let e = err(src);
+            if e.line != Some(*line) || !e.message.contains(msg) {
+                wrong.push(format!("{src:?}\n  want {line} {msg:?}\n  got  {e}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// Every duration at its upper bound loads, and the poller's start (now minus the initial
+    /// look-back minus the overlap) is a representable time.
+    #[tokio::test]
+    async fn the_largest_durations_allowed_are_safe() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let max = |r: DurationRange| short(r.max);
+        let src = format!(
+            "poll_interval = \"{}\"\noverlap = \"{}\"\ninitial_lookback = \"{}\"\nshutdown_timeout = \"{}\"\n{TENANT}",
+            max(POLL_INTERVAL),
+            max(OVERLAP),
+            max(INITIAL_LOOKBACK),
+            max(SHUTDOWN_TIMEOUT)
+        );
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        let s = &c.tenants[0].settings;
+        assert_eq!(s.initial_lookback, INITIAL_LOOKBACK.max);
+        assert_eq!(c.shutdown_timeout, SHUTDOWN_TIMEOUT.max);
+        let back = chrono::Duration::from_std(s.initial_lookback + s.overlap).unwrap();
+        assert!(chrono::Utc::now().checked_sub_signed(back).is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let http = crate::source::build_http_client(&HttpSettings::default()).unwrap();
+        crate::source::Poller::connect(s.clone(), http, dir.path()).unwrap();
     }
 
     #[test]
