@@ -17,8 +17,8 @@ use crate::format::{syslog, Formatter, HeaderKind, SyslogHeader};
 use crate::output::OutputConfig;
 use crate::sink::{Framing, SinkConfig};
 use crate::source::{
-    Api, Cloud, Credential, Filters, HttpSettings, SecretString, Severity, TenantSettings,
-    UpdatePolicy,
+    Api, Checkpoint, Cloud, Credential, Filters, HttpSettings, SecretString, Severity,
+    TenantSettings, UpdatePolicy,
 };
 
 /// A configuration that could not be loaded: the file, the line when known, and why.
@@ -291,14 +291,16 @@ impl Ctx<'_> {
     ) -> Result<T, ConfigError> {
         Err(ConfigError {
             origin: self.origin.to_string(),
-            line: Some(
-                self.src[..span.start.min(self.src.len())]
-                    .matches('\n')
-                    .count()
-                    + 1,
-            ),
+            line: Some(self.line(&span)),
             message: message.into(),
         })
+    }
+
+    fn line(&self, span: &std::ops::Range<usize>) -> usize {
+        self.src[..span.start.min(self.src.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 }
 
@@ -344,6 +346,8 @@ impl Config {
         let shutdown_timeout = duration(&c, &raw.shutdown_timeout, SHUTDOWN_TIMEOUT)?;
 
         let mut tenants: Vec<Tenant> = Vec::new();
+        // (tenant id normalised, API, checkpoint file name) → the line of the block that has it.
+        let mut polled: Vec<(String, Api, PathBuf, usize)> = Vec::new();
         for t in &raw.tenant {
             let span = t.span();
             let t = t.get_ref();
@@ -408,6 +412,24 @@ impl Config {
                     return c.err(span, format!("api is {other:?}: use \"graph\" or \"mde\""))
                 }
             };
+            // One tenant and API polled twice would send every alert twice, and both pollers
+            // would write one checkpoint file (issue 8 §6). Tenant ids are case-insensitive
+            // (GUIDs and domain names); the file name check catches ids that differ only in
+            // characters the file name replaces.
+            let id = s.tenant_id.to_ascii_lowercase();
+            let file = Checkpoint::path(Path::new(""), &id, &s.api.to_string());
+            if let Some((_, _, _, line)) = polled
+                .iter()
+                .find(|(i, a, f, _)| (*i == id && *a == s.api) || *f == file)
+            {
+                return c.err(
+                    t.tenant_id.span(),
+                    format!(
+                        "tenant {name:?} polls the same tenant_id and api as the [[tenant]] block at line {line}: give each customer tenant and API one block"
+                    ),
+                );
+            }
+            polled.push((id, s.api, file, c.line(&span)));
             s.cloud = match t.cloud.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
                 None | Some(("commercial", _)) => Cloud::Commercial,
                 Some(("gcc", _)) => Cloud::Gcc,
@@ -687,6 +709,8 @@ mod tests {
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\ncloud = \"azure-china\"\n", 6, "cloud is \"azure-china\""),
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\napi_base_url = \"http://x\"\n", 6, "must be an https:// URL"),
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n[[tenant]]\nname = \"a\"\ntenant_id = \"u\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n", 7, "two tenants are named \"a\""),
+            (&format!("{TENANT}[[tenant]]\nname = \"b\"\ntenant_id = \" T \"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\n"), 8, "polls the same tenant_id and api as the [[tenant]] block at line 1"),
+            (&format!("{TENANT}api = \"mde\"\n[[tenant]]\nname = \"b\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\napi = \"mde\"\n"), 9, "polls the same tenant_id and api"),
             ("[[destination]]\nurl = \"ftp://x\"\nformat = \"json\"\n", 2, "invalid destination"),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"qradr\"\n", 3, "no built-in format of that name"),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\nframing = \"nul\"\n", 4, "unknown framing"),
@@ -772,6 +796,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let http = crate::source::build_http_client(&HttpSettings::default()).unwrap();
         crate::source::Poller::connect(s.clone(), http, dir.path()).unwrap();
+    }
+
+    /// The same tenant on both APIs is two pollers with two checkpoints, not a duplicate.
+    #[test]
+    fn one_tenant_may_be_polled_through_both_apis() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let src = format!("{TENANT}[[tenant]]\nname = \"b\"\ntenant_id = \"T\"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\napi = \"mde\"\n");
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        assert_eq!(c.tenants[1].settings.api, Api::Mde);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! daemon stops can be sent again after the restart (at-least-once, with the alert id and
 //! lastUpdate time in every record for the SIEM to de-duplicate).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use crate::config::{Config, Destination, Tenant};
 use crate::dead_letter::{DeadLetterFile, Letter};
 use crate::format::Context;
 use crate::output::{Output, OutputStats};
-use crate::source::{build_http_client, Delivery, Poller};
+use crate::source::{build_http_client, Checkpoint, Delivery, Poller};
 
 /// A destination and what it takes.
 struct Route {
@@ -51,6 +52,23 @@ pub async fn run(
             config.state_dir.display()
         )
     })?;
+    // Held until `run` returns: a second daemon on this directory would poll the same tenants
+    // and overwrite the same checkpoints.
+    let _lock = lock_state_dir(&config.state_dir)?;
+    match Checkpoint::remove_temp_files(&config.state_dir) {
+        Ok(removed) => {
+            for path in removed {
+                tracing::info!(
+                    "removed {}, left by an interrupted checkpoint save",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            "cannot clean the temp files of {}: {e}",
+            config.state_dir.display()
+        ),
+    }
     let http = build_http_client(&config.http)?;
     let mut routes = Vec::new();
     for d in &config.destinations {
@@ -117,6 +135,29 @@ pub async fn run(
         anyhow::bail!("{}", unflushed.join("; "));
     }
     Ok(out)
+}
+
+/// Locks `<state_dir>/defender-bridge.lock` for as long as the returned file is open. The
+/// kernel drops the lock when the process ends, however it ends, so a crash leaves no stale lock.
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = state_dir.join("defender-bridge.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the state directory {} is in use by another defender-bridge (it holds {}); stop that one, or give this one its own state_dir",
+            state_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("cannot lock {}: {e}", path.display())
+        }
+    }
 }
 
 /// One tenant's pages: decode, send to every route that wants the alert, wait until written,

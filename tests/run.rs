@@ -417,3 +417,51 @@ async fn check_online_and_tenants_verify_say_ok_or_what_is_wrong() {
     let got = receiver.wait_for_lines(1).await;
     assert!(String::from_utf8_lossy(&got[0]).contains("defender-bridge test alert"));
 }
+
+/// A second `run` on the same state directory refuses to start and says why, while the first
+/// keeps it; the first, under its lock, has removed a temp file left by an interrupted save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_one_state_dir_refuses_and_leftover_temp_files_go() {
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(receiver.port, "").await;
+    let state = s.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let leftover = state.join(format!("{T1}-graph.json.tmp4242"));
+    std::fs::write(&leftover, b"{ half a checkp").unwrap();
+    let first = start(&s.config);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while leftover.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first run removes the leftover temp file");
+    let second = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+            .args(["run", "--config", s.config.to_str().unwrap()])
+            .env("CONTOSO_SECRET", "secret-one")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second run exits")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the state directory {} is in use by another defender-bridge",
+            state.display()
+        )),
+        "{stderr}"
+    );
+    // The first is unharmed: it still polls and delivers.
+    let t = ago(30);
+    s.fake
+        .upsert_alert(T1, Api::Graph, graph_alert(T1, "da-lock", t, "new", 1));
+    let got = received(&wait_lines(&receiver, 1).await);
+    assert_eq!(got[0].0 .1, "da-lock");
+    stop(first).await;
+}
