@@ -267,6 +267,9 @@ impl Destination {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
+    /// Alerts that cannot be forwarded and records that cannot fit a destination go here:
+    /// `dead_letter`, or `<state_dir>/dead-letter.ndjson` (issue 8 §12).
+    pub dead_letter: PathBuf,
     pub http: HttpSettings,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -482,6 +485,14 @@ impl Config {
             });
         }
 
+        let state_dir = raw
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/defender-bridge"));
+        let dead_letter = raw
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| state_dir.join("dead-letter.ndjson"));
         let names: HashSet<String> = tenants.iter().map(|t| t.settings.name.clone()).collect();
         let default_hostname = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
@@ -560,7 +571,7 @@ impl Config {
                         d.hostname.as_deref().unwrap_or(&default_hostname),
                         d.app_name.as_deref().unwrap_or("defender-bridge"),
                     ),
-                    dead_letter: raw.dead_letter.clone(),
+                    dead_letter: Some(dead_letter.clone()),
                 },
                 tenants: tenant_filter,
                 min_severity: severity(&c, &d.min_severity)?,
@@ -587,10 +598,8 @@ impl Config {
             ..HttpSettings::default()
         };
         Ok(Config {
-            state_dir: raw
-                .state_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/var/lib/defender-bridge")),
+            state_dir,
+            dead_letter,
             http,
             log_level: raw.log_level.clone().unwrap_or_else(|| "info".to_string()),
             shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(30)),
@@ -805,6 +814,32 @@ mod tests {
         let src = format!("{TENANT}[[tenant]]\nname = \"b\"\ntenant_id = \"T\"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\napi = \"mde\"\n");
         let c = Config::from_toml("c.toml", &src).unwrap();
         assert_eq!(c.tenants[1].settings.api, Api::Mde);
+    }
+
+    #[test]
+    fn the_dead_letter_file_is_on_by_default_in_the_state_dir() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let dest = "[[destination]]\nurl = \"udp://127.0.0.1:514\"\nformat = \"json\"\n";
+        let c = Config::from_toml(
+            "c.toml",
+            &format!("state_dir = \"/srv/db\"\n{TENANT}{dest}"),
+        )
+        .unwrap();
+        assert_eq!(c.dead_letter, Path::new("/srv/db/dead-letter.ndjson"));
+        assert_eq!(
+            c.destinations[0].output.dead_letter.as_ref(),
+            Some(&c.dead_letter)
+        );
+        let c = Config::from_toml(
+            "c.toml",
+            &format!("dead_letter = \"/srv/letters.ndjson\"\n{TENANT}{dest}"),
+        )
+        .unwrap();
+        assert_eq!(c.dead_letter, Path::new("/srv/letters.ndjson"));
+        assert_eq!(
+            c.destinations[0].output.dead_letter.as_ref(),
+            Some(&c.dead_letter)
+        );
     }
 
     #[test]

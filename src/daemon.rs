@@ -23,7 +23,7 @@ use crate::config::{Config, Destination, Tenant};
 use crate::dead_letter::{DeadLetterFile, Letter};
 use crate::format::Context;
 use crate::output::{Output, OutputStats};
-use crate::source::{build_http_client, Checkpoint, Delivery, Poller};
+use crate::source::{build_http_client, AlertBatch, Checkpoint, Delivery, Poller};
 
 /// A destination and what it takes.
 struct Route {
@@ -36,6 +36,8 @@ struct Route {
 pub struct RunStats {
     pub alerts: AtomicU64,
     pub undecodable: AtomicU64,
+    /// Alerts the poller could not forward (no id, no readable lastUpdate time).
+    pub rejected: AtomicU64,
 }
 
 /// Runs until `stop` is cancelled, then flushes every output within the configured timeout.
@@ -78,16 +80,10 @@ pub async fn run(
         });
     }
     let routes = Arc::new(routes);
-    let undecodable_letters = match config
-        .destinations
-        .iter()
-        .find_map(|d| d.output.dead_letter.clone())
-    {
-        Some(path) => Some(Arc::new(DeadLetterFile::open(&path).map_err(|e| {
-            anyhow::anyhow!("dead-letter file {}: {e}", path.display())
-        })?)),
-        None => None,
-    };
+    let letters =
+        Arc::new(DeadLetterFile::open(&config.dead_letter).map_err(|e| {
+            anyhow::anyhow!("dead-letter file {}: {e}", config.dead_letter.display())
+        })?);
     let stats = Arc::new(RunStats::default());
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in &config.tenants {
@@ -107,7 +103,7 @@ pub async fn run(
             tenant.clone(),
             rx,
             routes.clone(),
-            undecodable_letters.clone(),
+            letters.clone(),
             stats.clone(),
             stop.child_token(),
         ));
@@ -160,92 +156,229 @@ fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// One tenant's pages: decode, send to every route that wants the alert, wait until written,
-/// acknowledge.
+/// One tenant's pages: decode, send to every route that wants the alert, put what cannot be
+/// forwarded in the dead-letter file, wait until written, acknowledge.
 async fn handle(
     tenant: Tenant,
     mut rx: mpsc::Receiver<Delivery>,
     routes: Arc<Vec<Route>>,
-    letters: Option<Arc<DeadLetterFile>>,
+    letters: Arc<DeadLetterFile>,
     stats: Arc<RunStats>,
     stop: CancellationToken,
 ) {
-    let name = tenant.settings.name.clone();
-    let ctx = Context {
-        tenant_name: Some(&name),
-        hostname: tenant.syslog_hostname.as_deref(),
-    };
     loop {
         let delivery = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => return },
             _ = stop.cancelled() => return,
         };
         let Delivery { batch, ack } = delivery;
-        let mut used = vec![false; routes.len()];
-        let mut failed = false;
-        for raw in &batch.alerts {
-            let mut alert = match Alert::from_json(raw.json.get()) {
-                Ok(a) => a,
-                Err(e) => {
-                    // Never lost: an alert that does not decode goes to the dead-letter file.
-                    stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(tenant = %name, alert = %raw.id, "cannot decode alert: {e}");
-                    if let Some(l) = &letters {
-                        let _ = l.write(&Letter {
-                            destination: "-",
-                            alert_id: &raw.id,
-                            last_update_date_time: Some(raw.last_update.to_rfc3339()),
-                            tenant_name: Some(&name),
-                            reason: format!("cannot decode alert: {e}"),
-                            record: raw.json.get(),
-                        });
-                    }
-                    continue;
-                }
-            };
-            stats.alerts.fetch_add(1, Ordering::Relaxed);
-            // The MDE API has no alert link; Graph's alertWebUrl has this form.
-            if alert.alert_web_url.is_none() {
-                let tid = alert
-                    .tenant_id
-                    .as_deref()
-                    .unwrap_or(&tenant.settings.tenant_id);
-                alert.alert_web_url = Some(tenant.settings.cloud.alert_link(&alert.id, tid).into());
-            }
-            for (i, r) in routes.iter().enumerate() {
-                if !r.destination.wants(&name, &alert.severity) {
-                    continue;
-                }
-                used[i] = true;
-                let sent = tokio::select! {
-                    s = r.output.send(&alert, &ctx) => s,
-                    _ = stop.cancelled() => return,
-                };
-                if let Err(e) = sent {
-                    tracing::error!(tenant = %name, destination = r.output.destination(), "{e}");
-                    failed = true;
-                }
-            }
-        }
-        if failed {
+        match handle_page(&tenant, &batch, &routes, &letters, &stats, &stop).await {
+            Page::Done => ack.accept(),
             // Not acknowledged: the checkpoint stays, and the page comes again.
-            continue;
+            Page::Again => continue,
+            Page::Stopped => return,
         }
-        // Wait until every destination used has written what it was given.
-        for (_, r) in routes.iter().enumerate().filter(|(i, _)| used[*i]) {
-            loop {
-                let flushed = tokio::select! {
-                    f = r.output.flush(Duration::from_secs(5)) => f,
-                    _ = stop.cancelled() => return,
-                };
-                match flushed {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::debug!(tenant = %name, "waiting for {}: {e}", r.output.destination())
-                    }
+    }
+}
+
+/// What became of a page.
+#[derive(Debug, PartialEq, Eq)]
+enum Page {
+    /// Every record written and every dead letter saved: acknowledge it.
+    Done,
+    /// Something was not: leave it unacknowledged so that it comes again.
+    Again,
+    /// The daemon is stopping.
+    Stopped,
+}
+
+async fn handle_page(
+    tenant: &Tenant,
+    batch: &AlertBatch,
+    routes: &[Route],
+    letters: &DeadLetterFile,
+    stats: &RunStats,
+    stop: &CancellationToken,
+) -> Page {
+    let name = &tenant.settings.name;
+    let ctx = Context {
+        tenant_name: Some(name),
+        hostname: tenant.syslog_hostname.as_deref(),
+    };
+    // The cursor moves past every alert of the page, so what cannot be forwarded must be in the
+    // dead-letter file before the page is acknowledged (issue 8 §12).
+    let mut dead = Vec::new();
+    for r in &batch.rejected {
+        stats.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(tenant = %name, alert = r.id.as_deref().unwrap_or("-"),
+            "alert cannot be forwarded, it goes to the dead-letter file: {}", r.reason);
+        dead.push(Letter {
+            destination: "-",
+            alert_id: r.id.as_deref(),
+            last_update_date_time: None,
+            tenant_name: Some(name),
+            reason: r.reason.clone(),
+            record: r.json.get(),
+        });
+    }
+    let mut used = vec![false; routes.len()];
+    let mut failed = false;
+    for raw in &batch.alerts {
+        let mut alert = match Alert::from_json(raw.json.get()) {
+            Ok(a) => a,
+            Err(e) => {
+                stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(tenant = %name, alert = %raw.id,
+                    "cannot decode alert, it goes to the dead-letter file: {e}");
+                dead.push(Letter {
+                    destination: "-",
+                    alert_id: Some(&raw.id),
+                    last_update_date_time: Some(raw.last_update.to_rfc3339()),
+                    tenant_name: Some(name),
+                    reason: format!("cannot decode alert: {e}"),
+                    record: raw.json.get(),
+                });
+                continue;
+            }
+        };
+        stats.alerts.fetch_add(1, Ordering::Relaxed);
+        // The MDE API has no alert link; Graph's alertWebUrl has this form.
+        if alert.alert_web_url.is_none() {
+            let tid = alert
+                .tenant_id
+                .as_deref()
+                .unwrap_or(&tenant.settings.tenant_id);
+            alert.alert_web_url = Some(tenant.settings.cloud.alert_link(&alert.id, tid).into());
+        }
+        for (i, r) in routes.iter().enumerate() {
+            if !r.destination.wants(name, &alert.severity) {
+                continue;
+            }
+            used[i] = true;
+            let sent = tokio::select! {
+                s = r.output.send(&alert, &ctx) => s,
+                _ = stop.cancelled() => return Page::Stopped,
+            };
+            if let Err(e) = sent {
+                tracing::error!(tenant = %name, destination = r.output.destination(), "{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        // Dead letters are written once the page's records were taken, so that a page that
+        // comes again does not put its letters in the file twice.
+        return Page::Again;
+    }
+    for letter in &dead {
+        if let Err(e) = letters.write(letter) {
+            tracing::error!(tenant = %name, dead_letter = %letters.path().display(),
+                "cannot write the dead-letter file, the page is not acknowledged and comes again: {e}");
+            return Page::Again;
+        }
+    }
+    // Wait until every destination used has written what it was given.
+    for (_, r) in routes.iter().enumerate().filter(|(i, _)| used[*i]) {
+        loop {
+            let flushed = tokio::select! {
+                f = r.output.flush(Duration::from_secs(5)) => f,
+                _ = stop.cancelled() => return Page::Stopped,
+            };
+            match flushed {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(tenant = %name, "waiting for {}: {e}", r.output.destination())
                 }
             }
         }
-        ack.accept();
+    }
+    Page::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{Api, Credential, RawAlert, RejectedAlert, SecretString, TenantSettings};
+    use serde_json::value::RawValue;
+
+    fn tenant() -> Tenant {
+        Tenant {
+            settings: TenantSettings::new(
+                "contoso",
+                "t",
+                "c",
+                Credential::Secret(SecretString::new("x")),
+            ),
+            syslog_hostname: None,
+        }
+    }
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    /// A page with an alert the poller rejected (no id) and one that does not decode.
+    fn page() -> AlertBatch {
+        AlertBatch {
+            tenant_name: "contoso".into(),
+            tenant_id: "t".into(),
+            api: Api::Graph,
+            alerts: vec![RawAlert {
+                id: "da-odd".into(),
+                last_update: chrono::Utc::now(),
+                json: raw(r#"{"id":"da-odd","colour":"blue"}"#),
+            }],
+            rejected: vec![RejectedAlert {
+                id: None,
+                reason: "it has no id".into(),
+                json: raw(r#"{"title":"no id"}"#),
+            }],
+            cursor_after: chrono::Utc::now(),
+        }
+    }
+
+    /// Rejected and undecodable alerts of a page are in the dead-letter file, whole, with their
+    /// reasons, before the page is acknowledged.
+    #[tokio::test]
+    async fn what_cannot_be_forwarded_is_dead_lettered_before_the_page_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead-letter.ndjson");
+        let letters = DeadLetterFile::open(&path).unwrap();
+        let stats = RunStats::default();
+        let stop = CancellationToken::new();
+        let page = handle_page(&tenant(), &page(), &[], &letters, &stats, &stop).await;
+        assert_eq!(page, Page::Done);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["reason"], "it has no id");
+        assert_eq!(lines[0]["record"], r#"{"title":"no id"}"#);
+        assert!(lines[0].get("alertId").is_none());
+        assert_eq!(lines[1]["alertId"], "da-odd");
+        assert_eq!(lines[1]["tenantName"], "contoso");
+        assert!(
+            lines[1]["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("cannot decode alert"),
+            "{text}"
+        );
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.undecodable.load(Ordering::Relaxed), 1);
+    }
+
+    /// A dead-letter file that cannot be written (a full disk: /dev/full) leaves the page
+    /// unacknowledged, so that it comes again.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failed_dead_letter_write_leaves_the_page_unacknowledged() {
+        let letters = DeadLetterFile::open(Path::new("/dev/full")).unwrap();
+        let stop = CancellationToken::new();
+        let stats = RunStats::default();
+        let page = handle_page(&tenant(), &page(), &[], &letters, &stats, &stop).await;
+        assert_eq!(page, Page::Again);
     }
 }
