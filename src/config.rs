@@ -70,9 +70,9 @@ fn short(d: Duration) -> String {
     match () {
         _ if d.subsec_nanos() != 0 => format!("{}ms", d.as_millis()),
         _ if s == 0 => "0s".to_string(),
-        _ if s % DAY == 0 => format!("{}d", s / DAY),
-        _ if s % HOUR == 0 => format!("{}h", s / HOUR),
-        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ if s.is_multiple_of(DAY) => format!("{}d", s / DAY),
+        _ if s.is_multiple_of(HOUR) => format!("{}h", s / HOUR),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
         _ => format!("{s}s"),
     }
 }

@@ -2,7 +2,8 @@
 //! that wants it.
 //!
 //! One poller task and one handler task per tenant, so that a failing or slow tenant never
-//! delays another (peers.md §7.4). A handler decodes each page, queues its records on every
+//! delays another (peers.md §7.4), under a supervisor per tenant that retries a start that
+//! failed and restarts the pair after a panic (issue 8 §13). A handler decodes each page, queues its records on every
 //! matching output, waits until the outputs have written them, and only then acknowledges the
 //! page, which lets the tenant's checkpoint move past it (issue: "advanced only after every
 //! destination accepted the records of that page"). While a destination is down its tenants'
@@ -23,6 +24,7 @@ use crate::config::{Config, Destination, Tenant};
 use crate::dead_letter::{DeadLetterFile, Letter};
 use crate::format::Context;
 use crate::output::{Output, OutputStats};
+use crate::source::defender::backoff;
 use crate::source::{build_http_client, AlertBatch, Checkpoint, Delivery, Poller};
 
 /// A destination and what it takes.
@@ -87,25 +89,30 @@ pub async fn run(
     let stats = Arc::new(RunStats::default());
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in &config.tenants {
-        let poller = match Poller::connect(tenant.settings.clone(), http.clone(), &config.state_dir)
-        {
-            Ok(p) => p,
-            Err(e) => {
-                // A tenant that cannot even start (a certificate file missing) is reported and
-                // skipped; the others run.
-                tracing::error!(tenant = %tenant.settings.name, "cannot start polling: {e}");
-                continue;
-            }
-        };
-        let (tx, rx) = mpsc::channel::<Delivery>(2);
-        tasks.spawn(poller.run(tx, stop.child_token()));
-        tasks.spawn(handle(
+        let settings = tenant.settings.clone();
+        let (http, state_dir) = (http.clone(), config.state_dir.clone());
+        let (tenant, routes, letters, stats, tenant_stop) = (
             tenant.clone(),
-            rx,
             routes.clone(),
             letters.clone(),
             stats.clone(),
-            stop.child_token(),
+            stop.clone(),
+        );
+        tasks.spawn(supervise(
+            tenant.settings.name.clone(),
+            (settings.backoff_base, settings.backoff_max),
+            stop.clone(),
+            move || Poller::connect(settings.clone(), http.clone(), &state_dir),
+            move |poller| {
+                run_tenant(
+                    poller,
+                    tenant.clone(),
+                    routes.clone(),
+                    letters.clone(),
+                    stats.clone(),
+                    tenant_stop.clone(),
+                )
+            },
         ));
     }
     tracing::info!(
@@ -131,6 +138,110 @@ pub async fn run(
         anyhow::bail!("{}", unflushed.join("; "));
     }
     Ok(out)
+}
+
+/// Keeps one tenant going until `stop` (issue 8 §13). `start` (the poller's `connect`: its
+/// certificate may not be mounted yet, its checkpoint may be damaged) is tried again after a
+/// capped exponential backoff with jitter until it succeeds; then `run` runs in its own task. If
+/// that task ends or panics while the daemon is not stopping, the failure is logged and the
+/// tenant started again after a backoff. A panic never reaches another tenant or the process.
+/// `delays` are the first and the longest delay; the count of failures in a row, which sets
+/// the delay, starts again after a run that lasted the longest delay.
+pub(crate) async fn supervise<T, E, Fut>(
+    name: String,
+    (base, max): (Duration, Duration),
+    stop: CancellationToken,
+    mut start: impl FnMut() -> Result<T, E>,
+    mut run: impl FnMut(T) -> Fut,
+) where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut failures: u32 = 0;
+    loop {
+        let started = match start() {
+            Ok(t) => t,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(base, max, failures);
+                tracing::error!(tenant = %name,
+                    "cannot start polling ({failures} failure(s) in a row), retrying in {delay:?}: {e}");
+                if !sleep_unless_stopped(delay, &stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if failures > 0 {
+            tracing::info!(tenant = %name, "polling started after {failures} failure(s)");
+        }
+        let began = tokio::time::Instant::now();
+        let ended = tokio::spawn(run(started)).await;
+        // A JoinError says "task 12 panicked with message \"…\"".
+        let why = match &ended {
+            Ok(()) => "its poller and handler ended".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if stop.is_cancelled() {
+            if ended.is_err() {
+                tracing::error!(tenant = %name, "during shutdown: {why}");
+            }
+            return;
+        }
+        if began.elapsed() >= max {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        let delay = backoff(base, max, failures);
+        tracing::error!(tenant = %name, "tenant stopped: {why}; restarting in {delay:?}");
+        if !sleep_unless_stopped(delay, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps `delay`; false when `stop` came first.
+async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
+/// One tenant's poller and handler. When one of them ends the other cannot go on (their
+/// channel is closed), so it is stopped too; a panic of either is passed on to the supervisor.
+async fn run_tenant(
+    poller: Poller,
+    tenant: Tenant,
+    routes: Arc<Vec<Route>>,
+    letters: Arc<DeadLetterFile>,
+    stats: Arc<RunStats>,
+    stop: CancellationToken,
+) {
+    let pair_stop = stop.child_token();
+    let (tx, rx) = mpsc::channel::<Delivery>(2);
+    let mut pair = tokio::task::JoinSet::new();
+    pair.spawn(poller.run(tx, pair_stop.clone()));
+    pair.spawn(handle(
+        tenant,
+        rx,
+        routes,
+        letters,
+        stats,
+        pair_stop.clone(),
+    ));
+    let mut panic = None;
+    while let Some(ended) = pair.join_next().await {
+        pair_stop.cancel();
+        if let Err(e) = ended {
+            if e.is_panic() && panic.is_none() {
+                panic = Some(e.into_panic());
+            }
+        }
+    }
+    if let Some(p) = panic {
+        std::panic::resume_unwind(p);
+    }
 }
 
 /// Locks `<state_dir>/defender-bridge.lock` for as long as the returned file is open. The
@@ -368,6 +479,56 @@ mod tests {
         );
         assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
         assert_eq!(stats.undecodable.load(Ordering::Relaxed), 1);
+    }
+
+    /// A start that fails is retried; a run that panics is restarted; neither reaches the
+    /// caller; `stop` ends the supervisor.
+    #[tokio::test]
+    async fn the_supervisor_retries_a_failed_start_and_restarts_a_panicked_task() {
+        use std::sync::atomic::AtomicU32;
+        let starts = Arc::new(AtomicU32::new(0));
+        let runs = Arc::new(AtomicU32::new(0));
+        let stop = CancellationToken::new();
+        let (second_run, running) = tokio::sync::oneshot::channel::<()>();
+        let second_run = Arc::new(std::sync::Mutex::new(Some(second_run)));
+        let supervisor = tokio::spawn(supervise(
+            "contoso".to_string(),
+            (Duration::from_millis(5), Duration::from_millis(50)),
+            stop.clone(),
+            {
+                let starts = starts.clone();
+                move || match starts.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err("the certificate is not there yet"),
+                    n => Ok(n),
+                }
+            },
+            {
+                let (runs, stop) = (runs.clone(), stop.clone());
+                move |_| {
+                    let (runs, stop, second_run) = (runs.clone(), stop.clone(), second_run.clone());
+                    async move {
+                        if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                            panic!("the first run panics");
+                        }
+                        if let Some(tx) = second_run.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                        stop.cancelled().await;
+                    }
+                }
+            },
+        ));
+        tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .expect("restarted after the panic")
+            .unwrap();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), supervisor)
+            .await
+            .expect("the supervisor ends on stop")
+            .expect("the panic did not reach the supervisor");
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
     /// A dead-letter file that cannot be written (a full disk: /dev/full) leaves the page
