@@ -315,6 +315,7 @@ fn bench() -> anyhow::Result<ExitCode> {
     sink.framing = Some(Framing::Lf);
     let config = Config {
         state_dir: dir.path().join("state"),
+        dead_letter: dir.path().join("state").join("dead-letter.ndjson"),
         http: HttpSettings {
             extra_ca_file: Some(ca),
             ..HttpSettings::default()

@@ -17,8 +17,8 @@ use crate::format::{syslog, Formatter, HeaderKind, SyslogHeader};
 use crate::output::OutputConfig;
 use crate::sink::{Framing, SinkConfig};
 use crate::source::{
-    Api, Cloud, Credential, Filters, HttpSettings, SecretString, Severity, TenantSettings,
-    UpdatePolicy,
+    Api, Checkpoint, Cloud, Credential, Filters, HttpSettings, SecretString, Severity,
+    TenantSettings, UpdatePolicy,
 };
 
 /// A configuration that could not be loaded: the file, the line when known, and why.
@@ -30,17 +30,85 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{s:?} is not a duration like \"60s\" or \"5m\": {e}"
-        ))
-    })
+/// The accepted range of a duration key. Checked at load, so that no value in the file can
+/// overflow the poller's date arithmetic or make a sleep meaningless (issue 8 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    pub key: &'static str,
+    pub min: Duration,
+    pub max: Duration,
 }
 
-fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    de_duration(d).map(Some)
+const fn range(key: &'static str, min: Duration, max_secs: u64) -> DurationRange {
+    DurationRange {
+        key,
+        min,
+        max: Duration::from_secs(max_secs),
+    }
+}
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// Polling more often than ten times a second only spends the APIs' rate limits; a day is the
+/// longest interval that still delivers alerts the same day.
+pub const POLL_INTERVAL: DurationRange = range("poll_interval", Duration::from_millis(100), DAY);
+/// Alerts become visible minutes late (peers.md §6); a day of read-back covers any delay seen,
+/// and the de-duplication set holds every version of the overlap, so more only costs memory.
+pub const OVERLAP: DurationRange = range("overlap", Duration::ZERO, DAY);
+/// Neither API returns alerts older than the tenant's data retention, at most 180 days
+/// (defender-api.md §1.4 "Retention"; Defender for Endpoint's retention setting goes from 30 to
+/// 180 days): looking back further only asks for nothing.
+pub const INITIAL_LOOKBACK: DurationRange = range("initial_lookback", Duration::ZERO, 180 * DAY);
+/// systemd's default stop timeout is 90 s; an hour is far past any sensible flush.
+pub const SHUTDOWN_TIMEOUT: DurationRange = range("shutdown_timeout", Duration::ZERO, HOUR);
+
+/// A range bound in the largest whole unit, as the documentation writes it ("180d", not
+/// humantime's "5months 27days 19h 12m").
+fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match () {
+        _ if d.subsec_nanos() != 0 => format!("{}ms", d.as_millis()),
+        _ if s == 0 => "0s".to_string(),
+        _ if s.is_multiple_of(DAY) => format!("{}d", s / DAY),
+        _ if s.is_multiple_of(HOUR) => format!("{}h", s / HOUR),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+/// A duration key's value: parsed ("60s", "5m"), checked against its range, errors at its line.
+fn duration(
+    c: &Ctx,
+    value: &Option<Spanned<String>>,
+    r: DurationRange,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let text = v.get_ref();
+    let d = match humantime::parse_duration(text) {
+        Ok(d) => d,
+        Err(e) => {
+            return c.err(
+                v.span(),
+                format!(
+                    "{} is {text:?}, not a duration like \"60s\" or \"5m\": {e}",
+                    r.key
+                ),
+            )
+        }
+    };
+    if d < r.min || d > r.max {
+        return c.err(
+            v.span(),
+            format!(
+                "{} is {text:?}: it must be from {} to {}",
+                r.key,
+                short(r.min),
+                short(r.max)
+            ),
+        );
+    }
+    Ok(Some(d))
 }
 
 /// Where a secret is: an environment variable or a file (whose content, trimmed, is the
@@ -59,12 +127,12 @@ pub struct SecretRef {
 pub struct RawConfig {
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub poll_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub overlap: Option<Duration>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub initial_lookback: Option<Duration>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub overlap: Option<Spanned<String>>,
+    #[serde(default)]
+    pub initial_lookback: Option<Spanned<String>>,
     #[serde(default)]
     pub update_policy: Option<Spanned<String>>,
     #[serde(default)]
@@ -81,8 +149,8 @@ pub struct RawConfig {
     pub log_level: Option<String>,
     #[serde(default)]
     pub dead_letter: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub shutdown_timeout: Option<Duration>,
+    #[serde(default)]
+    pub shutdown_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub tenant: Vec<Spanned<RawTenant>>,
     #[serde(default)]
@@ -113,8 +181,8 @@ pub struct RawTenant {
     pub service_sources: Vec<String>,
     #[serde(default)]
     pub syslog_hostname: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub poll_interval: Option<Duration>,
+    #[serde(default)]
+    pub poll_interval: Option<Spanned<String>>,
     #[serde(default)]
     pub update_policy: Option<Spanned<String>>,
 }
@@ -199,6 +267,9 @@ impl Destination {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
+    /// Alerts that cannot be forwarded and records that cannot fit a destination go here:
+    /// `dead_letter`, or `<state_dir>/dead-letter.ndjson` (issue 8 §12).
+    pub dead_letter: PathBuf,
     pub http: HttpSettings,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -223,14 +294,16 @@ impl Ctx<'_> {
     ) -> Result<T, ConfigError> {
         Err(ConfigError {
             origin: self.origin.to_string(),
-            line: Some(
-                self.src[..span.start.min(self.src.len())]
-                    .matches('\n')
-                    .count()
-                    + 1,
-            ),
+            line: Some(self.line(&span)),
             message: message.into(),
         })
+    }
+
+    fn line(&self, span: &std::ops::Range<usize>) -> usize {
+        self.src[..span.start.min(self.src.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 }
 
@@ -270,8 +343,14 @@ impl Config {
             }
         };
         let global_policy = policy(&raw.update_policy)?;
+        let poll_interval = duration(&c, &raw.poll_interval, POLL_INTERVAL)?;
+        let overlap = duration(&c, &raw.overlap, OVERLAP)?;
+        let initial_lookback = duration(&c, &raw.initial_lookback, INITIAL_LOOKBACK)?;
+        let shutdown_timeout = duration(&c, &raw.shutdown_timeout, SHUTDOWN_TIMEOUT)?;
 
         let mut tenants: Vec<Tenant> = Vec::new();
+        // (tenant id normalised, API, checkpoint file name) → the line of the block that has it.
+        let mut polled: Vec<(String, Api, PathBuf, usize)> = Vec::new();
         for t in &raw.tenant {
             let span = t.span();
             let t = t.get_ref();
@@ -336,6 +415,24 @@ impl Config {
                     return c.err(span, format!("api is {other:?}: use \"graph\" or \"mde\""))
                 }
             };
+            // One tenant and API polled twice would send every alert twice, and both pollers
+            // would write one checkpoint file (issue 8 §6). Tenant ids are case-insensitive
+            // (GUIDs and domain names); the file name check catches ids that differ only in
+            // characters the file name replaces.
+            let id = s.tenant_id.to_ascii_lowercase();
+            let file = Checkpoint::path(Path::new(""), &id, &s.api.to_string());
+            if let Some((_, _, _, line)) = polled
+                .iter()
+                .find(|(i, a, f, _)| (*i == id && *a == s.api) || *f == file)
+            {
+                return c.err(
+                    t.tenant_id.span(),
+                    format!(
+                        "tenant {name:?} polls the same tenant_id and api as the [[tenant]] block at line {line}: give each customer tenant and API one block"
+                    ),
+                );
+            }
+            polled.push((id, s.api, file, c.line(&span)));
             s.cloud = match t.cloud.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
                 None | Some(("commercial", _)) => Cloud::Commercial,
                 Some(("gcc", _)) => Cloud::Gcc,
@@ -367,13 +464,13 @@ impl Config {
                 min_severity: severity(&c, &t.min_severity)?,
                 service_sources: t.service_sources.clone(),
             };
-            if let Some(p) = t.poll_interval.or(raw.poll_interval) {
+            if let Some(p) = duration(&c, &t.poll_interval, POLL_INTERVAL)?.or(poll_interval) {
                 s.poll_interval = p;
             }
-            if let Some(o) = raw.overlap {
+            if let Some(o) = overlap {
                 s.overlap = o;
             }
-            if let Some(l) = raw.initial_lookback {
+            if let Some(l) = initial_lookback {
                 s.initial_lookback = l;
             }
             if let Some(p) = raw.page_size {
@@ -389,6 +486,14 @@ impl Config {
             });
         }
 
+        let state_dir = raw
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/defender-bridge"));
+        let dead_letter = raw
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| state_dir.join("dead-letter.ndjson"));
         let names: HashSet<String> = tenants.iter().map(|t| t.settings.name.clone()).collect();
         let default_hostname = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
@@ -467,7 +572,7 @@ impl Config {
                         d.hostname.as_deref().unwrap_or(&default_hostname),
                         d.app_name.as_deref().unwrap_or("defender-bridge"),
                     ),
-                    dead_letter: raw.dead_letter.clone(),
+                    dead_letter: Some(dead_letter.clone()),
                 },
                 tenants: tenant_filter,
                 min_severity: severity(&c, &d.min_severity)?,
@@ -494,13 +599,11 @@ impl Config {
             ..HttpSettings::default()
         };
         Ok(Config {
-            state_dir: raw
-                .state_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/var/lib/defender-bridge")),
+            state_dir,
+            dead_letter,
             http,
             log_level: raw.log_level.clone().unwrap_or_else(|| "info".to_string()),
-            shutdown_timeout: raw.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
+            shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(30)),
             tenants,
             destinations,
             warnings,
@@ -616,6 +719,8 @@ mod tests {
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\ncloud = \"azure-china\"\n", 6, "cloud is \"azure-china\""),
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\napi_base_url = \"http://x\"\n", 6, "must be an https:// URL"),
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n[[tenant]]\nname = \"a\"\ntenant_id = \"u\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n", 7, "two tenants are named \"a\""),
+            (&format!("{TENANT}[[tenant]]\nname = \"b\"\ntenant_id = \" T \"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\n"), 8, "polls the same tenant_id and api as the [[tenant]] block at line 1"),
+            (&format!("{TENANT}api = \"mde\"\n[[tenant]]\nname = \"b\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\napi = \"mde\"\n"), 9, "polls the same tenant_id and api"),
             ("[[destination]]\nurl = \"ftp://x\"\nformat = \"json\"\n", 2, "invalid destination"),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"qradr\"\n", 3, "no built-in format of that name"),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\nframing = \"nul\"\n", 4, "unknown framing"),
@@ -631,6 +736,111 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn durations_out_of_range_name_the_key_the_range_and_the_line() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let cases: &[(&str, usize, &str)] = &[
+            // The value of issue 8 §5 that panicked the daemon.
+            (
+                "initial_lookback = \"300000y\"\n",
+                1,
+                "initial_lookback is \"300000y\": it must be from 0s to 180d",
+            ),
+            (
+                "\noverlap = \"1000000d\"\n",
+                2,
+                "overlap is \"1000000d\": it must be from 0s to 1d",
+            ),
+            (
+                "poll_interval = \"10ms\"\n",
+                1,
+                "poll_interval is \"10ms\": it must be from 100ms to 1d",
+            ),
+            (
+                "shutdown_timeout = \"2h\"\n",
+                1,
+                "shutdown_timeout is \"2h\": it must be from 0s to 1h",
+            ),
+            (
+                "shutdown_timeout = \"soon\"\n",
+                1,
+                "shutdown_timeout is \"soon\", not a duration",
+            ),
+            (
+                &format!("{TENANT}poll_interval = \"400d\"\n"),
+                6,
+                "poll_interval is \"400d\"",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (src, line, msg) in cases {
+            let e = err(src);
+            if e.line != Some(*line) || !e.message.contains(msg) {
+                wrong.push(format!("{src:?}\n  want {line} {msg:?}\n  got  {e}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// Every duration at its upper bound loads, and the poller's start (now minus the initial
+    /// look-back minus the overlap) is a representable time.
+    #[tokio::test]
+    async fn the_largest_durations_allowed_are_safe() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let max = |r: DurationRange| short(r.max);
+        let src = format!(
+            "poll_interval = \"{}\"\noverlap = \"{}\"\ninitial_lookback = \"{}\"\nshutdown_timeout = \"{}\"\n{TENANT}",
+            max(POLL_INTERVAL),
+            max(OVERLAP),
+            max(INITIAL_LOOKBACK),
+            max(SHUTDOWN_TIMEOUT)
+        );
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        let s = &c.tenants[0].settings;
+        assert_eq!(s.initial_lookback, INITIAL_LOOKBACK.max);
+        assert_eq!(c.shutdown_timeout, SHUTDOWN_TIMEOUT.max);
+        let back = chrono::Duration::from_std(s.initial_lookback + s.overlap).unwrap();
+        assert!(chrono::Utc::now().checked_sub_signed(back).is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let http = crate::source::build_http_client(&HttpSettings::default()).unwrap();
+        crate::source::Poller::connect(s.clone(), http, dir.path()).unwrap();
+    }
+
+    /// The same tenant on both APIs is two pollers with two checkpoints, not a duplicate.
+    #[test]
+    fn one_tenant_may_be_polled_through_both_apis() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let src = format!("{TENANT}[[tenant]]\nname = \"b\"\ntenant_id = \"T\"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\napi = \"mde\"\n");
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        assert_eq!(c.tenants[1].settings.api, Api::Mde);
+    }
+
+    #[test]
+    fn the_dead_letter_file_is_on_by_default_in_the_state_dir() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let dest = "[[destination]]\nurl = \"udp://127.0.0.1:514\"\nformat = \"json\"\n";
+        let c = Config::from_toml(
+            "c.toml",
+            &format!("state_dir = \"/srv/db\"\n{TENANT}{dest}"),
+        )
+        .unwrap();
+        assert_eq!(c.dead_letter, Path::new("/srv/db/dead-letter.ndjson"));
+        assert_eq!(
+            c.destinations[0].output.dead_letter.as_ref(),
+            Some(&c.dead_letter)
+        );
+        let c = Config::from_toml(
+            "c.toml",
+            &format!("dead_letter = \"/srv/letters.ndjson\"\n{TENANT}{dest}"),
+        )
+        .unwrap();
+        assert_eq!(c.dead_letter, Path::new("/srv/letters.ndjson"));
+        assert_eq!(
+            c.destinations[0].output.dead_letter.as_ref(),
+            Some(&c.dead_letter)
+        );
     }
 
     #[test]

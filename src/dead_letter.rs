@@ -1,6 +1,8 @@
 //! The dead-letter file: records that could not be sent at all (too large for the destination
-//! even with every value cut that may be cut), one JSON object a line, with the reason, so that
-//! nothing is dropped silently and an operator can replay or inspect them.
+//! even with every value cut that may be cut) and alerts that cannot be forwarded (no id, no
+//! readable lastUpdate time, not decodable), one JSON object a line, with the reason, so that
+//! nothing is dropped silently and an operator can replay or inspect them. The daemon always has
+//! one: `<state_dir>/dead-letter.ndjson` unless the configuration names another.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,13 +16,16 @@ use serde::Serialize;
 #[serde(rename_all = "camelCase")]
 pub struct Letter<'a> {
     pub destination: &'a str,
-    pub alert_id: &'a str,
+    /// `None` for an alert object without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_update_date_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_name: Option<&'a str>,
     pub reason: String,
-    /// The whole record, as it would have been sent without a size limit.
+    /// The whole record, as it would have been sent without a size limit, or the alert object
+    /// as the API returned it.
     pub record: &'a str,
 }
 

@@ -84,6 +84,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<(
     let base = fake.base_url();
     let config = Config {
         state_dir: dir.join("state"),
+        dead_letter: dir.join("state").join("dead-letter.ndjson"),
         http: HttpSettings {
             extra_ca_file: Some(ca),
             ..HttpSettings::default()

@@ -191,7 +191,12 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         let url = d.output.sink.destination.to_string();
         let result = async {
             d.output.sink.probe().await?;
-            let o = Output::build(&d.output)?;
+            // The test alert is small; `check` leaves the daemon's dead-letter file (in a state
+            // directory that may not exist yet, or not be writable by this user) alone.
+            let o = Output::build(&OutputConfig {
+                dead_letter: None,
+                ..d.output.clone()
+            })?;
             o.send(&alert, &Context::default()).await?;
             o.shutdown(std::time::Duration::from_secs(10)).await?;
             anyhow::Ok(())

@@ -146,7 +146,7 @@ impl Output {
         };
         file.write(&Letter {
             destination: self.destination(),
-            alert_id: &alert.id,
+            alert_id: Some(&alert.id),
             last_update_date_time: alert.last_update().map(|t| t.to_rfc3339()),
             tenant_name: ctx.tenant_name,
             reason,

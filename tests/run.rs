@@ -417,3 +417,106 @@ async fn check_online_and_tenants_verify_say_ok_or_what_is_wrong() {
     let got = receiver.wait_for_lines(1).await;
     assert!(String::from_utf8_lossy(&got[0]).contains("defender-bridge test alert"));
 }
+
+/// A second `run` on the same state directory refuses to start and says why, while the first
+/// keeps it; the first, under its lock, has removed a temp file left by an interrupted save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_one_state_dir_refuses_and_leftover_temp_files_go() {
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(receiver.port, "").await;
+    let state = s.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let leftover = state.join(format!("{T1}-graph.json.tmp4242"));
+    std::fs::write(&leftover, b"{ half a checkp").unwrap();
+    let first = start(&s.config);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while leftover.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first run removes the leftover temp file");
+    let second = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+            .args(["run", "--config", s.config.to_str().unwrap()])
+            .env("CONTOSO_SECRET", "secret-one")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second run exits")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the state directory {} is in use by another defender-bridge",
+            state.display()
+        )),
+        "{stderr}"
+    );
+    // The first is unharmed: it still polls and delivers.
+    let t = ago(30);
+    s.fake
+        .upsert_alert(T1, Api::Graph, graph_alert(T1, "da-lock", t, "new", 1));
+    let got = received(&wait_lines(&receiver, 1).await);
+    assert_eq!(got[0].0 .1, "da-lock");
+    stop(first).await;
+}
+
+/// A tenant whose certificate is not there when the daemon starts (a secret volume mounted
+/// late) is retried until the file appears, then polled: its alert arrives, and the failed
+/// starts were reported with the tenant's name and the retry delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_certificate_appears_later_starts_polling() {
+    const T4: &str = "aaaaaaaa-0000-4000-8000-000000000004";
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let pem = tempfile::tempdir().unwrap();
+    let cert_path = pem.path().join("app.pem");
+    let extra = format!(
+        "\n[[tenant]]\nname = \"late-cert\"\ntenant_id = \"{T4}\"\nclient_id = \"{CLIENT}\"\ncertificate = {{ pem = \"{}\" }}\nauthority_host = \"{{BASE}}\"\napi_base_url = \"{{BASE}}\"\n",
+        cert_path.display()
+    );
+    let s = setup(receiver.port, &extra).await;
+    // setup() knows the fake's address only once it runs; put it into the extra block now.
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("{BASE}", s.fake.base_url().as_str());
+    std::fs::write(&s.config, config).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "defender-bridge test app");
+    let cert = params.self_signed(&key).unwrap();
+    s.fake
+        .add_tenant(T4, CLIENT, FakeCredential::Certificate(cert.pem()));
+    s.fake.upsert_alert(
+        T4,
+        Api::Graph,
+        graph_alert(T4, "da-late-cert", ago(30), "new", 1),
+    );
+
+    let child = start(&s.config);
+    // The other tenants run meanwhile (nothing to send), and this one fails to start.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::write(&cert_path, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+    let got = received(&wait_lines(&receiver, 1).await);
+    assert_eq!(
+        got[0].0,
+        (
+            "late-cert".to_string(),
+            "da-late-cert".to_string(),
+            got[0].0 .2
+        )
+    );
+    let stderr = stop(child).await;
+    assert!(
+        stderr.contains("late-cert")
+            && stderr.contains("cannot start polling")
+            && stderr.contains("retrying in"),
+        "{stderr}"
+    );
+}

@@ -148,7 +148,11 @@ impl Checkpoint {
         let json = serde_json::to_vec(self).map_err(|e| err(std::io::Error::other(e)))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+        // Unique per process and per save: two savers of one file (two daemons, or two pollers
+        // of one tenant) never write into each other's temp file (issue 8 §6).
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let save = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("json.tmp{}.{save}", std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         f.write_all(&json).map_err(err)?;
         f.sync_all().map_err(err)?;
@@ -158,6 +162,25 @@ impl Checkpoint {
             .and_then(|d| d.sync_all())
             .map_err(err)?;
         Ok(())
+    }
+
+    /// Removes the temp files (`*.json.tmp*`, see [`Checkpoint::save`]) that saves interrupted
+    /// by a crash left in `state_dir`; returns their paths. Only for a caller that holds the
+    /// state directory's lock, so that no save is under way.
+    pub fn remove_temp_files(state_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(state_dir)? {
+            let entry = entry?;
+            let is_temp = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.contains(".json.tmp"));
+            if is_temp && entry.file_type()?.is_file() {
+                std::fs::remove_file(entry.path())?;
+                removed.push(entry.path());
+            }
+        }
+        Ok(removed)
     }
 
     pub fn has_seen(&self, id: &str, last_update: DateTime<Utc>) -> bool {

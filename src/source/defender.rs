@@ -724,9 +724,8 @@ impl Poller {
         let mut digests = Vec::new();
         for r in page.rejected {
             let digest = digest(r.json.get());
+            // The receiver logs and dead-letters it.
             if !self.state.rejected.contains_key(&digest) && !digests.contains(&digest) {
-                tracing::error!(tenant = %self.settings.name, alert = r.id.as_deref().unwrap_or("-"),
-                    "an alert cannot be forwarded ({}); it goes to the dead-letter file", r.reason);
                 digests.push(digest);
                 rejected.push(r);
             }
