@@ -400,17 +400,17 @@ impl Poller {
         match (s.lagging, lagging) {
             (false, true) => tracing::warn!(
                 tenant = %self.settings.name,
-                "tenant is {}s behind (more than the poll interval of {:?}): the last poll took {} \
+                "tenant is {:.1}s behind (more than the poll interval of {:?}): the last poll took {} \
                  requests and waited {:.1}s for the tenant's own rate limiter",
-                behind.as_secs(),
+                behind.as_secs_f64(),
                 self.settings.poll_interval,
                 stats.requests,
                 stats.rate_limited.as_secs_f64()
             ),
             (true, false) => tracing::info!(
                 tenant = %self.settings.name,
-                "tenant has caught up ({}s behind)",
-                behind.as_secs()
+                "tenant has caught up ({:.1}s behind)",
+                behind.as_secs_f64()
             ),
             _ => {}
         }
@@ -920,10 +920,11 @@ impl Poller {
         let mut transient = 0u32;
         let mut throttled = 0u32;
         loop {
+            // Sign in first: a failed sign-in costs none of the API's budget and shows at once.
+            let token = self.tokens.token().await?;
             let waited = self.limiter.acquire().await;
             self.limited_micros
                 .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-            let token = self.tokens.token().await?;
             let mut req = self.http.get(url).bearer_auth(token.token.secret());
             if s.api == Api::Graph {
                 // defender-api.md §3.1: receive evolvable enum members added after v1.0.
