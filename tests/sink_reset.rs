@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use defender_bridge::sink::{Backoff, Error, Framing, Sink, SinkConfig, Status};
+use defender_bridge::sink::{Backoff, Error, Framing, Sink, SinkConfig, Stats, Status};
 use support::{mixed_records, WAIT};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -342,19 +342,26 @@ async fn slow_tls_receiver(
     }
 }
 
+/// A `tls://` destination trusting `pki`, served by a [`slow_tls_receiver`].
+async fn slow_tls_destination(
+    pki: &support::Pki,
+    pause: Duration,
+) -> (SinkConfig, tokio::task::JoinHandle<TlsReceived>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = tokio::spawn(slow_tls_receiver(listener, tls_acceptor(pki), pause));
+    let mut cfg = config(&format!("tls://{addr}"));
+    cfg.tls.ca_file = Some(pki.ca.clone());
+    (cfg, receiver)
+}
+
 /// `shutdown` ends a TLS session with `close_notify` (RFC 5425 §4.4): the receiver's read
 /// ends cleanly (rustls reports a missing close_notify as an `UnexpectedEof` error).
 #[tokio::test]
 async fn tls_shutdown_sends_close_notify() {
     let pki = support::Pki::new("server");
-    let acceptor = tls_acceptor(&pki);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let receiver = tokio::spawn(slow_tls_receiver(listener, acceptor, Duration::ZERO));
-
+    let (cfg, receiver) = slow_tls_destination(&pki, Duration::ZERO).await;
     let records = mixed_records(1000, 8192, 61);
-    let mut cfg = config(&format!("tls://{addr}"));
-    cfg.tls.ca_file = Some(pki.ca.clone());
     let sink = cfg.build().unwrap();
     send_all(&sink, &records).await;
     sink.shutdown(WAIT).await.unwrap();
@@ -389,18 +396,8 @@ fn padded(records: Vec<Bytes>, size: usize) -> Vec<Bytes> {
 #[tokio::test]
 async fn a_tls_receiver_slow_to_read_at_the_end_gets_every_record() {
     let pki = support::Pki::new("slow reader");
-    let acceptor = tls_acceptor(&pki);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let receiver = tokio::spawn(slow_tls_receiver(
-        listener,
-        acceptor,
-        Duration::from_secs(2),
-    ));
-
+    let (cfg, receiver) = slow_tls_destination(&pki, Duration::from_secs(2)).await;
     let records = padded(mixed_records(152, 8192, 71), 4000);
-    let mut cfg = config(&format!("tls://{addr}"));
-    cfg.tls.ca_file = Some(pki.ca.clone());
     let sink = cfg.build().unwrap();
     send_all(&sink, &records).await;
     sink.flush(WAIT).await.unwrap();
@@ -425,22 +422,45 @@ async fn a_tls_receiver_slow_to_read_at_the_end_gets_every_record() {
 #[tokio::test]
 async fn a_tls_probe_closes_without_a_reset() {
     let pki = support::Pki::new("probe");
-    let acceptor = tls_acceptor(&pki);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let receiver = tokio::spawn(slow_tls_receiver(
-        listener,
-        acceptor,
-        Duration::from_millis(500),
-    ));
-    let mut cfg = config(&format!("tls://{addr}"));
-    cfg.tls.ca_file = Some(pki.ca.clone());
-    assert_eq!(cfg.probe().await.unwrap(), addr);
+    let (cfg, receiver) = slow_tls_destination(&pki, Duration::from_millis(500)).await;
+    assert_eq!(cfg.probe().await.unwrap().port(), cfg.destination.port);
 
     let got = receiver.await.unwrap();
     assert!(got.bytes.is_empty());
     assert!(got.end.is_ok(), "{:?}", got.end);
     assert_eq!(got.late_error, None, "the probe reset the connection");
+}
+
+/// A listener whose connections' TCP takes a few KB, not megabytes, before the receiver reads.
+fn small_window_listener() -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // Accepted connections inherit it.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(4).unwrap()
+}
+
+/// ~300 KB of records: far more than a [`small_window_listener`] connection takes, far less
+/// than the sender's send queue on loopback (about 1 MB and more), so every write returns.
+fn fits_the_send_queue(seed: u64) -> Vec<Bytes> {
+    let records = mixed_records(500, 8192, seed);
+    let len = framed(&records, Framing::Lf).len();
+    assert!(len > 200_000 && len < 800_000, "{len}");
+    records
+}
+
+/// Waits for the sink's next connection, flushes and shuts the sink down, and returns the
+/// counters after the flush and what that connection got.
+async fn next_connection_gets(listener: &TcpListener, sink: Sink) -> (Stats, Vec<u8>) {
+    let (conn, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("the sink connects again")
+        .unwrap();
+    let reading = tokio::spawn(read_to_end(conn));
+    sink.flush(WAIT).await.unwrap();
+    let stats = sink.stats();
+    sink.shutdown(WAIT).await.unwrap();
+    (stats, reading.await.unwrap())
 }
 
 /// Written is not sent: a receiver whose socket buffer is full and that reads nothing leaves
@@ -451,18 +471,9 @@ async fn a_tls_probe_closes_without_a_reset() {
 /// TCP sender; that is the next issue.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_acknowledged_records_count_and_the_rest_is_written_again() {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    // Accepted connections inherit it: the receiver's TCP takes a few KB, not megabytes.
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(4).unwrap();
+    let listener = small_window_listener();
     let addr = listener.local_addr().unwrap();
-
-    // ~300 KB: far more than the receiver takes, far less than the sender's send queue on
-    // loopback (about 1 MB and more), so every write returns.
-    let records = mixed_records(500, 8192, 81);
-    let all = framed(&records, Framing::Lf);
-    assert!(all.len() > 200_000 && all.len() < 800_000, "{}", all.len());
+    let records = fits_the_send_queue(81);
     let sink = config(&format!("tcp://{addr}")).build().unwrap();
     send_all(&sink, &records).await;
     let (stalled, _) = listener.accept().await.unwrap();
@@ -478,21 +489,44 @@ async fn only_acknowledged_records_count_and_the_rest_is_written_again() {
 
     stalled.set_zero_linger().unwrap();
     drop(stalled); // RST
-    let (conn, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .expect("the sink notices the reset and connects again")
-        .unwrap();
-    let reading = tokio::spawn(read_to_end(conn));
-    sink.flush(WAIT).await.unwrap();
-    let stats = sink.stats();
+    let (stats, got) = next_connection_gets(&listener, sink).await;
     assert_eq!(stats.messages_sent as usize, records.len());
     assert_eq!(stats.reconnects, 1);
-    sink.shutdown(WAIT).await.unwrap();
-    let got = reading.await.unwrap();
     assert!(
         got == framed(&records[sent..], Framing::Lf),
         "the second connection got {} bytes, want records {sent}.. ({} bytes)",
         got.len(),
         framed(&records[sent..], Framing::Lf).len()
+    );
+}
+
+/// A receiver that takes a few KB and then reads nothing, while every write returned (the
+/// rest sits in the sink's send queue): after the write timeout without an acknowledgement the
+/// sink leaves that connection and writes what it had not acknowledged on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_data_that_does_not_drain_is_a_stalled_receiver() {
+    let listener = small_window_listener();
+    let addr = listener.local_addr().unwrap();
+    let records = fits_the_send_queue(82);
+    let mut cfg = config(&format!("tcp://{addr}"));
+    cfg.write_timeout = Duration::from_millis(500);
+    let sink = cfg.build().unwrap();
+    send_all(&sink, &records).await;
+    let (stalled, _) = listener.accept().await.unwrap(); // held open, never read
+    let (stats, got) = next_connection_gets(&listener, sink).await;
+    assert_eq!(stats.reconnects, 1);
+    drop(stalled);
+
+    // The new connection got everything from the first batch not acknowledged (the stalled
+    // receiver's TCP may have taken less than one batch).
+    let all = framed(&records, Framing::Lf);
+    assert!(
+        !got.is_empty() && all.ends_with(&got),
+        "a suffix of the stream"
+    );
+    let skipped = all.len() - got.len();
+    assert!(
+        skipped == 0 || all[skipped - 1] == b'\n',
+        "starts at a record"
     );
 }

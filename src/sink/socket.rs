@@ -182,13 +182,20 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// The options are on the socket, as the kernel reports them back (getsockopt).
-    #[tokio::test]
-    async fn keepalive_and_user_timeout_are_set() {
+    /// Both ends of a loopback connection.
+    async fn connected() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        (tcp, peer)
+    }
+
+    /// The options are on the socket, as the kernel reports them back (getsockopt).
+    #[tokio::test]
+    async fn keepalive_and_user_timeout_are_set() {
+        let (tcp, _peer) = connected().await;
         let liveness = Liveness {
             keepalive_time: Duration::from_secs(7),
             keepalive_interval: Duration::from_secs(3),
@@ -216,11 +223,7 @@ mod tests {
     /// than was written.
     #[tokio::test]
     async fn acked_counts_what_the_receiver_took() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut peer, _) = listener.accept().await.unwrap();
+        let (tcp, mut peer) = connected().await;
         let mut socket = Socket::new(tcp, &Liveness::default()).unwrap();
         socket.write_all(&[7u8; 100_000]).await.unwrap();
         assert_eq!(socket.written(), 100_000);
