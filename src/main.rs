@@ -368,19 +368,17 @@ async fn send(args: SendArgs) -> Result<ExitCode> {
     let mut failed = interrupted || rejected > 0;
     for o in outputs {
         let destination = o.destination().to_string();
-        match o.shutdown(args.timeout).await {
-            Ok(stats) => {
-                eprintln!(
-                    "{destination}: {} record(s) written, {} value(s) truncated, {} dead-lettered",
-                    stats.sink.accepted, stats.truncated, stats.dead_lettered
-                );
-                // A dead-lettered record was not written: not a success.
-                failed |= stats.dead_lettered > 0;
-            }
-            Err(e) => {
-                eprintln!("defender-bridge: {e}");
-                failed = true;
-            }
+        let (stats, closed) = o.close(args.timeout).await;
+        // Written: acknowledged by the receiver's TCP (or sent, for UDP), not merely queued.
+        eprintln!(
+            "{destination}: {} record(s) written, {} value(s) truncated, {} dead-lettered",
+            stats.sink.messages_sent, stats.truncated, stats.dead_lettered
+        );
+        // A dead-lettered record was not written: not a success.
+        failed |= stats.dead_lettered > 0;
+        if let Err(e) = closed {
+            eprintln!("defender-bridge: {e}");
+            failed = true;
         }
     }
     eprintln!("{alerts} alert(s) read, {rejected} input(s) rejected");

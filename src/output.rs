@@ -177,11 +177,25 @@ impl Output {
 
     /// Flushes and closes within `timeout`.
     pub async fn shutdown(self, timeout: Duration) -> Result<OutputStats, Error> {
+        let (stats, closed) = self.close(timeout).await;
+        closed.map(|()| stats)
+    }
+
+    /// Flushes and closes within `timeout`; the counters say what was sent even when that
+    /// fails.
+    pub async fn close(self, timeout: Duration) -> (OutputStats, Result<(), Error>) {
+        let deadline = tokio::time::Instant::now() + timeout;
         let flushed = self.sink.flush(timeout).await;
         let stats = self.stats();
-        self.sink.shutdown(timeout).await?;
-        flushed?;
-        Ok(stats)
+        let closed = match flushed {
+            Ok(()) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                self.sink.shutdown(left).await.map_err(Error::from)
+            }
+            // Dropping the sink stops its writer; waiting once was enough.
+            Err(e) => Err(e.into()),
+        };
+        (stats, closed)
     }
 }
 

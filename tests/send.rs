@@ -131,6 +131,65 @@ log { source(s); destination(d); };"#,
     );
 }
 
+/// `send` counts a record as written once the receiver's TCP has acknowledged it, not when it
+/// was copied into the sender's kernel (issue 8): to a receiver that takes a few KB and then
+/// reads nothing, the run fails, and the "written" line and the error add up to the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_counts_only_what_the_receiver_acknowledged() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(4).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let (conn, _) = listener.accept().await.unwrap();
+        std::future::pending::<()>().await; // holds the connection, reads nothing
+        drop(conn);
+    });
+
+    // 200 alerts of ~1.5 KB records: far more than the receiver takes, far less than the
+    // sender's send queue on loopback, so every write returns at once.
+    let alert: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/data/realistic-graph-alert.json").unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("alerts.ndjson");
+    let mut lines = String::new();
+    for i in 0..200 {
+        let mut a = alert.clone();
+        a["id"] = serde_json::Value::String(format!("da{i:08}-stalled"));
+        lines.push_str(&a.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&input, lines).unwrap();
+
+    let to = format!("tcp://{addr}");
+    let out = run(bin()
+        .args(["send", "-f", "sentinel", "--to", &to, "--timeout", "2s"])
+        .arg(&input))
+    .await;
+    holder.abort();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let written: usize = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{to}: "))?
+                .split_once(" record(s) written")
+        })
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no written line: {stderr}"));
+    assert!(written < 200, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{to}: {} message(s) not written within 2s",
+            200 - written
+        )),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_size_records_are_cut_or_dead_lettered() {
     let udp = rsyslog(RsyslogInput::Udp).await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use defender_bridge::sink::{Backoff, Error, Framing, Sink, SinkConfig, Status};
+use defender_bridge::sink::{Backoff, Error, Framing, Sink, SinkConfig, Stats, Status};
 use support::{mixed_records, WAIT};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -270,16 +270,14 @@ async fn udp_refusals_are_counted_and_not_fatal() {
     sink.shutdown(WAIT).await.unwrap();
 }
 
-/// `shutdown` ends a TLS session with `close_notify` (RFC 5425 §4.4): the receiver's read
-/// ends cleanly (rustls reports a missing close_notify as an `UnexpectedEof` error).
-#[tokio::test]
-async fn tls_shutdown_sends_close_notify() {
+/// A TLS acceptor for the test PKI's server certificate (TLS 1.3 and 1.2, rustls defaults: the
+/// server sends its session tickets right after the handshake).
+fn tls_acceptor(pki: &support::Pki) -> tokio_rustls::TlsAcceptor {
     use tokio_rustls::rustls::crypto::aws_lc_rs;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls::ServerConfig;
 
-    let pki = support::Pki::new("server");
     let certs = CertificateDer::pem_file_iter(&pki.cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -291,30 +289,244 @@ async fn tls_shutdown_sends_close_notify() {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tokio_rustls::TlsAcceptor::from(Arc::new(server))
+}
+
+/// What a TLS receiver saw of one connection.
+struct TlsReceived {
+    bytes: Vec<u8>,
+    /// How its read ended: `Err` for a reset, or a TCP EOF without `close_notify`.
+    end: Result<(), String>,
+    /// A reset (or other error) the socket reported after the stream ended.
+    late_error: Option<String>,
+}
+
+/// Accepts one TLS connection, reads nothing for `pause` after the handshake (busy, or slow
+/// when the sender finishes), then reads to the end, answers with its own `close_notify` and
+/// FIN, and looks whether the sender reset the connection.
+async fn slow_tls_receiver(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    pause: Duration,
+) -> TlsReceived {
+    use tokio::io::AsyncWriteExt;
+    let (tcp, _) = listener.accept().await.unwrap();
+    let mut tls = acceptor.accept(tcp).await.unwrap();
+    tokio::time::sleep(pause).await;
+    let mut bytes = Vec::new();
+    let end = tokio::time::timeout(WAIT, tls.read_to_end(&mut bytes))
+        .await
+        .expect("the sink closes within the wait")
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    // A reset that came with or after the end of the stream is the socket's pending error;
+    // writing consumes it, so look before our close_notify, and again a moment after it (a
+    // sender that drops its socket with our records unread answers them with RST).
+    let pending =
+        |tls: &tokio_rustls::server::TlsStream<TcpStream>| match tls.get_ref().0.take_error() {
+            Ok(None) => None,
+            Ok(Some(e)) | Err(e) => Some(e.to_string()),
+        };
+    let mut late_error = pending(&tls);
+    if let Err(e) = tls.shutdown().await {
+        late_error.get_or_insert(e.to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(e) = pending(&tls) {
+        late_error.get_or_insert(e);
+    }
+    TlsReceived {
+        bytes,
+        end,
+        late_error,
+    }
+}
+
+/// A `tls://` destination trusting `pki`, served by a [`slow_tls_receiver`].
+async fn slow_tls_destination(
+    pki: &support::Pki,
+    pause: Duration,
+) -> (SinkConfig, tokio::task::JoinHandle<TlsReceived>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let receiver = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor.accept(tcp).await.unwrap();
-        let mut buf = Vec::new();
-        let end = tokio::time::timeout(WAIT, tls.read_to_end(&mut buf))
-            .await
-            .expect("the sink closes within the wait");
-        (buf, end.map_err(|e| e.to_string()))
-    });
-
-    let records = mixed_records(1000, 8192, 61);
+    let receiver = tokio::spawn(slow_tls_receiver(listener, tls_acceptor(pki), pause));
     let mut cfg = config(&format!("tls://{addr}"));
     cfg.tls.ca_file = Some(pki.ca.clone());
+    (cfg, receiver)
+}
+
+/// `shutdown` ends a TLS session with `close_notify` (RFC 5425 §4.4): the receiver's read
+/// ends cleanly (rustls reports a missing close_notify as an `UnexpectedEof` error).
+#[tokio::test]
+async fn tls_shutdown_sends_close_notify() {
+    let pki = support::Pki::new("server");
+    let (cfg, receiver) = slow_tls_destination(&pki, Duration::ZERO).await;
+    let records = mixed_records(1000, 8192, 61);
     let sink = cfg.build().unwrap();
     send_all(&sink, &records).await;
     sink.shutdown(WAIT).await.unwrap();
 
-    let (got, end) = receiver.await.unwrap();
+    let got = receiver.await.unwrap();
     assert!(
-        end.is_ok(),
-        "the session ended without close_notify: {end:?}"
+        got.end.is_ok(),
+        "the session ended without close_notify: {:?}",
+        got.end
     );
-    assert!(got == framed(&records, Framing::OctetCounting));
+    assert!(got.bytes == framed(&records, Framing::OctetCounting));
+}
+
+/// `records` padded with ASCII to `size` bytes each (a typical alert record is a few KB).
+fn padded(records: Vec<Bytes>, size: usize) -> Vec<Bytes> {
+    records
+        .into_iter()
+        .map(|r| {
+            let mut v = r.to_vec();
+            v.extend_from_slice(b" cs2Label=pad cs2=");
+            v.resize(v.len().max(size), b'p');
+            Bytes::from(v)
+        })
+        .collect()
+}
+
+/// Issue 8, item 1: `send --to tls://…` to a receiver that is slow to read when the sender
+/// finishes lost the tail of the stream. The sender had "written" everything into its kernel
+/// send queue and closed with the server's TLS 1.3 session tickets unread, so Linux sent RST
+/// instead of FIN and threw away what was still queued. Every record must arrive, byte for
+/// byte, the session must end with `close_notify`, and nothing may be reset.
+#[tokio::test]
+async fn a_tls_receiver_slow_to_read_at_the_end_gets_every_record() {
+    let pki = support::Pki::new("slow reader");
+    let (cfg, receiver) = slow_tls_destination(&pki, Duration::from_secs(2)).await;
+    let records = padded(mixed_records(152, 8192, 71), 4000);
+    let sink = cfg.build().unwrap();
+    send_all(&sink, &records).await;
+    sink.flush(WAIT).await.unwrap();
+    assert_eq!(sink.stats().messages_sent, 152);
+    sink.shutdown(WAIT).await.unwrap();
+
+    let got = receiver.await.unwrap();
+    let want = framed(&records, Framing::OctetCounting);
+    assert!(
+        got.bytes == want,
+        "the receiver got {} of {} bytes ({:?})",
+        got.bytes.len(),
+        want.len(),
+        got.end
+    );
+    assert!(got.end.is_ok(), "{:?}", got.end);
+    assert_eq!(got.late_error, None, "the sender reset the connection");
+}
+
+/// `check --online` and `send-test` connect and close again (`SinkConfig::probe`): a TLS
+/// receiver that is busy for a moment then sees `close_notify` and FIN, never a reset.
+#[tokio::test]
+async fn a_tls_probe_closes_without_a_reset() {
+    let pki = support::Pki::new("probe");
+    let (cfg, receiver) = slow_tls_destination(&pki, Duration::from_millis(500)).await;
+    assert_eq!(cfg.probe().await.unwrap().port(), cfg.destination.port);
+
+    let got = receiver.await.unwrap();
+    assert!(got.bytes.is_empty());
+    assert!(got.end.is_ok(), "{:?}", got.end);
+    assert_eq!(got.late_error, None, "the probe reset the connection");
+}
+
+/// A listener whose connections' TCP takes a few KB, not megabytes, before the receiver reads.
+fn small_window_listener() -> TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // Accepted connections inherit it.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(4).unwrap()
+}
+
+/// ~300 KB of records: far more than a [`small_window_listener`] connection takes, far less
+/// than the sender's send queue on loopback (about 1 MB and more), so every write returns.
+fn fits_the_send_queue(seed: u64) -> Vec<Bytes> {
+    let records = mixed_records(500, 8192, seed);
+    let len = framed(&records, Framing::Lf).len();
+    assert!(len > 200_000 && len < 800_000, "{len}");
+    records
+}
+
+/// Waits for the sink's next connection, flushes and shuts the sink down, and returns the
+/// counters after the flush and what that connection got.
+async fn next_connection_gets(listener: &TcpListener, sink: Sink) -> (Stats, Vec<u8>) {
+    let (conn, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("the sink connects again")
+        .unwrap();
+    let reading = tokio::spawn(read_to_end(conn));
+    sink.flush(WAIT).await.unwrap();
+    let stats = sink.stats();
+    sink.shutdown(WAIT).await.unwrap();
+    (stats, reading.await.unwrap())
+}
+
+/// Written is not sent: a receiver whose socket buffer is full and that reads nothing leaves
+/// most of the stream in the sink's own send queue. `flush` says it is not sent, the counters
+/// agree, and when that receiver resets the connection the batches its TCP had not
+/// acknowledged are written again on the next connection, starting at the first record not
+/// counted as sent. (What the dead receiver had acknowledged but not read is lost to any plain
+/// TCP sender; that is the next issue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_acknowledged_records_count_and_the_rest_is_written_again() {
+    let listener = small_window_listener();
+    let addr = listener.local_addr().unwrap();
+    let records = fits_the_send_queue(81);
+    let sink = config(&format!("tcp://{addr}")).build().unwrap();
+    send_all(&sink, &records).await;
+    let (stalled, _) = listener.accept().await.unwrap();
+
+    let err = sink.flush(Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unsent { unsent, .. } if unsent > 0),
+        "{err}"
+    );
+    let sent = sink.stats().messages_sent as usize;
+    assert!(sent < records.len(), "{:?}", sink.stats());
+    assert_eq!(sink.stats().queued as usize, records.len() - sent);
+
+    stalled.set_zero_linger().unwrap();
+    drop(stalled); // RST
+    let (stats, got) = next_connection_gets(&listener, sink).await;
+    assert_eq!(stats.messages_sent as usize, records.len());
+    assert_eq!(stats.reconnects, 1);
+    assert!(
+        got == framed(&records[sent..], Framing::Lf),
+        "the second connection got {} bytes, want records {sent}.. ({} bytes)",
+        got.len(),
+        framed(&records[sent..], Framing::Lf).len()
+    );
+}
+
+/// A receiver that takes a few KB and then reads nothing, while every write returned (the
+/// rest sits in the sink's send queue): after the write timeout without an acknowledgement the
+/// sink leaves that connection and writes what it had not acknowledged on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_data_that_does_not_drain_is_a_stalled_receiver() {
+    let listener = small_window_listener();
+    let addr = listener.local_addr().unwrap();
+    let records = fits_the_send_queue(82);
+    let mut cfg = config(&format!("tcp://{addr}"));
+    cfg.write_timeout = Duration::from_millis(500);
+    let sink = cfg.build().unwrap();
+    send_all(&sink, &records).await;
+    let (stalled, _) = listener.accept().await.unwrap(); // held open, never read
+    let (stats, got) = next_connection_gets(&listener, sink).await;
+    assert_eq!(stats.reconnects, 1);
+    drop(stalled);
+
+    // The new connection got everything from the first batch not acknowledged (the stalled
+    // receiver's TCP may have taken less than one batch).
+    let all = framed(&records, Framing::Lf);
+    assert!(
+        !got.is_empty() && all.ends_with(&got),
+        "a suffix of the stream"
+    );
+    let skipped = all.len() - got.len();
+    assert!(
+        skipped == 0 || all[skipped - 1] == b'\n',
+        "starts at a record"
+    );
 }

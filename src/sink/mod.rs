@@ -7,28 +7,35 @@
 //! into few syscalls, connects lazily, reconnects with capped exponential backoff and jitter,
 //! and reports [`Status`] changes.
 //!
-//! Delivery over TCP and TLS is **at least once** from the writer's point of view: messages
-//! wait in a bounded in-memory queue while the destination is down (a full queue makes
-//! [`Sink::send`] wait), and a batch whose write failed is written again, whole, on the next
-//! connection, so the receiver may see the messages of that one batch twice. Plain syslog
-//! over TCP has no acknowledgement (RFC 6587 §4 / RFC 5425 §4.3): what a receiver had in its
-//! socket buffer when it died is lost to any sender. UDP is best effort: a datagram the
-//! network refuses is counted and dropped, never retried.
+//! Over TCP and TLS a message counts as **sent** once the receiver's TCP has acknowledged every
+//! byte of its batch (the kernel's send queue has drained past it, `SIOCOUTQ`), not when it was
+//! copied into that queue; [`Sink::flush`], [`Stats::messages_sent`] and `send`'s report follow
+//! this. Delivery is **at least once** from the writer's point of view: messages wait in a
+//! bounded in-memory queue while the destination is down (a full queue makes [`Sink::send`]
+//! wait), and batches not yet acknowledged when a connection breaks are written again, whole,
+//! on the next one, so the receiver may see some of them twice. Connections are closed
+//! without RST (see `tcp.rs`), and keepalive with `TCP_USER_TIMEOUT` ends a silently dropped
+//! one within about 30 s ([`Liveness`]). Plain syslog over TCP has no application-level
+//! acknowledgement (RFC 6587 §4 / RFC 5425 §4.3): what a receiver had acknowledged but not yet
+//! processed when it died is lost to any sender. UDP is best effort: a datagram the network
+//! refuses is counted and dropped, never retried.
 
 mod destination;
 mod framing;
+mod socket;
 mod tcp;
 mod tls;
 mod udp;
 
 pub use destination::{Destination, Host, Transport};
 pub use framing::Framing;
+pub use socket::Liveness;
 pub use tls::TlsOptions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -104,9 +111,9 @@ pub enum Status {
 pub struct Stats {
     /// Messages taken by [`Sink::send`].
     pub accepted: u64,
-    /// Messages written to the socket (TCP/TLS: and flushed through TLS).
+    /// Messages sent: TCP/TLS, acknowledged by the receiver's TCP; UDP, handed to the kernel.
     pub messages_sent: u64,
-    /// Bytes written to the socket, framing included.
+    /// Bytes of the messages in `messages_sent`, framing included (not TLS overhead).
     pub bytes_sent: u64,
     /// Connections made after the first one.
     pub reconnects: u64,
@@ -115,7 +122,8 @@ pub struct Stats {
     /// Datagrams known to be lost (UDP only): refused by the receiver (ICMP port unreachable,
     /// reported on a later send) or not sent at all. They are not retried.
     pub send_errors: u64,
-    /// Accepted messages not yet sent or dropped.
+    /// Accepted messages not yet sent or dropped (TCP/TLS: including those written and not yet
+    /// acknowledged).
     pub queued: u64,
 }
 
@@ -162,10 +170,17 @@ pub struct SinkConfig {
     pub queue_capacity: usize,
     /// Limit for resolving, connecting and the TLS handshake together.
     pub connect_timeout: Duration,
-    /// TCP and TLS: a batch not written within this time means a receiver that accepted the
-    /// connection but stopped reading; the connection is dropped and the batch written again on
-    /// a new one.
+    /// TCP and TLS: nothing acknowledged for this long while data waits (a write that cannot
+    /// finish, or a send queue that does not drain) means a receiver that accepted the
+    /// connection but stopped reading; the connection is dropped and what it had not
+    /// acknowledged is written again on a new one.
     pub write_timeout: Duration,
+    /// TCP and TLS: after our `close_notify` and FIN, how long to read on while waiting for the
+    /// receiver to close its side, so that the socket is never dropped with unread data (which
+    /// makes Linux send RST and discard what was still queued).
+    pub close_timeout: Duration,
+    /// TCP and TLS: keepalive and `TCP_USER_TIMEOUT`.
+    pub liveness: Liveness,
     pub backoff: Backoff,
 }
 
@@ -182,6 +197,8 @@ impl SinkConfig {
             queue_capacity: 10_000,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+            liveness: Liveness::default(),
             backoff: Backoff::default(),
         }
     }
@@ -234,6 +251,11 @@ impl SinkConfig {
                 "{dest}: the queue capacity must be at least 1"
             )));
         }
+        if dest.transport != Transport::Udp {
+            self.liveness
+                .validate()
+                .map_err(|e| Error::Config(format!("{dest}: {e}")))?;
+        }
         if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
             return Err(Error::Config(format!(
                 "{dest}: backoff needs 0 < initial <= max"
@@ -255,6 +277,8 @@ impl SinkConfig {
             tls,
             timeout: self.connect_timeout,
             write_timeout: self.write_timeout,
+            close_timeout: self.close_timeout,
+            liveness: self.liveness,
         })
     }
 
@@ -291,7 +315,7 @@ impl SinkConfig {
         })
     }
 
-    /// Connects now (TCP, TLS handshake included) and closes again, for `check --online`
+    /// Connects now (TCP, TLS handshake included) and closes again cleanly, for `check --online`
     /// and `send-test`. Returns the address connected to. For UDP only resolution and
     /// binding can be checked.
     pub async fn probe(&self) -> Result<SocketAddr, Error> {
@@ -300,7 +324,8 @@ impl SinkConfig {
             Transport::Udp => udp::bind(&self.destination).await.map(|(_, peer)| peer),
             Transport::Tcp | Transport::Tls => {
                 let (mut stream, peer) = self.connector()?.connect().await?;
-                tcp::close(&mut stream).await;
+                let until = tokio::time::Instant::now() + self.close_timeout;
+                tcp::close(&mut stream, until).await;
                 Ok(peer)
             }
         }
@@ -319,6 +344,8 @@ struct Shared {
     /// Messages sent or dropped so far, in queue order: [`Sink::flush`] waits on it.
     done: watch::Sender<u64>,
     status: watch::Sender<Status>,
+    /// Set by [`Sink::shutdown`]: the writer's clean close must be over by then.
+    close_by: OnceLock<tokio::time::Instant>,
 }
 
 impl Shared {
@@ -333,6 +360,7 @@ impl Shared {
             send_errors: AtomicU64::new(0),
             done: watch::Sender::new(0),
             status: watch::Sender::new(Status::Idle),
+            close_by: OnceLock::new(),
         }
     }
 
@@ -368,6 +396,9 @@ impl Shared {
         self.status.send_replace(Status::Down { reason });
     }
 }
+
+/// What [`Sink::shutdown`] gives the writer beyond its deadline to drop the connection.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Aborts the writer task when the handle is dropped without [`Sink::shutdown`].
 struct AbortOnDrop(JoinHandle<()>);
@@ -419,8 +450,8 @@ impl Sink {
         }
     }
 
-    /// Waits until every message accepted so far has been written (TCP/TLS: and flushed
-    /// through TLS) or, for UDP, sent or dropped. Fails with [`Error::Unsent`] after `timeout`.
+    /// Waits until every message accepted so far has been sent (TCP/TLS: acknowledged by the
+    /// receiver's TCP) or, for UDP, sent or dropped. Fails with [`Error::Unsent`] after `timeout`.
     pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
         let target = self.shared.accepted.load(Ordering::Relaxed);
         let mut done = self.shared.done.subscribe();
@@ -438,9 +469,10 @@ impl Sink {
         }
     }
 
-    /// Flushes, then closes the connection cleanly (TLS: `close_notify`, RFC 5425 §4.4) and
-    /// stops the writer, all within `timeout`. On timeout the writer is stopped anyway and the
-    /// error says how many messages were not written.
+    /// Flushes, then closes the connection cleanly (TLS: `close_notify`, RFC 5425 §4.4; then
+    /// waiting up to [`SinkConfig::close_timeout`] for the receiver to close its side) and stops
+    /// the writer, all within `timeout`. On timeout the writer is stopped anyway and the error
+    /// says how many messages were not sent.
     pub async fn shutdown(self, timeout: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         let flushed = self.flush(timeout).await;
@@ -448,10 +480,11 @@ impl Sink {
             tx, shared, task, ..
         } = self;
         flushed?;
-        // End of input: the writer drains (nothing is left), closes and returns.
+        // End of input: nothing is left to write; the writer closes, by the deadline, and returns.
+        let _ = shared.close_by.set(deadline);
         drop(tx);
         let mut task = task;
-        match tokio::time::timeout_at(deadline, &mut task.0).await {
+        match tokio::time::timeout_at(deadline + CLOSE_GRACE, &mut task.0).await {
             Ok(_) => Ok(()),
             // Dropping `task` aborts the writer.
             Err(_) => Err(Error::CloseTimeout {

@@ -5,7 +5,18 @@
 //! closed or reset the connection, so that a batch is not written into a dead socket. While
 //! idle the writer also waits on the read side, so a receiver that goes away is reported down
 //! at once rather than at the next message (syslog receivers never send data).
+//!
+//! A batch is sent once the receiver's TCP has acknowledged its last byte ([`Socket::acked`],
+//! one `ioctl` per batch, and on a short timer while idle), not when the write returned: until
+//! then it is kept, and if the connection breaks it is written again, whole, on the next one.
+//! Data that stays unacknowledged for the write timeout means a receiver that stopped reading.
+//!
+//! Closing never leaves unread bytes in the receive queue: Linux answers a `close()` with
+//! unread data by RST instead of FIN, purges what our send queue still held, and the receiver
+//! may lose what it had not read yet. A TLS 1.3 server always sends something after the
+//! handshake (its session tickets), so this is the normal case for TLS unless we read.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -17,25 +28,37 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
+use super::socket::{Liveness, Socket};
 use super::tls::TlsClient;
 use super::{Backoff, Destination, Error, Framing, Shared};
 
-/// A plain or TLS connection.
-pub(crate) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+/// A plain or TLS connection, both over a [`Socket`] that counts the bytes written to it.
+pub(crate) type Stream = Either<Socket, TlsStream<Socket>>;
 
 /// A batch is written once it holds this many bytes or the queue is empty. Large enough to
 /// amortise syscalls (and TLS records of 16 KiB), small enough to bound what a broken
 /// connection makes us send twice.
 const BATCH_BYTES: usize = 128 * 1024;
+/// Room for the message that takes a batch past [`BATCH_BYTES`].
+const BATCH_CAPACITY: usize = BATCH_BYTES + 16 * 1024;
+
+/// An idle writer with unacknowledged data asks the kernel again after this, doubling up to
+/// [`ACK_POLL_MAX`]: on loopback the acknowledgement is there at once, across a WAN it takes a
+/// round trip, and a flush should not wait much longer than that.
+const ACK_POLL_MIN: Duration = Duration::from_millis(1);
+const ACK_POLL_MAX: Duration = Duration::from_millis(50);
 
 pub(crate) struct Connector {
     pub destination: Destination,
     pub tls: Option<TlsClient>,
     pub timeout: Duration,
     pub write_timeout: Duration,
+    pub close_timeout: Duration,
+    pub liveness: Liveness,
 }
 
 impl Connector {
@@ -70,15 +93,14 @@ impl Connector {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| Error::Connect { addr, source })?;
-        // We batch ourselves; Nagle would only delay the last partial segment of a batch.
-        tcp.set_nodelay(true)
-            .map_err(|source| Error::Connect { addr, source })?;
+        let socket =
+            Socket::new(tcp, &self.liveness).map_err(|source| Error::Connect { addr, source })?;
         match &self.tls {
-            None => Ok(Either::Left(tcp)),
+            None => Ok(Either::Left(socket)),
             Some(tls) => {
                 let stream = tls
                     .connector
-                    .connect(tls.server_name.clone(), tcp)
+                    .connect(tls.server_name.clone(), socket)
                     .await
                     .map_err(|source| Error::Handshake { addr, source })?;
                 Ok(Either::Right(stream))
@@ -87,18 +109,42 @@ impl Connector {
     }
 }
 
-/// Closes cleanly: for TLS this sends `close_notify` before the TCP FIN (RFC 5425 §4.4).
-pub(crate) async fn close(stream: &mut Stream) {
-    if let Err(e) = stream.shutdown().await {
-        tracing::debug!("closing the connection: {e}");
+fn socket(stream: &Stream) -> &Socket {
+    match stream {
+        Either::Left(socket) => socket,
+        Either::Right(tls) => tls.get_ref().0,
     }
 }
 
-/// Vector's `shutdown_check`: polls the read side once without waiting. `Some(reason)` if
-/// the peer has closed or reset the connection.
-fn peer_gone(stream: &mut Stream) -> Option<String> {
+/// Ends a connection whose receiver should get everything: `close_notify` for TLS (RFC 5425
+/// §4.4) and FIN, then reads and discards until the receiver closes its side too, or until
+/// `until`. Only then is the socket dropped, with nothing unread (see the module docs).
+pub(crate) async fn close(stream: &mut Stream, until: Instant) {
+    let ended = tokio::time::timeout_at(until, async {
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        while stream.read(&mut buf).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+    match ended {
+        Ok(Ok(())) => {}
+        // rustls reports a receiver that closes without its own close_notify as UnexpectedEof;
+        // either way nothing is left to read.
+        Ok(Err(e)) => tracing::debug!("closing the connection: {e}"),
+        Err(_) => {
+            tracing::debug!("the receiver did not close its side in time");
+            read_ready(stream);
+        }
+    }
+}
+
+/// Reads, without waiting, whatever the receiver has sent: syslog receivers send nothing, but
+/// TLS has records of its own (session tickets, alerts). `Some(reason)` if the receiver has
+/// closed or reset the connection. Vector's `shutdown_check`.
+fn read_ready(stream: &mut Stream) -> Option<String> {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; 4096];
     // Bounded: a peer that keeps sending must not keep us here.
     for _ in 0..16 {
         let mut rb = ReadBuf::new(&mut buf);
@@ -126,9 +172,38 @@ fn read_outcome(result: std::io::Result<usize>) -> Option<String> {
     }
 }
 
+/// Framed messages written or to be written together.
+struct Batch {
+    data: Bytes,
+    messages: usize,
+    /// Once written: the connection's byte count after its last byte.
+    end: u64,
+}
+
 enum Idle {
     Message(Option<Bytes>),
     Read(std::io::Result<usize>),
+    AckPoll,
+}
+
+/// The writer's state between messages.
+struct Writer {
+    connector: Connector,
+    backoff: Backoff,
+    shared: Arc<Shared>,
+    conn: Option<Stream>,
+    ever_connected: bool,
+    /// Consecutive failures (connect or write) since the last successful write.
+    failures: u32,
+    /// Batches to write, oldest first; after a break, everything not acknowledged.
+    unwritten: VecDeque<Batch>,
+    /// Written on the current connection, not yet acknowledged, oldest first.
+    in_flight: VecDeque<Batch>,
+    /// Bytes of the current connection acknowledged so far, and when that last grew.
+    acked: u64,
+    progress_at: Instant,
+    /// The next wait before asking the kernel again while idle.
+    ack_poll: Duration,
 }
 
 /// The writer task. Ends when the handle is gone and everything queued has been written.
@@ -139,23 +214,32 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
 ) {
-    let mut conn: Option<Stream> = None;
-    let mut ever_connected = false;
-    // Consecutive failures (connect or write) since the last successful write.
-    let mut failures = 0u32;
-    // Framed messages not yet known to be written; on a failure they are written again whole.
-    let mut batch = BytesMut::with_capacity(BATCH_BYTES + 16 * 1024);
+    let mut w = Writer {
+        connector,
+        backoff,
+        shared,
+        conn: None,
+        ever_connected: false,
+        failures: 0,
+        unwritten: VecDeque::new(),
+        in_flight: VecDeque::new(),
+        acked: 0,
+        progress_at: Instant::now(),
+        ack_poll: ACK_POLL_MIN,
+    };
+    let mut batch = BytesMut::with_capacity(BATCH_CAPACITY);
     let mut batch_messages = 0usize;
     let mut scratch = [0u8; 512];
 
     loop {
-        if batch_messages == 0 {
-            let idle = match conn.as_mut() {
+        if batch_messages == 0 && w.unwritten.is_empty() {
+            let idle = match w.conn.as_mut() {
                 None => Idle::Message(rx.recv().await),
                 Some(stream) => tokio::select! {
                     biased;
                     msg = rx.recv() => Idle::Message(msg),
                     read = stream.read(&mut scratch) => Idle::Read(read),
+                    () = tokio::time::sleep(w.ack_poll), if !w.in_flight.is_empty() => Idle::AckPoll,
                 },
             };
             match idle {
@@ -166,9 +250,13 @@ pub(crate) async fn run(
                 }
                 Idle::Read(read) => {
                     if let Some(reason) = read_outcome(read) {
-                        conn = None;
-                        shared.down(reason);
+                        w.lost(reason);
                     }
+                    continue;
+                }
+                Idle::AckPoll => {
+                    w.ack_poll = (w.ack_poll * 2).min(ACK_POLL_MAX);
+                    w.check_acks();
                     continue;
                 }
             }
@@ -182,68 +270,148 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-
-        if let Some(reason) = conn.as_mut().and_then(peer_gone) {
-            conn = None;
-            shared.down(reason);
+        if batch_messages > 0 {
+            w.unwritten.push_back(Batch {
+                data: batch.split().freeze(),
+                messages: batch_messages,
+                end: 0,
+            });
+            batch.reserve(BATCH_CAPACITY);
+            batch_messages = 0;
         }
-        let stream = match conn.as_mut() {
-            Some(stream) => stream,
-            None => {
-                // The first attempt after a break is immediate; then back off.
-                if failures > 1 {
-                    tokio::time::sleep(backoff.delay(failures - 1)).await;
-                }
-                match connector.connect().await {
-                    Ok((stream, peer)) => {
-                        if ever_connected {
-                            shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                        }
-                        ever_connected = true;
-                        shared.up(peer);
-                        conn.insert(stream)
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        shared.down(e.to_string());
-                        continue;
-                    }
-                }
-            }
-        };
+        w.write().await;
+    }
 
-        let written = tokio::time::timeout(connector.write_timeout, async {
-            stream.write_all(&batch).await?;
-            stream.flush().await
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {
-                shared.sent(batch_messages, batch.len());
-                batch.clear();
-                batch_messages = 0;
-                failures = 0;
-            }
-            Ok(Err(e)) => {
-                // Keep the batch: it goes out again, whole, on the next connection.
-                conn = None;
-                failures += 1;
-                shared.down(format!("writing failed: {e}"));
-            }
-            Err(_) => {
+    if let Some(mut stream) = w.conn.take() {
+        let mut until = Instant::now() + w.connector.close_timeout;
+        if let Some(&deadline) = w.shared.close_by.get() {
+            until = until.min(deadline);
+        }
+        close(&mut stream, until).await;
+    }
+}
+
+impl Writer {
+    /// Connects if needed, then writes every unwritten batch in order.
+    async fn write(&mut self) {
+        if let Some(reason) = self.conn.as_mut().and_then(read_ready) {
+            self.lost(reason);
+        }
+        if self.conn.is_none() && !self.connect().await {
+            return;
+        }
+        while let (Some(stream), Some(batch)) = (self.conn.as_mut(), self.unwritten.front()) {
+            let written = tokio::time::timeout(self.connector.write_timeout, async {
+                stream.write_all(&batch.data).await?;
+                stream.flush().await
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {
+                    let end = socket(stream).written();
+                    if let Some(mut batch) = self.unwritten.pop_front() {
+                        batch.end = end;
+                        if self.in_flight.is_empty() {
+                            self.progress_at = Instant::now();
+                        }
+                        self.in_flight.push_back(batch);
+                    }
+                    self.failures = 0;
+                }
+                Ok(Err(e)) => {
+                    self.failures += 1;
+                    self.lost(format!("writing failed: {e}"));
+                    return;
+                }
                 // The receiver accepted the connection but reads nothing: without this, the
-                // destination would look up while nothing moves. Same as a failed write.
-                conn = None;
-                failures += 1;
-                shared.down(format!(
-                    "writing stalled for {:?}: the receiver is not reading",
-                    connector.write_timeout
-                ));
+                // destination would look up while nothing moves.
+                Err(_) => {
+                    self.give_up();
+                    return;
+                }
+            }
+        }
+        self.ack_poll = ACK_POLL_MIN;
+        self.check_acks();
+    }
+
+    /// One connection attempt, after the backoff delay if the last ones failed.
+    async fn connect(&mut self) -> bool {
+        // The first attempt after a break is immediate; then back off.
+        if self.failures > 1 {
+            tokio::time::sleep(self.backoff.delay(self.failures - 1)).await;
+        }
+        match self.connector.connect().await {
+            Ok((stream, peer)) => {
+                if self.ever_connected {
+                    self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                self.ever_connected = true;
+                self.shared.up(peer);
+                self.conn = Some(stream);
+                self.acked = 0;
+                true
+            }
+            Err(e) => {
+                self.failures += 1;
+                self.shared.down(e.to_string());
+                false
             }
         }
     }
 
-    if let Some(mut stream) = conn {
-        close(&mut stream).await;
+    /// Counts the batches the receiver's TCP has acknowledged as sent, and gives the
+    /// connection up if nothing was acknowledged for the write timeout.
+    fn check_acks(&mut self) {
+        if let Err(e) = self.count_acked() {
+            return self.lost(format!("connection lost: {e}"));
+        }
+        if !self.in_flight.is_empty() && self.progress_at.elapsed() >= self.connector.write_timeout
+        {
+            self.give_up();
+        }
+    }
+
+    fn count_acked(&mut self) -> std::io::Result<()> {
+        let Some(stream) = &self.conn else {
+            return Ok(());
+        };
+        let acked = socket(stream).acked()?;
+        if acked > self.acked {
+            self.acked = acked;
+            self.progress_at = Instant::now();
+        }
+        while self.in_flight.front().is_some_and(|b| b.end <= acked) {
+            if let Some(b) = self.in_flight.pop_front() {
+                self.shared.sent(b.messages, b.data.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves a connection whose receiver stopped reading. Whatever it sent is read first, so
+    /// that dropping the socket sends FIN, not RST: what the receiver's TCP acknowledged stays
+    /// with it.
+    fn give_up(&mut self) {
+        if let Some(stream) = self.conn.as_mut() {
+            read_ready(stream);
+        }
+        self.failures += 1;
+        self.lost(format!(
+            "nothing acknowledged for {:?}: the receiver is not reading",
+            self.connector.write_timeout
+        ));
+    }
+
+    /// The connection is gone: what it had not acknowledged is written again on the next one.
+    fn lost(&mut self, reason: String) {
+        // The socket still knows what was acknowledged before the close or reset, which may be
+        // more than we last asked.
+        let _ = self.count_acked();
+        self.conn = None;
+        while let Some(batch) = self.in_flight.pop_back() {
+            self.unwritten.push_front(batch);
+        }
+        self.shared.down(reason);
     }
 }
