@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Libraries syslog-ng-core 3.38 (bookworm) links against: `apt-cache depends syslog-ng-core`.
 SYSLOG_NG_LIBS="libcap2 libglib2.0-0 libivykis0 libjson-c5 libnet1 libpcre3 libssl3 libsystemd0 libwrap0"
-PKGS="rsyslog rsyslog-gnutls $SYSLOG_NG_LIBS"
+PKGS="rsyslog rsyslog-gnutls iproute2 $SYSLOG_NG_LIBS"
 
 missing=""
 for p in $PKGS; do
