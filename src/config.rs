@@ -581,7 +581,10 @@ impl Config {
                 Some(n) => n.get_ref().trim().to_string(),
                 None => sink.destination.to_string(),
             };
-            if destinations.iter().any(|x: &Destination| x.name == dest_name) {
+            if destinations
+                .iter()
+                .any(|x: &Destination| x.name == dest_name)
+            {
                 let span = d.name.as_ref().map_or(d.url.span(), |n| n.span());
                 return c.err(
                     span,

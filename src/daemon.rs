@@ -180,22 +180,25 @@ pub async fn run(
     let mut unflushed = Vec::new();
     for (name, output) in outputs {
         let Ok(output) = Arc::try_unwrap(output) else {
-            unflushed.push(format!("{name}: still in use"));
+            unflushed.push(format!("{name}: the writer is still in use at shutdown"));
             continue;
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match output.shutdown(left.max(Duration::from_millis(100))).await {
             Ok(s) => out.push((name, s)),
-            Err(e) => unflushed.push(e.to_string()),
+            // What the writer had not delivered is still queued (its cursor did not move).
+            Err(e) => {
+                tracing::warn!(destination = %name, "{e}; what it had not delivered stays queued")
+            }
         }
     }
     for name in &names {
         let cursor = queue.cursor(name).unwrap_or(0);
         if cursor < head {
-            unflushed.push(format!(
-                "{name}: {} record(s) not delivered stay queued for the next start",
-                head - cursor
-            ));
+            // Not an error: they are safe on disk and go first at the next start.
+            tracing::warn!(destination = %name,
+                "{} record(s) not delivered by the shutdown deadline stay queued for the next start",
+                head - cursor);
         }
     }
     queue.close().await;
@@ -301,14 +304,7 @@ async fn run_tenant(
     let (tx, rx) = mpsc::channel::<Delivery>(2);
     let mut pair = tokio::task::JoinSet::new();
     pair.spawn(poller.run(tx, pair_stop.clone()));
-    pair.spawn(handle(
-        tenant,
-        rx,
-        queue,
-        letters,
-        stats,
-        pair_stop.clone(),
-    ));
+    pair.spawn(handle(tenant, rx, queue, letters, stats, pair_stop.clone()));
     let mut panic = None;
     while let Some(ended) = pair.join_next().await {
         pair_stop.cancel();

@@ -60,7 +60,10 @@ impl Forwarder {
         tokio::pin!(drained);
         loop {
             let now_done = *done.borrow_and_update();
-            while pending.front().is_some_and(|(target, _)| *target <= now_done) {
+            while pending
+                .front()
+                .is_some_and(|(target, _)| *target <= now_done)
+            {
                 if let Some((_, seq)) = pending.pop_front() {
                     delivered = seq;
                 }
@@ -103,7 +106,10 @@ impl Forwarder {
         }
         // Out of time: keep what was delivered; the rest stays queued for the next start.
         let now_done = *done.borrow();
-        while pending.front().is_some_and(|(target, _)| *target <= now_done) {
+        while pending
+            .front()
+            .is_some_and(|(target, _)| *target <= now_done)
+        {
             if let Some((_, seq)) = pending.pop_front() {
                 delivered = seq;
             }
@@ -124,7 +130,12 @@ impl Forwarder {
             Ok(r) => r,
             Err(e) => {
                 let text = String::from_utf8_lossy(bytes);
-                self.dead_letter(None, None, &text, format!("queue record {seq} is damaged: {e}"));
+                self.dead_letter(
+                    None,
+                    None,
+                    &text,
+                    format!("queue record {seq} is damaged: {e}"),
+                );
                 return;
             }
         };
@@ -140,20 +151,14 @@ impl Forwarder {
                 return;
             }
         };
-        if !self
-            .destination
-            .wants(&record.tenant_name, &alert.severity)
-        {
+        if !self.destination.wants(&record.tenant_name, &alert.severity) {
             return;
         }
         let tenant = self.tenants.get(&record.tenant_name);
         if alert.alert_web_url.is_none() {
             // The MDE API has no alert link; Graph's alertWebUrl has this form.
             if let Some(t) = tenant {
-                let tid = alert
-                    .tenant_id
-                    .as_deref()
-                    .unwrap_or(&t.settings.tenant_id);
+                let tid = alert.tenant_id.as_deref().unwrap_or(&t.settings.tenant_id);
                 alert.alert_web_url = Some(t.settings.cloud.alert_link(&alert.id, tid).into());
             }
         }

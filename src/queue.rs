@@ -140,7 +140,10 @@ impl Queue {
                 txn.open_table(CHECKPOINTS).map_err(|e| err(&e))?;
                 txn.open_table(CURSORS).map_err(|e| err(&e))?;
                 let meta = txn.open_table(META).map_err(|e| err(&e))?;
-                let next = meta.get("next_seq").map_err(|e| err(&e))?.map(|v| v.value());
+                let next = meta
+                    .get("next_seq")
+                    .map_err(|e| err(&e))?
+                    .map(|v| v.value());
                 let bytes = meta.get("bytes").map_err(|e| err(&e))?.map(|v| v.value());
                 (next.unwrap_or(1).saturating_sub(1), bytes.unwrap_or(0))
             };
@@ -184,8 +187,14 @@ impl Queue {
 
     /// The checkpoint stored under `key`, if any.
     pub fn checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(|e| self.store_err(&e))?;
-        let table = txn.open_table(CHECKPOINTS).map_err(|e| self.store_err(&e))?;
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
+        let table = txn
+            .open_table(CHECKPOINTS)
+            .map_err(|e| self.store_err(&e))?;
         let Some(v) = table.get(key).map_err(|e| self.store_err(&e))? else {
             return Ok(None);
         };
@@ -204,9 +213,15 @@ impl Queue {
             return Ok(false);
         };
         let bytes = serde_json::to_vec(&cp).map_err(|e| self.store_err(&e))?;
-        let txn = self.shared.db.begin_write().map_err(|e| self.store_err(&e))?;
+        let txn = self
+            .shared
+            .db
+            .begin_write()
+            .map_err(|e| self.store_err(&e))?;
         {
-            let mut table = txn.open_table(CHECKPOINTS).map_err(|e| self.store_err(&e))?;
+            let mut table = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| self.store_err(&e))?;
             table
                 .insert(key, bytes.as_slice())
                 .map_err(|e| self.store_err(&e))?;
@@ -267,7 +282,11 @@ impl Queue {
     pub fn attach(&self, names: &[String]) -> Result<(), QueueError> {
         let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
         let head = *self.shared.head.borrow();
-        let txn = self.shared.db.begin_write().map_err(|e| self.store_err(&e))?;
+        let txn = self
+            .shared
+            .db
+            .begin_write()
+            .map_err(|e| self.store_err(&e))?;
         {
             let mut cursors = txn.open_table(CURSORS).map_err(|e| self.store_err(&e))?;
             let existing: Vec<String> = cursors
@@ -279,7 +298,9 @@ impl Queue {
             for name in &existing {
                 if !wanted.contains(name.as_str()) {
                     tracing::info!(destination = %name, "destination no longer configured: its queue cursor is dropped");
-                    cursors.remove(name.as_str()).map_err(|e| self.store_err(&e))?;
+                    cursors
+                        .remove(name.as_str())
+                        .map_err(|e| self.store_err(&e))?;
                 }
             }
             for name in names {
@@ -292,8 +313,13 @@ impl Queue {
             let mut alerts = txn.open_table(ALERTS).map_err(|e| self.store_err(&e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.store_err(&e))?;
             let freed = reclaim(&cursors, &mut alerts).map_err(|e| self.store_err(&e))?;
-            let bytes = self.shared.bytes.load(Ordering::Relaxed).saturating_sub(freed);
-            meta.insert("bytes", bytes).map_err(|e| self.store_err(&e))?;
+            let bytes = self
+                .shared
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_sub(freed);
+            meta.insert("bytes", bytes)
+                .map_err(|e| self.store_err(&e))?;
             self.shared.bytes.store(bytes, Ordering::Relaxed);
         }
         txn.commit().map_err(|e| self.store_err(&e))?;
@@ -303,7 +329,11 @@ impl Queue {
 
     /// The last sequence number `destination` has delivered.
     pub fn cursor(&self, destination: &str) -> Result<u64, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(|e| self.store_err(&e))?;
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
         let table = txn.open_table(CURSORS).map_err(|e| self.store_err(&e))?;
         let v = table.get(destination).map_err(|e| self.store_err(&e))?;
         Ok(v.map_or(0, |v| v.value()))
@@ -311,7 +341,11 @@ impl Queue {
 
     /// Up to `max` records after sequence number `after`, in order.
     pub fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(|e| self.store_err(&e))?;
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
         let table = txn.open_table(ALERTS).map_err(|e| self.store_err(&e))?;
         let mut out = Vec::new();
         for entry in table
@@ -586,7 +620,9 @@ mod tests {
         q.attach(&["a".into(), "c".into()]).expect("attach");
         assert_eq!(q.cursor("c").expect("cursor"), 5);
         assert_eq!(ids(&q, 0), ["da5"]);
-        q.append("t-graph", vec![record(6)], &cp).await.expect("append");
+        q.append("t-graph", vec![record(6)], &cp)
+            .await
+            .expect("append");
         assert_eq!(q.stats().head, 6);
     }
 

@@ -301,7 +301,13 @@ impl Poller {
         checkpoint: Option<Checkpoint>,
     ) -> Result<Self, PollError> {
         let tokens = Arc::new(EntraTokenProvider::new(&settings, http.clone())?);
-        Ok(Self::build(settings, http, tokens, checkpoint, Persist::Receiver))
+        Ok(Self::build(
+            settings,
+            http,
+            tokens,
+            checkpoint,
+            Persist::Receiver,
+        ))
     }
 
     /// A poller using `tokens`; loads the checkpoint from `state_dir` or starts at now minus
