@@ -322,6 +322,7 @@ fn bench() -> anyhow::Result<ExitCode> {
         },
         log_level: "warn".to_string(),
         shutdown_timeout: Duration::from_secs(10),
+        queue_max_bytes: defender_bridge::config::DEFAULT_QUEUE_MAX_BYTES,
         tenants: (0..n)
             .map(|i| {
                 let mut s = TenantSettings::new(
@@ -344,6 +345,7 @@ fn bench() -> anyhow::Result<ExitCode> {
             })
             .collect(),
         destinations: vec![Destination {
+            name: "bench".to_string(),
             output: OutputConfig {
                 sink,
                 format: "arcsight".to_string(),

@@ -150,6 +150,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub dead_letter: Option<PathBuf>,
     #[serde(default)]
+    pub queue_max_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
     pub shutdown_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub tenant: Vec<Spanned<RawTenant>>,
@@ -203,6 +205,8 @@ pub struct RawCertificate {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct RawDestination {
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
     pub url: Spanned<String>,
     pub format: Spanned<String>,
     #[serde(default)]
@@ -246,6 +250,8 @@ pub struct Tenant {
 /// One destination, validated.
 #[derive(Debug, Clone)]
 pub struct Destination {
+    /// Its stable identity in the queue (its read cursor): `name`, or the URL.
+    pub name: String,
     pub output: OutputConfig,
     /// Only these tenants' alerts (by name); `None` for all.
     pub tenants: Option<HashSet<String>>,
@@ -273,6 +279,8 @@ pub struct Config {
     pub http: HttpSettings,
     pub log_level: String,
     pub shutdown_timeout: Duration,
+    /// Most bytes the durable queue holds before polling pauses (issue 9 §2).
+    pub queue_max_bytes: u64,
     pub tenants: Vec<Tenant>,
     pub destinations: Vec<Destination>,
     /// Warnings found while loading (a secret file readable by others, skipped TLS checks).
@@ -280,6 +288,10 @@ pub struct Config {
 }
 
 pub const DEFAULT_PATH: &str = "/etc/defender-bridge/config.toml";
+
+/// `queue_max_bytes` default: 1 GiB holds about 300,000 alerts with evidence.
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 1 << 30;
+const MIN_QUEUE_MAX_BYTES: u64 = 1 << 20;
 
 struct Ctx<'a> {
     origin: &'a str,
@@ -562,7 +574,25 @@ impl Config {
                     Some(list.get_ref().iter().cloned().collect())
                 }
             };
+            let dest_name = match &d.name {
+                Some(n) if n.get_ref().trim().is_empty() => {
+                    return c.err(n.span(), "a destination name cannot be empty")
+                }
+                Some(n) => n.get_ref().trim().to_string(),
+                None => sink.destination.to_string(),
+            };
+            if destinations
+                .iter()
+                .any(|x: &Destination| x.name == dest_name)
+            {
+                let span = d.name.as_ref().map_or(d.url.span(), |n| n.span());
+                return c.err(
+                    span,
+                    format!("two destinations are named {dest_name:?} (a destination's name is its URL unless name = \"…\" says otherwise); give each its own name"),
+                );
+            }
             destinations.push(Destination {
+                name: dest_name,
                 output: OutputConfig {
                     sink,
                     format: d.format.get_ref().clone(),
@@ -604,6 +634,16 @@ impl Config {
             http,
             log_level: raw.log_level.clone().unwrap_or_else(|| "info".to_string()),
             shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(30)),
+            queue_max_bytes: match &raw.queue_max_bytes {
+                None => DEFAULT_QUEUE_MAX_BYTES,
+                Some(q) if *q.get_ref() < MIN_QUEUE_MAX_BYTES => {
+                    return c.err(
+                        q.span(),
+                        format!("queue_max_bytes must be at least {MIN_QUEUE_MAX_BYTES} (1 MiB)"),
+                    )
+                }
+                Some(q) => *q.get_ref(),
+            },
             tenants,
             destinations,
             warnings,

@@ -1,16 +1,19 @@
-//! `run`: every tenant polled, every alert version formatted for and sent to every destination
-//! that wants it.
+//! `run`: every tenant polled, every alert version queued on disk, and delivered from there to
+//! every destination that wants it (DESIGN.md "The flow").
 //!
 //! One poller task and one handler task per tenant, so that a failing or slow tenant never
 //! delays another (peers.md §7.4), under a supervisor per tenant that retries a start that
-//! failed and restarts the pair after a panic (issue 8 §13). A handler decodes each page, queues its records on every
-//! matching output, waits until the outputs have written them, and only then acknowledges the
-//! page, which lets the tenant's checkpoint move past it (issue: "advanced only after every
-//! destination accepted the records of that page"). While a destination is down its tenants'
-//! checkpoints wait, so a restart loses nothing; the records of a page being written when the
-//! daemon stops can be sent again after the restart (at-least-once, with the alert id and
-//! lastUpdate time in every record for the SIEM to de-duplicate).
+//! failed and restarts the pair after a panic (issue 8 §13). A handler puts what cannot be
+//! forwarded in the dead-letter file, then appends the page's alerts and the tenant's new
+//! checkpoint to the durable queue in one transaction, and only then acknowledges the page
+//! (src/queue.rs). Each destination has its own delivery loop reading the queue from its own
+//! cursor (src/delivery.rs), so a SIEM that is down holds up nothing but its own records: the
+//! pollers and the other destinations go on, and it catches up from the queue when it is back.
+//! A restart resumes the pollers from their checkpoints and the destinations from their cursors
+//! (at-least-once: what a destination delivered in its last quarter second before a crash can
+//! go again; the alert id and lastUpdate time in every record let the SIEM de-duplicate).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,18 +23,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
-use crate::config::{Config, Destination, Tenant};
+use crate::config::{Config, Tenant};
 use crate::dead_letter::{DeadLetterFile, Letter};
-use crate::format::Context;
+use crate::delivery::Forwarder;
 use crate::output::{Output, OutputStats};
+use crate::queue::{checkpoint_key, Queue, Record};
 use crate::source::defender::backoff;
 use crate::source::{build_http_client, AlertBatch, Checkpoint, Delivery, Poller};
-
-/// A destination and what it takes.
-struct Route {
-    output: Output,
-    destination: Destination,
-}
 
 /// Counters of a run.
 #[derive(Debug, Default)]
@@ -42,7 +40,9 @@ pub struct RunStats {
     pub rejected: AtomicU64,
 }
 
-/// Runs until `stop` is cancelled, then flushes every output within the configured timeout.
+/// Runs until `stop` is cancelled, then stops polling, lets the destinations deliver what is
+/// queued and closes them, all within the configured `shutdown_timeout`; what was not
+/// delivered by then stays queued for the next start.
 pub async fn run(
     config: Config,
     stop: CancellationToken,
@@ -73,41 +73,72 @@ pub async fn run(
             config.state_dir.display()
         ),
     }
-    let http = build_http_client(&config.http)?;
-    let mut routes = Vec::new();
-    for d in &config.destinations {
-        routes.push(Route {
-            output: Output::build(&d.output)?,
-            destination: d.clone(),
-        });
+    let queue = Queue::open(&config.state_dir, config.queue_max_bytes)?;
+    for t in &config.tenants {
+        let s = &t.settings;
+        let key = checkpoint_key(&s.tenant_id, s.api);
+        let file = Checkpoint::path(&config.state_dir, &s.tenant_id, &s.api.to_string());
+        if queue.migrate_checkpoint_file(&key, &file)? {
+            tracing::info!(tenant = %s.name, "checkpoint file {} moved into the queue", file.display());
+        }
     }
-    let routes = Arc::new(routes);
+    let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
+    queue.attach(&names)?;
+    let http = build_http_client(&config.http)?;
     let letters =
         Arc::new(DeadLetterFile::open(&config.dead_letter).map_err(|e| {
             anyhow::anyhow!("dead-letter file {}: {e}", config.dead_letter.display())
         })?);
+    let by_name: Arc<HashMap<String, Tenant>> = Arc::new(
+        config
+            .tenants
+            .iter()
+            .map(|t| (t.settings.name.clone(), t.clone()))
+            .collect(),
+    );
+    let mut outputs = Vec::new();
+    let deliver_stop = CancellationToken::new();
+    let out_of_time = Arc::new(tokio::sync::Notify::new());
+    let mut deliveries = tokio::task::JoinSet::new();
+    for d in &config.destinations {
+        let output = Arc::new(Output::build(&d.output)?);
+        outputs.push((d.name.clone(), output.clone()));
+        let forwarder = Forwarder {
+            destination: d.clone(),
+            output,
+            tenants: by_name.clone(),
+            letters: letters.clone(),
+        };
+        deliveries.spawn(forwarder.run(queue.clone(), deliver_stop.clone(), out_of_time.clone()));
+    }
     let stats = Arc::new(RunStats::default());
+    let poll_stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in &config.tenants {
         let settings = tenant.settings.clone();
-        let (http, state_dir) = (http.clone(), config.state_dir.clone());
-        let (tenant, routes, letters, stats, tenant_stop) = (
+        let key = checkpoint_key(&settings.tenant_id, settings.api);
+        let (http, start_queue) = (http.clone(), queue.clone());
+        let (tenant, queue, letters, stats, tenant_stop) = (
             tenant.clone(),
-            routes.clone(),
+            queue.clone(),
             letters.clone(),
             stats.clone(),
-            stop.clone(),
+            poll_stop.clone(),
         );
         tasks.spawn(supervise(
             tenant.settings.name.clone(),
             (settings.backoff_base, settings.backoff_max),
-            stop.clone(),
-            move || Poller::connect(settings.clone(), http.clone(), &state_dir),
+            poll_stop.clone(),
+            move || -> Result<Poller, String> {
+                let checkpoint = start_queue.checkpoint(&key).map_err(|e| e.to_string())?;
+                Poller::connect_with_checkpoint(settings.clone(), http.clone(), checkpoint)
+                    .map_err(|e| e.to_string())
+            },
             move |poller| {
                 run_tenant(
                     poller,
                     tenant.clone(),
-                    routes.clone(),
+                    queue.clone(),
                     letters.clone(),
                     stats.clone(),
                     tenant_stop.clone(),
@@ -115,29 +146,80 @@ pub async fn run(
             },
         ));
     }
+    let q = queue.stats();
     tracing::info!(
         tenants = config.tenants.len(),
         destinations = config.destinations.len(),
+        queued_bytes = q.bytes,
         "running"
     );
     stop.cancelled().await;
-    tracing::info!("stopping: flushing the destinations");
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    tracing::info!("stopping: polling ends, the destinations deliver what is queued");
+    // Pollers first: a page being appended finishes its transaction or is not acknowledged,
+    // and either way its alerts and checkpoint are in the queue together or not at all.
+    poll_stop.cancel();
     while tasks.join_next().await.is_some() {}
-    let routes =
-        Arc::try_unwrap(routes).map_err(|_| anyhow::anyhow!("a tenant task is still running"))?;
+    deliver_stop.cancel();
+    let mut behind = Vec::new();
+    let drained = tokio::time::timeout_at(deadline, async {
+        while let Some(r) = deliveries.join_next().await {
+            collect_delivery(r, &mut behind);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        // Out of time: each loop keeps what was delivered; the rest stays queued.
+        out_of_time.notify_waiters();
+        while let Some(r) = deliveries.join_next().await {
+            collect_delivery(r, &mut behind);
+        }
+    }
+    let head = queue.stats().head;
     let mut out = Vec::new();
     let mut unflushed = Vec::new();
-    for r in routes {
-        let name = r.output.destination().to_string();
-        match r.output.shutdown(config.shutdown_timeout).await {
+    for (name, output) in outputs {
+        let Ok(output) = Arc::try_unwrap(output) else {
+            unflushed.push(format!("{name}: the writer is still in use at shutdown"));
+            continue;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match output.shutdown(left.max(Duration::from_millis(100))).await {
             Ok(s) => out.push((name, s)),
-            Err(e) => unflushed.push(e.to_string()),
+            // What the writer had not delivered is still queued (its cursor did not move).
+            Err(e) => {
+                tracing::warn!(destination = %name, "{e}; what it had not delivered stays queued")
+            }
         }
+    }
+    for name in &names {
+        let cursor = queue.cursor(name).unwrap_or(0);
+        if cursor < head {
+            // Not an error: they are safe on disk and go first at the next start.
+            tracing::warn!(destination = %name,
+                "{} record(s) not delivered by the shutdown deadline stay queued for the next start",
+                head - cursor);
+        }
+    }
+    queue.close().await;
+    for e in behind {
+        unflushed.push(e);
     }
     if !unflushed.is_empty() {
         anyhow::bail!("{}", unflushed.join("; "));
     }
     Ok(out)
+}
+
+fn collect_delivery(
+    r: Result<Result<u64, crate::queue::QueueError>, tokio::task::JoinError>,
+    errors: &mut Vec<String>,
+) {
+    match r {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => errors.push(e.to_string()),
+        Err(e) => errors.push(format!("a delivery loop failed: {e}")),
+    }
 }
 
 /// Keeps one tenant going until `stop` (issue 8 §13). `start` (the poller's `connect`: its
@@ -213,7 +295,7 @@ async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool
 async fn run_tenant(
     poller: Poller,
     tenant: Tenant,
-    routes: Arc<Vec<Route>>,
+    queue: Queue,
     letters: Arc<DeadLetterFile>,
     stats: Arc<RunStats>,
     stop: CancellationToken,
@@ -222,14 +304,7 @@ async fn run_tenant(
     let (tx, rx) = mpsc::channel::<Delivery>(2);
     let mut pair = tokio::task::JoinSet::new();
     pair.spawn(poller.run(tx, pair_stop.clone()));
-    pair.spawn(handle(
-        tenant,
-        rx,
-        routes,
-        letters,
-        stats,
-        pair_stop.clone(),
-    ));
+    pair.spawn(handle(tenant, rx, queue, letters, stats, pair_stop.clone()));
     let mut panic = None;
     while let Some(ended) = pair.join_next().await {
         pair_stop.cancel();
@@ -267,12 +342,12 @@ fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// One tenant's pages: decode, send to every route that wants the alert, put what cannot be
-/// forwarded in the dead-letter file, wait until written, acknowledge.
+/// One tenant's pages: put what cannot be forwarded in the dead-letter file, append the rest
+/// and the checkpoint to the queue, acknowledge.
 async fn handle(
     tenant: Tenant,
     mut rx: mpsc::Receiver<Delivery>,
-    routes: Arc<Vec<Route>>,
+    queue: Queue,
     letters: Arc<DeadLetterFile>,
     stats: Arc<RunStats>,
     stop: CancellationToken,
@@ -283,7 +358,7 @@ async fn handle(
             _ = stop.cancelled() => return,
         };
         let Delivery { batch, ack } = delivery;
-        match handle_page(&tenant, &batch, &routes, &letters, &stats, &stop).await {
+        match handle_page(&tenant, batch, &queue, &letters, &stats, &stop).await {
             Page::Done => ack.accept(),
             // Not acknowledged: the checkpoint stays, and the page comes again.
             Page::Again => continue,
@@ -305,22 +380,17 @@ enum Page {
 
 async fn handle_page(
     tenant: &Tenant,
-    batch: &AlertBatch,
-    routes: &[Route],
+    batch: AlertBatch,
+    queue: &Queue,
     letters: &DeadLetterFile,
     stats: &RunStats,
     stop: &CancellationToken,
 ) -> Page {
     let name = &tenant.settings.name;
-    let ctx = Context {
-        tenant_name: Some(name),
-        hostname: tenant.syslog_hostname.as_deref(),
-    };
     // The cursor moves past every alert of the page, so what cannot be forwarded must be in the
     // dead-letter file before the page is acknowledged (issue 8 §12).
     let mut dead = Vec::new();
     for r in &batch.rejected {
-        stats.rejected.fetch_add(1, Ordering::Relaxed);
         tracing::error!(tenant = %name, alert = r.id.as_deref().unwrap_or("-"),
             "alert cannot be forwarded, it goes to the dead-letter file: {}", r.reason);
         dead.push(Letter {
@@ -332,54 +402,35 @@ async fn handle_page(
             record: r.json.get(),
         });
     }
-    let mut used = vec![false; routes.len()];
-    let mut failed = false;
+    let mut records = Vec::with_capacity(batch.alerts.len());
+    let mut undecodable = 0u64;
     for raw in &batch.alerts {
-        let mut alert = match Alert::from_json(raw.json.get()) {
-            Ok(a) => a,
-            Err(e) => {
-                stats.undecodable.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(tenant = %name, alert = %raw.id,
-                    "cannot decode alert, it goes to the dead-letter file: {e}");
-                dead.push(Letter {
-                    destination: "-",
-                    alert_id: Some(&raw.id),
-                    last_update_date_time: Some(raw.last_update.to_rfc3339()),
-                    tenant_name: Some(name),
-                    reason: format!("cannot decode alert: {e}"),
-                    record: raw.json.get(),
-                });
-                continue;
-            }
-        };
-        stats.alerts.fetch_add(1, Ordering::Relaxed);
-        // The MDE API has no alert link; Graph's alertWebUrl has this form.
-        if alert.alert_web_url.is_none() {
-            let tid = alert
-                .tenant_id
-                .as_deref()
-                .unwrap_or(&tenant.settings.tenant_id);
-            alert.alert_web_url = Some(tenant.settings.cloud.alert_link(&alert.id, tid).into());
+        // Checked here once, so that every destination's loop gets alerts it can decode.
+        if let Err(e) = Alert::from_json(raw.json.get()) {
+            undecodable += 1;
+            tracing::error!(tenant = %name, alert = %raw.id,
+                "cannot decode alert, it goes to the dead-letter file: {e}");
+            dead.push(Letter {
+                destination: "-",
+                alert_id: Some(&raw.id),
+                last_update_date_time: Some(raw.last_update.to_rfc3339()),
+                tenant_name: Some(name),
+                reason: format!("cannot decode alert: {e}"),
+                record: raw.json.get(),
+            });
+            continue;
         }
-        for (i, r) in routes.iter().enumerate() {
-            if !r.destination.wants(name, &alert.severity) {
-                continue;
+        records.push(
+            Record {
+                tenant_name: name.clone(),
+                tenant_id: batch.tenant_id.clone(),
+                api: batch.api.to_string(),
+                alert_id: raw.id.clone(),
+                last_update: raw.last_update,
+                alert: raw.json.clone(),
             }
-            used[i] = true;
-            let sent = tokio::select! {
-                s = r.output.send(&alert, &ctx) => s,
-                _ = stop.cancelled() => return Page::Stopped,
-            };
-            if let Err(e) = sent {
-                tracing::error!(tenant = %name, destination = r.output.destination(), "{e}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        // Dead letters are written once the page's records were taken, so that a page that
-        // comes again does not put its letters in the file twice.
-        return Page::Again;
+            .encode(),
+        );
     }
     for letter in &dead {
         if let Err(e) = letters.write(letter) {
@@ -388,22 +439,32 @@ async fn handle_page(
             return Page::Again;
         }
     }
-    // Wait until every destination used has written what it was given.
-    for (_, r) in routes.iter().enumerate().filter(|(i, _)| used[*i]) {
-        loop {
-            let flushed = tokio::select! {
-                f = r.output.flush(Duration::from_secs(5)) => f,
-                _ = stop.cancelled() => return Page::Stopped,
-            };
-            match flushed {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::debug!(tenant = %name, "waiting for {}: {e}", r.output.destination())
-                }
-            }
+    let Some(checkpoint) = &batch.checkpoint else {
+        tracing::error!(tenant = %name, "a page came without its checkpoint; not acknowledged");
+        return Page::Again;
+    };
+    let count = records.len() as u64;
+    let key = checkpoint_key(&batch.tenant_id, batch.api);
+    let appended = tokio::select! {
+        a = queue.append(&key, records, checkpoint) => a,
+        // A full queue waits for space; a stop must not wait for it.
+        _ = stop.cancelled() => return Page::Stopped,
+    };
+    match appended {
+        Ok(()) => {
+            stats.alerts.fetch_add(count, Ordering::Relaxed);
+            stats.undecodable.fetch_add(undecodable, Ordering::Relaxed);
+            stats
+                .rejected
+                .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
+            Page::Done
+        }
+        Err(e) => {
+            // A full or unwritable disk: polling of this tenant stops here until it works.
+            tracing::error!(tenant = %name, "cannot queue the page, it comes again: {e}");
+            Page::Again
         }
     }
-    Page::Done
 }
 
 #[cfg(test)]
@@ -445,6 +506,7 @@ mod tests {
                 json: raw(r#"{"title":"no id"}"#),
             }],
             cursor_after: chrono::Utc::now(),
+            checkpoint: Some(Checkpoint::fresh("t", "graph", chrono::Utc::now())),
         }
     }
 
@@ -457,8 +519,12 @@ mod tests {
         let letters = DeadLetterFile::open(&path).unwrap();
         let stats = RunStats::default();
         let stop = CancellationToken::new();
-        let page = handle_page(&tenant(), &page(), &[], &letters, &stats, &stop).await;
+        let queue = Queue::open(dir.path(), 1 << 20).unwrap();
+        let page = handle_page(&tenant(), page(), &queue, &letters, &stats, &stop).await;
         assert_eq!(page, Page::Done);
+        // Neither went into the queue; the page's checkpoint did.
+        assert_eq!(queue.stats().head, 0);
+        assert!(queue.checkpoint("t-graph").unwrap().is_some());
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -539,7 +605,10 @@ mod tests {
         let letters = DeadLetterFile::open(Path::new("/dev/full")).unwrap();
         let stop = CancellationToken::new();
         let stats = RunStats::default();
-        let page = handle_page(&tenant(), &page(), &[], &letters, &stats, &stop).await;
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path(), 1 << 20).unwrap();
+        let page = handle_page(&tenant(), page(), &queue, &letters, &stats, &stop).await;
         assert_eq!(page, Page::Again);
+        assert!(queue.checkpoint("t-graph").unwrap().is_none());
     }
 }

@@ -91,6 +91,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<(
         },
         log_level: "info".to_string(),
         shutdown_timeout: Duration::from_secs(10),
+        queue_max_bytes: crate::config::DEFAULT_QUEUE_MAX_BYTES,
         tenants: tenants
             .iter()
             .enumerate()
@@ -116,6 +117,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<(
             })
             .collect(),
         destinations: vec![Destination {
+            name: to.clone(),
             output: OutputConfig {
                 sink: SinkConfig::new(to.parse()?),
                 format: opts.format.clone(),

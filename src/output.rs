@@ -93,6 +93,16 @@ impl Output {
         self.sink.destination()
     }
 
+    /// Messages handed to the writer so far (see [`Sink::accepted`]).
+    pub fn accepted(&self) -> u64 {
+        self.sink.accepted()
+    }
+
+    /// Messages the writer has delivered so far, in order (see [`Sink::done`]).
+    pub fn done(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sink.done()
+    }
+
     pub fn formatter(&self) -> &Formatter {
         &self.encoder.formatter
     }

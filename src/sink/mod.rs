@@ -509,6 +509,18 @@ impl Sink {
         }
     }
 
+    /// Messages taken by [`Sink::send`] so far; the n-th message is done once
+    /// [`Sink::done`] reaches n.
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Messages done so far, in queue order (written, or for UDP sent or dropped); wakes on
+    /// every change.
+    pub fn done(&self) -> watch::Receiver<u64> {
+        self.shared.done.subscribe()
+    }
+
     /// The connection state; `changed().await` on the receiver to follow transitions.
     pub fn status(&self) -> watch::Receiver<Status> {
         self.shared.status.subscribe()

@@ -84,6 +84,10 @@ pub struct AlertBatch {
     pub rejected: Vec<RejectedAlert>,
     /// The tenant's cursor once this batch is accepted.
     pub cursor_after: DateTime<Utc>,
+    /// The tenant's whole checkpoint once this batch is accepted, for a receiver that stores it
+    /// with the alerts in one transaction (the durable queue); `None` when the poller saves its
+    /// own checkpoint file.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// An alert object of a page that cannot be forwarded, kept whole for the dead-letter file.
@@ -200,7 +204,7 @@ pub struct Poller {
     http: reqwest::Client,
     tokens: Arc<dyn TokenProvider>,
     limiter: RateLimiter,
-    path: PathBuf,
+    persist: Persist,
     /// The committed state: what the receiver has accepted. A batch changes it only once it is
     /// accepted, so a failed poll leaves nothing to roll back (issue 8 §7).
     state: Checkpoint,
@@ -214,6 +218,16 @@ pub struct Poller {
     /// `requests` when the current poll started.
     poll_started_at: u32,
     status: Arc<Mutex<TenantStatus>>,
+}
+
+/// Who keeps the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Persist {
+    /// The poller saves it to this file after each accepted batch (`Poller::connect`).
+    File(PathBuf),
+    /// The receiver stores it with the batch's alerts, in one transaction (the durable queue):
+    /// every change goes out as a batch, with [`AlertBatch::checkpoint`].
+    Receiver,
 }
 
 /// What this poller has learned about its API server while talking to it.
@@ -278,8 +292,26 @@ impl Poller {
         Self::new(settings, http, tokens, state_dir)
     }
 
+    /// A poller whose receiver keeps the checkpoint (the durable queue: each batch carries the
+    /// checkpoint after it, and the receiver stores both in one transaction). Starts from
+    /// `checkpoint`, or at now minus the initial look-back.
+    pub fn connect_with_checkpoint(
+        settings: TenantSettings,
+        http: reqwest::Client,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Self, PollError> {
+        let tokens = Arc::new(EntraTokenProvider::new(&settings, http.clone())?);
+        Ok(Self::build(
+            settings,
+            http,
+            tokens,
+            checkpoint,
+            Persist::Receiver,
+        ))
+    }
+
     /// A poller using `tokens`; loads the checkpoint from `state_dir` or starts at now minus
-    /// the initial look-back.
+    /// the initial look-back, and saves it there after each accepted batch.
     pub fn new(
         settings: TenantSettings,
         http: reqwest::Client,
@@ -288,20 +320,36 @@ impl Poller {
     ) -> Result<Self, PollError> {
         let api = settings.api.to_string();
         let path = Checkpoint::path(state_dir, &settings.tenant_id, &api);
-        let state = match Checkpoint::load(&path)? {
-            Some(cp) => cp,
-            None => Checkpoint::fresh(
+        let checkpoint = Checkpoint::load(&path)?;
+        Ok(Self::build(
+            settings,
+            http,
+            tokens,
+            checkpoint,
+            Persist::File(path),
+        ))
+    }
+
+    fn build(
+        settings: TenantSettings,
+        http: reqwest::Client,
+        tokens: Arc<dyn TokenProvider>,
+        checkpoint: Option<Checkpoint>,
+        persist: Persist,
+    ) -> Self {
+        let state = checkpoint.unwrap_or_else(|| {
+            Checkpoint::fresh(
                 &settings.tenant_id,
-                &api,
+                &settings.api.to_string(),
                 before(Utc::now(), settings.initial_lookback),
-            ),
-        };
-        Ok(Poller {
+            )
+        });
+        Poller {
             limiter: RateLimiter::new(&settings.rate_limits()),
             settings: Arc::new(settings),
             http,
             tokens,
-            path,
+            persist,
             state,
             unsaved: false,
             server: ServerView::default(),
@@ -309,7 +357,7 @@ impl Poller {
             limited_micros: AtomicU64::new(0),
             poll_started_at: 0,
             status: Arc::default(),
-        })
+        }
     }
 
     pub fn settings(&self) -> &TenantSettings {
@@ -736,7 +784,22 @@ impl Poller {
             return Ok(());
         }
         let forwarded = forward.len();
-        if !forward.is_empty() || !rejected.is_empty() {
+        let rejected_count = digests.len();
+        // The state once the batch is accepted.
+        let mut next = self.state.clone();
+        next.seen.extend(new_seen);
+        next.alerts.extend(policy);
+        let first_seen = self.server_now();
+        next.rejected
+            .extend(digests.into_iter().map(|d| (d, first_seen)));
+        next.cursor = cursor_after.max(next.cursor);
+        // Keep de-dup entries the next window can still return: it starts at cursor - overlap,
+        // and never before this window's start while a window is being paged.
+        let horizon = floor_tick(before(next.cursor, self.settings.overlap)).min(window_lo);
+        let policy_horizon = before(Utc::now(), self.settings.policy_retention);
+        next.prune(horizon, policy_horizon);
+        let receiver_keeps = self.persist == Persist::Receiver;
+        if !forward.is_empty() || !rejected.is_empty() || receiver_keeps {
             let (tx, rx) = oneshot::channel();
             let batch = AlertBatch {
                 tenant_name: self.settings.name.clone(),
@@ -745,6 +808,7 @@ impl Poller {
                 alerts: forward,
                 rejected,
                 cursor_after,
+                checkpoint: receiver_keeps.then(|| next.clone()),
             };
             out.send(Delivery {
                 batch,
@@ -756,20 +820,12 @@ impl Poller {
         }
         // Accepted: only now does the state move.
         stats.forwarded += forwarded;
-        stats.rejected += digests.len();
-        self.state.seen.extend(new_seen);
-        self.state.alerts.extend(policy);
-        let first_seen = self.server_now();
-        self.state
-            .rejected
-            .extend(digests.into_iter().map(|d| (d, first_seen)));
-        self.state.cursor = cursor_after.max(self.state.cursor);
-        // Keep de-dup entries the next window can still return: it starts at cursor - overlap,
-        // and never before this window's start while a window is being paged.
-        let horizon = floor_tick(before(self.state.cursor, self.settings.overlap)).min(window_lo);
-        let policy_horizon = before(Utc::now(), self.settings.policy_retention);
-        self.state.prune(horizon, policy_horizon);
-        let (state, path) = (self.state.clone(), self.path.clone());
+        stats.rejected += rejected_count;
+        self.state = next;
+        let Persist::File(path) = &self.persist else {
+            return Ok(());
+        };
+        let (state, path) = (self.state.clone(), path.clone());
         let saved = tokio::task::spawn_blocking(move || state.save(&path))
             .await
             .map_err(|e| PollError::BadResponse(format!("checkpoint writer panicked: {e}")))?;

@@ -1,0 +1,200 @@
+//! One destination's delivery loop: read the queue from the destination's own cursor, make
+//! each record with the destination's format, hand it to the writer, and move the cursor past
+//! what the writer has *delivered* (DESIGN.md "delivered"; issue 9 §1, §5).
+//!
+//! A destination that is down or slow holds up only itself: its records wait in the queue,
+//! the pollers and the other destinations go on. A restart resumes every destination from its
+//! cursor, so what was delivered is not sent again and what was not is sent then.
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::alert::Alert;
+use crate::config::{Destination, Tenant};
+use crate::dead_letter::{DeadLetterFile, Letter};
+use crate::format::Context;
+use crate::output::Output;
+use crate::queue::{Queue, QueueError, Record};
+
+/// Records read from the queue at once.
+const READ_BATCH: usize = 512;
+/// Records handed to the writer and not yet delivered, at most: bounds what a reconnect can
+/// send again and what this loop holds in memory.
+const IN_FLIGHT: usize = 20_000;
+/// How often the cursor is written while records are being delivered. A crash sends again at
+/// most what was delivered in this span (at-least-once).
+const ACK_EVERY: Duration = Duration::from_millis(250);
+
+/// What a delivery loop needs besides its queue.
+pub struct Forwarder {
+    pub destination: Destination,
+    pub output: Arc<Output>,
+    /// Tenants by name, for each record's syslog host name and portal link.
+    pub tenants: Arc<HashMap<String, Tenant>>,
+    pub letters: Arc<DeadLetterFile>,
+}
+
+impl Forwarder {
+    /// Delivers until `stop`, then until everything queued is delivered or `drain_until`
+    /// passes (the caller bounds the whole stop with `shutdown_timeout`). Returns the last
+    /// sequence number delivered.
+    pub async fn run(
+        self,
+        queue: Queue,
+        stop: CancellationToken,
+        drain_until: Arc<tokio::sync::Notify>,
+    ) -> Result<u64, QueueError> {
+        let name = self.destination.name.clone();
+        let mut acked = queue.cursor(&name)?;
+        let mut read = acked;
+        let mut delivered = acked;
+        let mut last_ack = tokio::time::Instant::now();
+        // (writer's accepted count once the record's messages are in, sequence number)
+        let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+        let mut head = queue.subscribe();
+        let mut done = self.output.done();
+        let stopping = stop.clone();
+        let drained = drain_until.notified();
+        tokio::pin!(drained);
+        loop {
+            let now_done = *done.borrow_and_update();
+            while pending
+                .front()
+                .is_some_and(|(target, _)| *target <= now_done)
+            {
+                if let Some((_, seq)) = pending.pop_front() {
+                    delivered = seq;
+                }
+            }
+            if pending.is_empty() && read > delivered {
+                // Records that made no message (filtered out, dead-lettered) count as delivered.
+                delivered = read;
+            }
+            if delivered > acked && (last_ack.elapsed() >= ACK_EVERY || pending.is_empty()) {
+                queue.ack(&name, delivered).await?;
+                acked = delivered;
+                last_ack = tokio::time::Instant::now();
+            }
+            let head_now = *head.borrow_and_update();
+            if stopping.is_cancelled() && pending.is_empty() && read >= head_now {
+                return Ok(acked);
+            }
+            if pending.len() < IN_FLIGHT && read < head_now {
+                let batch = queue.read(read, READ_BATCH)?;
+                if batch.is_empty() {
+                    // Reclaimed under us (another destination cannot do that below our cursor,
+                    // so the store was changed by hand): skip to the head.
+                    read = head_now;
+                    continue;
+                }
+                for (seq, bytes) in batch {
+                    self.forward(seq, &bytes).await;
+                    pending.push_back((self.output.accepted(), seq));
+                    read = seq;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = head.changed() => {}
+                _ = done.changed() => {}
+                _ = tokio::time::sleep(ACK_EVERY) => {}
+                _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                _ = &mut drained => break,
+            }
+        }
+        // Out of time: keep what was delivered; the rest stays queued for the next start.
+        let now_done = *done.borrow();
+        while pending
+            .front()
+            .is_some_and(|(target, _)| *target <= now_done)
+        {
+            if let Some((_, seq)) = pending.pop_front() {
+                delivered = seq;
+            }
+        }
+        if delivered > acked {
+            queue.ack(&name, delivered).await?;
+            acked = delivered;
+        }
+        Ok(acked)
+    }
+
+    /// Makes and hands over one record's messages. A record that cannot be read or decoded,
+    /// or that the writer refuses, goes to the dead-letter file: it must not hold up the
+    /// records behind it.
+    async fn forward(&self, seq: u64, bytes: &[u8]) {
+        let name = &self.destination.name;
+        let record = match Record::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let text = String::from_utf8_lossy(bytes);
+                self.dead_letter(
+                    None,
+                    None,
+                    &text,
+                    format!("queue record {seq} is damaged: {e}"),
+                );
+                return;
+            }
+        };
+        let mut alert = match Alert::from_json(record.alert.get()) {
+            Ok(a) => a,
+            Err(e) => {
+                self.dead_letter(
+                    Some(&record.alert_id),
+                    Some(&record.tenant_name),
+                    record.alert.get(),
+                    format!("cannot decode alert: {e}"),
+                );
+                return;
+            }
+        };
+        if !self.destination.wants(&record.tenant_name, &alert.severity) {
+            return;
+        }
+        let tenant = self.tenants.get(&record.tenant_name);
+        if alert.alert_web_url.is_none() {
+            // The MDE API has no alert link; Graph's alertWebUrl has this form.
+            if let Some(t) = tenant {
+                let tid = alert.tenant_id.as_deref().unwrap_or(&t.settings.tenant_id);
+                alert.alert_web_url = Some(t.settings.cloud.alert_link(&alert.id, tid).into());
+            }
+        }
+        let ctx = Context {
+            tenant_name: Some(&record.tenant_name),
+            hostname: tenant.and_then(|t| t.syslog_hostname.as_deref()),
+        };
+        let mut failures = 0u32;
+        loop {
+            match self.output.send(&alert, &ctx).await {
+                Ok(_) => return,
+                Err(e) => {
+                    // The writer has stopped or the dead-letter file cannot be written: retry,
+                    // this destination alone waits.
+                    failures += 1;
+                    let delay = Duration::from_millis(100 * u64::from(failures.min(50)));
+                    tracing::error!(destination = %name, alert = %record.alert_id,
+                        "cannot hand the record over, retrying in {delay:?}: {e}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn dead_letter(&self, id: Option<&str>, tenant: Option<&str>, record: &str, reason: String) {
+        tracing::error!(destination = %self.destination.name, alert = id.unwrap_or("-"),
+            "{reason}; it goes to the dead-letter file");
+        if let Err(e) = self.letters.write(&Letter {
+            destination: &self.destination.name,
+            alert_id: id,
+            last_update_date_time: None,
+            tenant_name: tenant,
+            reason,
+            record,
+        }) {
+            tracing::error!(dead_letter = %self.letters.path().display(), "cannot write the dead-letter file: {e}");
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! The durable queue between the pollers and the destinations (DESIGN.md "queue"; issue 9).
+//!
+//! One redb file, `<state_dir>/queue.redb` (rust-stack.md §3.3), holds:
+//! - `alerts`: sequence number → one alert version as the API sent it, with its tenant
+//!   ([`Record`]). Each alert is stored once; every destination encodes it with its own format
+//!   when it reads it.
+//! - `checkpoints`: per tenant, the poller's checkpoint (cursor, de-duplication set, policy
+//!   state). A page's alerts and the checkpoint after them are committed in **one transaction**
+//!   ([`Queue::append`]), so a crash leaves both or neither: no page is lost, none is enqueued
+//!   twice (delivery.md §4: "commit before you acknowledge upstream").
+//! - `cursors`: per destination (its stable name), the last sequence number it has delivered.
+//!   Records at or below the slowest cursor are deleted in the same transaction that moves it.
+//! - `meta`: the next sequence number and the bytes the alerts take.
+//!
+//! Writes go through one committer thread that groups what is waiting into one transaction, so a
+//! catch-up of 100,000 alerts costs a few hundred fsyncs, not 100,000. The queue is bounded by
+//! bytes: when it is full, [`Queue::append`] waits (the pollers pause) until the slowest
+//! destination frees space; nothing is dropped.
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::source::{Api, Checkpoint};
+
+const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
+const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Most requests folded into one transaction.
+const GROUP_MAX: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue {path}: {detail}")]
+    Store { path: PathBuf, detail: String },
+    #[error("queue {path}: a record at sequence {seq} is damaged ({detail})")]
+    Damaged {
+        path: PathBuf,
+        seq: u64,
+        detail: String,
+    },
+    #[error("the queue has stopped")]
+    Closed,
+}
+
+/// One alert version in the queue.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub tenant_name: String,
+    pub tenant_id: String,
+    pub api: String,
+    pub alert_id: String,
+    pub last_update: DateTime<Utc>,
+    /// The alert object exactly as the API returned it.
+    pub alert: Box<serde_json::value::RawValue>,
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings and a raw JSON value: serialising cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+enum Request {
+    Append {
+        key: String,
+        records: Vec<Vec<u8>>,
+        checkpoint: Vec<u8>,
+        reply: oneshot::Sender<Result<(), QueueError>>,
+    },
+    Ack {
+        destination: String,
+        seq: u64,
+        reply: oneshot::Sender<Result<(), QueueError>>,
+    },
+    /// Commit what came before, then end the thread.
+    Stop,
+}
+
+/// Counters of the queue, for logs, `status` and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Sequence number of the newest record (0: none yet).
+    pub head: u64,
+    /// Bytes the queued records take.
+    pub bytes: u64,
+    pub max_bytes: u64,
+    /// Write transactions committed since start.
+    pub commits: u64,
+}
+
+struct Shared {
+    path: PathBuf,
+    db: Database,
+    /// Newest sequence number committed; destinations wait on it.
+    head: watch::Sender<u64>,
+    bytes: AtomicU64,
+    max_bytes: u64,
+    /// Signalled when records are reclaimed.
+    space: Notify,
+    full_logged: AtomicBool,
+    commits: AtomicU64,
+    committer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The queue. Cheap to clone; the committer thread ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Queue {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
+}
+
+impl Queue {
+    /// Opens (or creates) `<dir>/queue.redb`, bounded to `max_bytes` of records.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Queue, QueueError> {
+        let path = dir.join("queue.redb");
+        let err = |e: &dyn std::fmt::Display| QueueError::Store {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let db = Database::create(&path).map_err(|e| err(&e))?;
+        let (head, bytes) = {
+            let txn = db.begin_write().map_err(|e| err(&e))?;
+            let meta = {
+                // Create every table now, so readers never meet a missing one.
+                txn.open_table(ALERTS).map_err(|e| err(&e))?;
+                txn.open_table(CHECKPOINTS).map_err(|e| err(&e))?;
+                txn.open_table(CURSORS).map_err(|e| err(&e))?;
+                let meta = txn.open_table(META).map_err(|e| err(&e))?;
+                let next = meta
+                    .get("next_seq")
+                    .map_err(|e| err(&e))?
+                    .map(|v| v.value());
+                let bytes = meta.get("bytes").map_err(|e| err(&e))?.map(|v| v.value());
+                (next.unwrap_or(1).saturating_sub(1), bytes.unwrap_or(0))
+            };
+            txn.commit().map_err(|e| err(&e))?;
+            meta
+        };
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            db,
+            head: watch::Sender::new(head),
+            bytes: AtomicU64::new(bytes),
+            max_bytes: max_bytes.max(1),
+            space: Notify::new(),
+            full_logged: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            committer: std::sync::Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        let committer = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("queue-committer".into())
+            .spawn(move || commit_loop(&committer, rx))
+            .map_err(|e| err(&e))?;
+        *shared.committer.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        Ok(Queue {
+            shared,
+            requests: tx,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn store_err(&self, e: &dyn std::fmt::Display) -> QueueError {
+        QueueError::Store {
+            path: self.shared.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// The checkpoint stored under `key`, if any.
+    pub fn checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, QueueError> {
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
+        let table = txn
+            .open_table(CHECKPOINTS)
+            .map_err(|e| self.store_err(&e))?;
+        let Some(v) = table.get(key).map_err(|e| self.store_err(&e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| self.store_err(&format!("checkpoint {key:?} is damaged: {e}")))
+    }
+
+    /// Moves a checkpoint file of the days before the queue into the store (once: the file is
+    /// renamed to `….json.migrated`). Returns whether it did.
+    pub fn migrate_checkpoint_file(&self, key: &str, file: &Path) -> Result<bool, QueueError> {
+        if self.checkpoint(key)?.is_some() {
+            return Ok(false);
+        }
+        let Some(cp) = Checkpoint::load(file).map_err(|e| self.store_err(&e))? else {
+            return Ok(false);
+        };
+        let bytes = serde_json::to_vec(&cp).map_err(|e| self.store_err(&e))?;
+        let txn = self
+            .shared
+            .db
+            .begin_write()
+            .map_err(|e| self.store_err(&e))?;
+        {
+            let mut table = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| self.store_err(&e))?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(|e| self.store_err(&e))?;
+        }
+        txn.commit().map_err(|e| self.store_err(&e))?;
+        let mut done = file.as_os_str().to_owned();
+        done.push(".migrated");
+        std::fs::rename(file, &done).map_err(|e| self.store_err(&e))?;
+        Ok(true)
+    }
+
+    /// Appends a page's records and the tenant's checkpoint after them, in one transaction,
+    /// and returns once they are on disk. Waits while the queue is full (backpressure).
+    pub async fn append(
+        &self,
+        key: &str,
+        records: Vec<Vec<u8>>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), QueueError> {
+        let size: u64 = records.iter().map(|r| r.len() as u64).sum();
+        loop {
+            // Register interest before checking, so a reclaim in between is not missed.
+            let space = self.shared.space.notified();
+            let used = self.shared.bytes.load(Ordering::Relaxed);
+            // A page larger than the whole queue still goes in once the queue is empty.
+            if size == 0 || used == 0 || used + size <= self.shared.max_bytes {
+                break;
+            }
+            if !self.shared.full_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    queue = %self.shared.path.display(),
+                    "the queue is full ({used} of {} bytes): polling pauses until the slowest \
+                     destination has delivered more",
+                    self.shared.max_bytes
+                );
+            }
+            space.await;
+        }
+        if self.shared.full_logged.swap(false, Ordering::Relaxed) {
+            tracing::info!(queue = %self.shared.path.display(), "the queue has room again: polling resumes");
+        }
+        let checkpoint = serde_json::to_vec(checkpoint).map_err(|e| self.store_err(&e))?;
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Append {
+                key: key.to_string(),
+                records,
+                checkpoint,
+                reply,
+            })
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Registers the configured destinations: a new one starts at the head (it gets what is
+    /// queued from now on), one no longer configured has its cursor dropped.
+    pub fn attach(&self, names: &[String]) -> Result<(), QueueError> {
+        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let head = *self.shared.head.borrow();
+        let txn = self
+            .shared
+            .db
+            .begin_write()
+            .map_err(|e| self.store_err(&e))?;
+        {
+            let mut cursors = txn.open_table(CURSORS).map_err(|e| self.store_err(&e))?;
+            let existing: Vec<String> = cursors
+                .iter()
+                .map_err(|e| self.store_err(&e))?
+                .filter_map(Result::ok)
+                .map(|(k, _)| k.value().to_string())
+                .collect();
+            for name in &existing {
+                if !wanted.contains(name.as_str()) {
+                    tracing::info!(destination = %name, "destination no longer configured: its queue cursor is dropped");
+                    cursors
+                        .remove(name.as_str())
+                        .map_err(|e| self.store_err(&e))?;
+                }
+            }
+            for name in names {
+                if !existing.contains(name) {
+                    cursors
+                        .insert(name.as_str(), head)
+                        .map_err(|e| self.store_err(&e))?;
+                }
+            }
+            let mut alerts = txn.open_table(ALERTS).map_err(|e| self.store_err(&e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.store_err(&e))?;
+            let freed = reclaim(&cursors, &mut alerts).map_err(|e| self.store_err(&e))?;
+            let bytes = self
+                .shared
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_sub(freed);
+            meta.insert("bytes", bytes)
+                .map_err(|e| self.store_err(&e))?;
+            self.shared.bytes.store(bytes, Ordering::Relaxed);
+        }
+        txn.commit().map_err(|e| self.store_err(&e))?;
+        self.shared.space.notify_waiters();
+        Ok(())
+    }
+
+    /// The last sequence number `destination` has delivered.
+    pub fn cursor(&self, destination: &str) -> Result<u64, QueueError> {
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
+        let table = txn.open_table(CURSORS).map_err(|e| self.store_err(&e))?;
+        let v = table.get(destination).map_err(|e| self.store_err(&e))?;
+        Ok(v.map_or(0, |v| v.value()))
+    }
+
+    /// Up to `max` records after sequence number `after`, in order.
+    pub fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, QueueError> {
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
+        let table = txn.open_table(ALERTS).map_err(|e| self.store_err(&e))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(|e| self.store_err(&e))?
+            .take(max)
+        {
+            let (k, v) = entry.map_err(|e| self.store_err(&e))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Records that `destination` has delivered everything up to `seq`; space below the
+    /// slowest destination is reclaimed in the same transaction.
+    pub async fn ack(&self, destination: &str, seq: u64) -> Result<(), QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Ack {
+                destination: destination.to_string(),
+                seq,
+                reply,
+            })
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Follows the head: `changed().await` wakes when records are appended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            head: *self.shared.head.borrow(),
+            bytes: self.shared.bytes.load(Ordering::Relaxed),
+            max_bytes: self.shared.max_bytes,
+            commits: self.shared.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Commits what was asked before, stops the committer and closes the file (a later
+    /// request of any clone fails with [`QueueError::Closed`]).
+    pub async fn close(self) {
+        let _ = self.requests.send(Request::Stop).await;
+        let thread = self
+            .shared
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    /// Waits up to `timeout` for the committer to be idle (tests and shutdown).
+    pub async fn sync(&self, timeout: Duration) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .requests
+            .send(Request::Ack {
+                destination: String::new(),
+                seq: 0,
+                reply,
+            })
+            .await;
+        sent.is_ok() && tokio::time::timeout(timeout, rx).await.is_ok()
+    }
+}
+
+/// Deletes records at or below the slowest cursor; returns the bytes freed.
+fn reclaim(
+    cursors: &redb::Table<&str, u64>,
+    alerts: &mut redb::Table<u64, &[u8]>,
+) -> Result<u64, redb::Error> {
+    let mut slowest: Option<u64> = None;
+    for entry in cursors.iter()? {
+        let (_, v) = entry?;
+        slowest = Some(slowest.map_or(v.value(), |s: u64| s.min(v.value())));
+    }
+    let Some(slowest) = slowest else {
+        // No destination: nothing will ever read the records.
+        return Ok(0);
+    };
+    let mut freed = 0u64;
+    alerts.retain_in(..=slowest, |_, v| {
+        freed += v.len() as u64;
+        false
+    })?;
+    Ok(freed)
+}
+
+/// The committer thread: takes what is waiting, commits it in one transaction, answers.
+fn commit_loop(shared: &Shared, mut rx: mpsc::Receiver<Request>) {
+    let mut stop = false;
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Some(i) = group.iter().position(|r| matches!(r, Request::Stop)) {
+            // What came after Stop is answered with Closed when the channel drops.
+            group.truncate(i);
+            stop = true;
+        }
+        let result = commit_group(shared, &group);
+        match &result {
+            Err(e) => tracing::error!("{e}"),
+            // Before the replies: whoever was answered sees the new head.
+            Ok(head) => {
+                shared.head.send_if_modified(|h| {
+                    let moved = *h != *head;
+                    *h = *head;
+                    moved
+                });
+            }
+        }
+        for request in group {
+            let reply = match request {
+                Request::Append { reply, .. } | Request::Ack { reply, .. } => reply,
+                Request::Stop => continue,
+            };
+            let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| QueueError::Store {
+                path: shared.path.clone(),
+                detail: e.to_string(),
+            }));
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
+    let err = |e: &dyn std::fmt::Display| QueueError::Store {
+        path: shared.path.clone(),
+        detail: e.to_string(),
+    };
+    let txn = shared.db.begin_write().map_err(|e| err(&e))?;
+    let (head, bytes) = {
+        let mut alerts = txn.open_table(ALERTS).map_err(|e| err(&e))?;
+        let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| err(&e))?;
+        let mut cursors = txn.open_table(CURSORS).map_err(|e| err(&e))?;
+        let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
+        let mut next = meta
+            .get("next_seq")
+            .map_err(|e| err(&e))?
+            .map_or(1, |v| v.value());
+        let mut bytes = shared.bytes.load(Ordering::Relaxed);
+        // The last checkpoint of each tenant in the group is the one that counts.
+        let mut latest: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        let mut acked = false;
+        for request in group {
+            match request {
+                Request::Append {
+                    key,
+                    records,
+                    checkpoint,
+                    ..
+                } => {
+                    for r in records {
+                        alerts.insert(next, r.as_slice()).map_err(|e| err(&e))?;
+                        bytes += r.len() as u64;
+                        next += 1;
+                    }
+                    latest.insert(key, checkpoint);
+                }
+                Request::Ack {
+                    destination, seq, ..
+                } if !destination.is_empty() => {
+                    let current = cursors
+                        .get(destination.as_str())
+                        .map_err(|e| err(&e))?
+                        .map(|v| v.value());
+                    // Only a configured destination has a cursor; acks never go backwards.
+                    if current.is_some_and(|c| c < *seq) {
+                        cursors
+                            .insert(destination.as_str(), *seq)
+                            .map_err(|e| err(&e))?;
+                        acked = true;
+                    }
+                }
+                Request::Ack { .. } | Request::Stop => {}
+            }
+        }
+        for (key, cp) in latest {
+            checkpoints.insert(key, cp).map_err(|e| err(&e))?;
+        }
+        if acked {
+            let freed = reclaim(&cursors, &mut alerts).map_err(|e| err(&e))?;
+            bytes = bytes.saturating_sub(freed);
+        }
+        meta.insert("next_seq", next).map_err(|e| err(&e))?;
+        meta.insert("bytes", bytes).map_err(|e| err(&e))?;
+        (next - 1, bytes)
+    };
+    txn.commit().map_err(|e| err(&e))?;
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    let before = shared.bytes.swap(bytes, Ordering::Relaxed);
+    if bytes < before {
+        shared.space.notify_waiters();
+    }
+    Ok(head)
+}
+
+/// The key of a tenant's checkpoint: the name its checkpoint file had.
+pub fn checkpoint_key(tenant_id: &str, api: Api) -> String {
+    Checkpoint::path(Path::new(""), tenant_id, &api.to_string())
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: u64) -> Vec<u8> {
+        Record {
+            tenant_name: "contoso".into(),
+            tenant_id: "t".into(),
+            api: "graph".into(),
+            alert_id: format!("da{i}"),
+            last_update: Utc::now(),
+            alert: serde_json::value::RawValue::from_string(format!("{{\"id\":\"da{i}\"}}"))
+                .expect("json"),
+        }
+        .encode()
+    }
+
+    fn ids(q: &Queue, after: u64) -> Vec<String> {
+        q.read(after, 100)
+            .expect("read")
+            .into_iter()
+            .map(|(_, b)| Record::decode(&b).expect("record").alert_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pages_and_checkpoints_survive_a_reopen_and_space_is_reclaimed_below_the_slowest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = Checkpoint::fresh("t", "graph", Utc::now());
+        let q = Queue::open(dir.path(), 1 << 20).expect("open");
+        q.attach(&["a".into(), "b".into()]).expect("attach");
+        q.append("t-graph", (1..=3).map(record).collect(), &cp)
+            .await
+            .expect("append");
+        q.append("t-graph", (4..=5).map(record).collect(), &cp)
+            .await
+            .expect("append");
+        assert_eq!(q.stats().head, 5);
+        assert_eq!(ids(&q, 0), ["da1", "da2", "da3", "da4", "da5"]);
+        q.ack("a", 4).await.expect("ack");
+        // b has delivered nothing: everything stays.
+        assert_eq!(ids(&q, 0).len(), 5);
+        q.ack("b", 2).await.expect("ack");
+        assert_eq!(ids(&q, 0), ["da3", "da4", "da5"]);
+        let used = q.stats().bytes;
+        q.close().await;
+
+        let q = Queue::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(q.stats().head, 5);
+        assert_eq!(q.stats().bytes, used);
+        assert_eq!(q.cursor("a").expect("cursor"), 4);
+        assert_eq!(q.checkpoint("t-graph").expect("cp"), Some(cp.clone()));
+        // b is removed and c added: c starts at the head, a alone holds records back.
+        q.attach(&["a".into(), "c".into()]).expect("attach");
+        assert_eq!(q.cursor("c").expect("cursor"), 5);
+        assert_eq!(ids(&q, 0), ["da5"]);
+        q.append("t-graph", vec![record(6)], &cp)
+            .await
+            .expect("append");
+        assert_eq!(q.stats().head, 6);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_append_wait_until_a_destination_frees_space() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = Checkpoint::fresh("t", "graph", Utc::now());
+        let one = record(1).len() as u64;
+        let q = Queue::open(dir.path(), one * 3).expect("open");
+        q.attach(&["a".into()]).expect("attach");
+        q.append("k", (1..=3).map(record).collect(), &cp)
+            .await
+            .expect("append");
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            let cp = cp.clone();
+            async move { q.append("k", vec![record(4)], &cp).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "append went past a full queue");
+        assert_eq!(q.stats().head, 3);
+        q.ack("a", 1).await.expect("ack");
+        waiting.await.expect("task").expect("append");
+        assert_eq!(ids(&q, 0), ["da2", "da3", "da4"]);
+    }
+
+    #[test]
+    fn a_checkpoint_file_is_migrated_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let _guard = rt.enter();
+        let cp = Checkpoint::fresh("t", "mde", Utc::now());
+        let file = Checkpoint::path(dir.path(), "t", "mde");
+        cp.save(&file).expect("save");
+        let q = Queue::open(dir.path(), 1 << 20).expect("open");
+        let key = checkpoint_key("t", Api::Mde);
+        assert_eq!(key, "t-mde");
+        assert!(q.migrate_checkpoint_file(&key, &file).expect("migrate"));
+        assert!(!file.exists());
+        assert_eq!(q.checkpoint(&key).expect("read"), Some(cp));
+        assert!(!q.migrate_checkpoint_file(&key, &file).expect("again"));
+    }
+}
