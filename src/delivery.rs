@@ -198,3 +198,90 @@ impl Forwarder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{HeaderKind, SyslogHeader};
+    use crate::output::OutputConfig;
+    use crate::sink::SinkConfig;
+    use crate::source::Checkpoint;
+    use tokio::io::AsyncBufReadExt;
+
+    /// A damaged record in the queue (here: bytes that are not a record) goes to the dead-letter
+    /// file with its sequence number, and the records behind it are delivered; the cursor moves
+    /// past all of them.
+    #[tokio::test]
+    async fn a_damaged_queue_record_is_dead_lettered_and_the_rest_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.expect("accept");
+            let mut lines = tokio::io::BufReader::new(conn).lines();
+            lines.next_line().await.expect("read").expect("a line")
+        });
+        let queue = Queue::open(dir.path(), 1 << 20).expect("queue");
+        let destination = Destination {
+            name: "siem".into(),
+            output: OutputConfig {
+                sink: SinkConfig::new(format!("tcp://{addr}").parse().expect("url")),
+                format: "json".into(),
+                header: SyslogHeader::new(HeaderKind::None, 20, "h", "defender-bridge"),
+                dead_letter: None,
+            },
+            tenants: None,
+            min_severity: None,
+        };
+        queue.attach(&["siem".into()]).expect("attach");
+        let good = Record {
+            tenant_name: "contoso".into(),
+            tenant_id: "t".into(),
+            api: "graph".into(),
+            alert_id: "da-good".into(),
+            last_update: chrono::Utc::now(),
+            alert: serde_json::value::RawValue::from_string(
+                r#"{"id":"da-good","title":"good","severity":"high"}"#.into(),
+            )
+            .expect("json"),
+        };
+        let cp = Checkpoint::fresh("t", "graph", chrono::Utc::now());
+        queue
+            .append(
+                "t-graph",
+                vec![b"\x00not a record".to_vec(), good.encode()],
+                &cp,
+            )
+            .await
+            .expect("append");
+        let letters_path = dir.path().join("dead-letter.ndjson");
+        let forwarder = Forwarder {
+            output: Arc::new(Output::build(&destination.output).expect("output")),
+            destination,
+            tenants: Arc::new(HashMap::new()),
+            letters: Arc::new(DeadLetterFile::open(&letters_path).expect("letters")),
+        };
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(forwarder.run(
+            queue.clone(),
+            stop.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+        ));
+        let line = tokio::time::timeout(Duration::from_secs(20), receiver)
+            .await
+            .expect("the good record arrives")
+            .expect("receiver");
+        assert!(line.contains("\"da-good\""), "{line}");
+        stop.cancel();
+        let acked = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the loop ends")
+            .expect("task")
+            .expect("no queue error");
+        assert_eq!(acked, 2);
+        let letters = std::fs::read_to_string(&letters_path).expect("letters");
+        assert!(letters.contains("queue record 1 is damaged"), "{letters}");
+    }
+}

@@ -26,7 +26,7 @@
 //!   resumes from what was accepted, never from a fresh state (issue 8 §7).
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,6 +217,8 @@ pub struct Poller {
     limited_micros: AtomicU64,
     /// `requests` when the current poll started.
     poll_started_at: u32,
+    /// The next request's rate-limiter token was taken already (see `poll_once`).
+    prepaid: AtomicBool,
     status: Arc<Mutex<TenantStatus>>,
 }
 
@@ -356,6 +358,7 @@ impl Poller {
             requests: AtomicU32::new(0),
             limited_micros: AtomicU64::new(0),
             poll_started_at: 0,
+            prepaid: AtomicBool::new(false),
             status: Arc::default(),
         }
     }
@@ -477,6 +480,13 @@ impl Poller {
         let requests = self.requests.load(Ordering::Relaxed);
         self.poll_started_at = requests;
         let limited = self.limited_micros.load(Ordering::Relaxed);
+        // Wait for the rate limiter before the window is drawn, not after: a window that ends
+        // where the wait began misses every version that lived only during the wait (it is
+        // replaced before the next window), and a tenant held by its limiter would miss many.
+        let waited = self.limiter.acquire().await;
+        self.limited_micros
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        self.prepaid.store(true, Ordering::Relaxed);
         let result = match self.settings.api {
             Api::Graph => self.poll_graph(out, &mut stats).await,
             Api::Mde => self.poll_mde(out, &mut stats).await,
@@ -978,9 +988,11 @@ impl Poller {
         loop {
             // Sign in first: a failed sign-in costs none of the API's budget and shows at once.
             let token = self.tokens.token().await?;
-            let waited = self.limiter.acquire().await;
-            self.limited_micros
-                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+            if !self.prepaid.swap(false, Ordering::Relaxed) {
+                let waited = self.limiter.acquire().await;
+                self.limited_micros
+                    .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+            }
             let mut req = self.http.get(url).bearer_auth(token.token.secret());
             if s.api == Api::Graph {
                 // defender-api.md §3.1: receive evolvable enum members added after v1.0.
