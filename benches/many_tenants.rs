@@ -487,13 +487,20 @@ fn bench() -> anyhow::Result<ExitCode> {
         println!("  non-200 answers           {not_ok:?}");
     }
     println!("  records received          {got} of {expected_records}");
-    if let Ok(outputs) = &outcome {
-        for (dest, s) in outputs {
+    if let Ok(report) = &outcome {
+        for (dest, s) in &report.outputs {
             println!(
                 "  output {dest}   {} sent, {} rejected, {} reconnects",
                 s.sink.messages_sent, s.sink.rejected, s.sink.reconnects
             );
         }
+        let q = &report.queue;
+        println!(
+            "  queue                     {} commits (fsyncs), {:.0} per minute; {} records queued in all",
+            q.commits,
+            q.commits as f64 * 60.0 / wall.as_secs_f64(),
+            q.head
+        );
     }
     println!(
         "  daemon peak memory        VmHWM {:.1} MiB{}, {:.1} MiB above the RSS before start ({:.1} MiB); RSS at the end {:.1} MiB; this process = daemon + receiver task",

@@ -27,9 +27,18 @@ use crate::config::{Config, Tenant};
 use crate::dead_letter::{DeadLetterFile, Letter};
 use crate::delivery::Forwarder;
 use crate::output::{Output, OutputStats};
-use crate::queue::{checkpoint_key, Queue, Record};
+use crate::queue::{checkpoint_key, Queue, QueueStats, Record};
 use crate::source::defender::backoff;
 use crate::source::{build_http_client, AlertBatch, Checkpoint, Delivery, Poller};
+
+/// What a run did, once it has stopped.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Each destination's counters, by name.
+    pub outputs: Vec<(String, OutputStats)>,
+    /// The queue's counters (commits: its write transactions, each one fsync).
+    pub queue: QueueStats,
+}
 
 /// Counters of a run.
 #[derive(Debug, Default)]
@@ -43,10 +52,7 @@ pub struct RunStats {
 /// Runs until `stop` is cancelled, then stops polling, lets the destinations deliver what is
 /// queued and closes them, all within the configured `shutdown_timeout`; what was not
 /// delivered by then stays queued for the next start.
-pub async fn run(
-    config: Config,
-    stop: CancellationToken,
-) -> anyhow::Result<Vec<(String, OutputStats)>> {
+pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunReport> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -201,6 +207,7 @@ pub async fn run(
                 head - cursor);
         }
     }
+    let queue_stats = queue.stats();
     queue.close().await;
     for e in behind {
         unflushed.push(e);
@@ -208,7 +215,10 @@ pub async fn run(
     if !unflushed.is_empty() {
         anyhow::bail!("{}", unflushed.join("; "));
     }
-    Ok(out)
+    Ok(RunReport {
+        outputs: out,
+        queue: queue_stats,
+    })
 }
 
 fn collect_delivery(

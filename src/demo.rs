@@ -145,7 +145,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<(
     printer_stop.cancel();
     drop(fake);
     let _ = std::fs::remove_dir_all(&dir);
-    for (dest, s) in result? {
+    for (dest, s) in result?.outputs {
         eprintln!("demo: {dest}: {} record(s) written", s.sink.messages_sent);
     }
     Ok(())

@@ -480,6 +480,8 @@ impl Poller {
         let requests = self.requests.load(Ordering::Relaxed);
         self.poll_started_at = requests;
         let limited = self.limited_micros.load(Ordering::Relaxed);
+        // Sign in first: a failed sign-in costs none of the API's budget and shows at once.
+        self.tokens.token().await?;
         // Wait for the rate limiter before the window is drawn, not after: a window that ends
         // where the wait began misses every version that lived only during the wait (it is
         // replaced before the next window), and a tenant held by its limiter would miss many.
@@ -986,7 +988,6 @@ impl Poller {
         let mut transient = 0u32;
         let mut throttled = 0u32;
         loop {
-            // Sign in first: a failed sign-in costs none of the API's budget and shows at once.
             let token = self.tokens.token().await?;
             if !self.prepaid.swap(false, Ordering::Relaxed) {
                 let waited = self.limiter.acquire().await;
