@@ -649,6 +649,50 @@ mod tests {
         assert_eq!(ids(&q, 0), ["da2", "da3", "da4"]);
     }
 
+    proptest::proptest! {
+        /// The record decoder meets whatever a damaged file holds: it answers, never panics.
+        #[test]
+        fn any_bytes_decode_to_a_record_or_an_error(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Record::decode(&bytes);
+        }
+
+        /// What is encoded decodes to the same, whatever the texts hold.
+        #[test]
+        fn records_round_trip(name in ".*", id in ".*", title in ".*") {
+            let alert = serde_json::json!({"id": id, "title": title}).to_string();
+            let r = Record {
+                tenant_name: name,
+                tenant_id: "t".into(),
+                api: "graph".into(),
+                alert_id: id,
+                last_update: Utc::now(),
+                alert: serde_json::value::RawValue::from_string(alert).expect("json"),
+            };
+            let back = Record::decode(&r.encode()).expect("decodes");
+            proptest::prop_assert_eq!(&back.tenant_name, &r.tenant_name);
+            proptest::prop_assert_eq!(&back.alert_id, &r.alert_id);
+            proptest::prop_assert_eq!(back.alert.get(), r.alert.get());
+            proptest::prop_assert_eq!(back.last_update, r.last_update);
+        }
+    }
+
+    /// A file that is not a queue (damaged beyond repair) is a clear error naming it, not a
+    /// panic and not a silently empty queue.
+    #[test]
+    fn a_damaged_store_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("queue.redb"), vec![0x5a; 64 * 1024]).expect("write");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let _guard = rt.enter();
+        let err = match Queue::open(dir.path(), 1 << 20) {
+            Ok(_) => panic!("a damaged file opened as a queue"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("queue.redb"), "{err}");
+    }
+
     #[test]
     fn a_checkpoint_file_is_migrated_once() {
         let dir = tempfile::tempdir().expect("tempdir");
