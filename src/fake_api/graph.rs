@@ -75,7 +75,7 @@ pub(super) async fn list(
     record_served(&shared, &tenant, Api::Graph, &page);
     let mut body = json!({
         "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2",
-        "value": page.into_iter().map(|(_, _, v)| v).collect::<Vec<Value>>(),
+        "value": page.iter().map(|(_, _, v)| Value::clone(v)).collect::<Vec<Value>>(),
     });
     // With `ignore_skip` the link never advances: a server that repeats its nextLink.
     let next_offset = if faults.ignore_skip { 0 } else { offset + top };

@@ -63,6 +63,7 @@ pub(super) async fn list(
     record_served(&shared, &tenant, Api::Mde, &page);
     if !expand {
         for (_, _, v) in &mut page {
+            let v = std::sync::Arc::make_mut(v);
             if let Some(o) = v.as_object_mut() {
                 o.remove("evidence");
             }
@@ -72,7 +73,7 @@ pub(super) async fn list(
         200,
         json!({
             "@odata.context": "https://api.security.microsoft.com/api/$metadata#Alerts",
-            "value": page.into_iter().map(|(_, _, v)| v).collect::<Vec<Value>>(),
+            "value": page.iter().map(|(_, _, v)| Value::clone(v)).collect::<Vec<Value>>(),
         }),
     )
 }

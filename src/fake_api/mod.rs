@@ -96,8 +96,9 @@ struct FakeTenant {
     client_id: String,
     credential: FakeCredential,
     secret_expired: bool,
-    /// Per API: id -> (lastUpdate, current alert JSON).
-    alerts: HashMap<Api, BTreeMap<String, (DateTime<Utc>, Value)>>,
+    /// Per API: id -> (lastUpdate, current alert JSON). Shared, so that a list request copies
+    /// only the page it returns.
+    alerts: HashMap<Api, BTreeMap<String, (DateTime<Utc>, Arc<Value>)>>,
     /// Per API: objects served as they are (no id, a bad time), matched as if at that time.
     raw: HashMap<Api, Vec<(DateTime<Utc>, Value)>>,
     faults: Faults,
@@ -295,7 +296,10 @@ impl FakeApi {
             .expect("alert has a lastUpdate time")
             .with_timezone(&Utc);
         self.with_tenant(tenant_id, |t| {
-            t.alerts.entry(api).or_default().insert(id, (lu, alert));
+            t.alerts
+                .entry(api)
+                .or_default()
+                .insert(id, (lu, Arc::new(alert)));
         });
     }
 
@@ -308,7 +312,7 @@ impl FakeApi {
             .alerts
             .get(&api)?
             .get(id)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Value::clone(v))
     }
 
     /// The next `n` API requests of the tenant answer 429 with `Retry-After: retry_after_secs`.
@@ -767,7 +771,7 @@ fn query_alerts(
     tenant_id: &str,
     api: Api,
     filter: &filter::Filter,
-) -> (Vec<(DateTime<Utc>, String, Value)>, ServeFaults) {
+) -> (Vec<(DateTime<Utc>, String, Arc<Value>)>, ServeFaults) {
     let inner = shared.lock();
     let Some(tenant) = inner.tenants.get(tenant_id) else {
         return (Vec::new(), ServeFaults::default());
@@ -795,7 +799,7 @@ fn query_alerts(
             o.insert(field.into(), Value::String(at.to_rfc3339()));
         }
         if filter.matches(&probe) {
-            out.push((*at, format!("~raw{i:04}"), v.clone()));
+            out.push((*at, format!("~raw{i:04}"), Arc::new(v.clone())));
         }
     }
     (out, faults)
@@ -813,7 +817,7 @@ fn record_served(
     shared: &Shared,
     tenant_id: &str,
     api: Api,
-    page: &[(DateTime<Utc>, String, Value)],
+    page: &[(DateTime<Utc>, String, Arc<Value>)],
 ) {
     let mut inner = shared.lock();
     for (lu, id, _) in page.iter().filter(|(_, id, _)| !id.starts_with("~raw")) {
