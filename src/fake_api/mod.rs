@@ -92,13 +92,16 @@ struct Faults {
     ignore_skip: bool,
 }
 
+/// An alert's lastUpdate and its current JSON.
+type Stored = (DateTime<Utc>, Arc<Value>);
+
 struct FakeTenant {
     client_id: String,
     credential: FakeCredential,
     secret_expired: bool,
     /// Per API: id -> (lastUpdate, current alert JSON). Shared, so that a list request copies
     /// only the page it returns.
-    alerts: HashMap<Api, BTreeMap<String, (DateTime<Utc>, Arc<Value>)>>,
+    alerts: HashMap<Api, BTreeMap<String, Stored>>,
     /// Per API: objects served as they are (no id, a bad time), matched as if at that time.
     raw: HashMap<Api, Vec<(DateTime<Utc>, Value)>>,
     faults: Faults,
