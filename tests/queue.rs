@@ -24,7 +24,8 @@ type Version = (String, DateTime<Utc>);
 
 struct Setup {
     fake: FakeApi,
-    dir: tempfile::TempDir,
+    /// Kept for the test's life: the state directory and the config live in it.
+    _dir: tempfile::TempDir,
     config: PathBuf,
 }
 
@@ -66,7 +67,7 @@ api_base_url = "{base}"
     std::fs::write(&path, config).unwrap();
     Setup {
         fake,
-        dir,
+        _dir: dir,
         config: path,
     }
 }

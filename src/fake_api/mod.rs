@@ -94,6 +94,8 @@ struct Faults {
 
 /// An alert's lastUpdate and its current JSON.
 type Stored = (DateTime<Utc>, Arc<Value>);
+/// An alert a list request matched: lastUpdate, id, JSON.
+type Matched = (DateTime<Utc>, String, Arc<Value>);
 
 struct FakeTenant {
     client_id: String,
@@ -774,7 +776,7 @@ fn query_alerts(
     tenant_id: &str,
     api: Api,
     filter: &filter::Filter,
-) -> (Vec<(DateTime<Utc>, String, Arc<Value>)>, ServeFaults) {
+) -> (Vec<Matched>, ServeFaults) {
     let inner = shared.lock();
     let Some(tenant) = inner.tenants.get(tenant_id) else {
         return (Vec::new(), ServeFaults::default());
@@ -816,12 +818,7 @@ struct ServeFaults {
     ignore_skip: bool,
 }
 
-fn record_served(
-    shared: &Shared,
-    tenant_id: &str,
-    api: Api,
-    page: &[(DateTime<Utc>, String, Arc<Value>)],
-) {
+fn record_served(shared: &Shared, tenant_id: &str, api: Api, page: &[Matched]) {
     let mut inner = shared.lock();
     for (lu, id, _) in page.iter().filter(|(_, id, _)| !id.starts_with("~raw")) {
         inner.served.push(Served {
