@@ -177,8 +177,17 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
     if drained.is_err() {
         // Out of time: each loop keeps what was delivered; the rest stays queued.
         out_of_time.notify_waiters();
-        while let Some(r) = deliveries.join_next().await {
-            collect_delivery(r, &mut behind);
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(r) = deliveries.join_next().await {
+                collect_delivery(r, &mut behind);
+            }
+        })
+        .await;
+        if ended.is_err() {
+            // A loop stuck in its last cursor write: what it delivered since its last write is
+            // sent again at the next start (at-least-once).
+            deliveries.abort_all();
+            while deliveries.join_next().await.is_some() {}
         }
     }
     let head = queue.stats().head;

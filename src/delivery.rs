@@ -89,10 +89,22 @@ impl Forwarder {
                     read = head_now;
                     continue;
                 }
+                let mut out_of_time = false;
                 for (seq, bytes) in batch {
-                    self.forward(seq, &bytes).await;
+                    // Handing over waits while the writer's queue is full (a destination that
+                    // is down): the stop's deadline must still reach this loop.
+                    tokio::select! {
+                        () = self.forward(seq, &bytes) => {}
+                        () = &mut drained => {
+                            out_of_time = true;
+                            break;
+                        }
+                    }
                     pending.push_back((self.output.accepted(), seq));
                     read = seq;
+                }
+                if out_of_time {
+                    break;
                 }
                 continue;
             }

@@ -32,6 +32,11 @@ struct Setup {
 /// One Graph tenant and one JSON destination per receiver port; `extra_global` must set
 /// `page_size`.
 async fn setup(ports: &[u16], extra_global: &str) -> Setup {
+    setup_with(ports, extra_global, "").await
+}
+
+/// [`setup`], with `extra_destination` in every `[[destination]]` block.
+async fn setup_with(ports: &[u16], extra_global: &str, extra_destination: &str) -> Setup {
     let fake = FakeApi::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = fake.write_ca_file(dir.path()).unwrap();
@@ -60,7 +65,7 @@ api_base_url = "{base}"
     );
     for (i, port) in ports.iter().enumerate() {
         config.push_str(&format!(
-            "\n[[destination]]\nname = \"siem-{i}\"\nurl = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\nhostname = \"bridge\"\n"
+            "\n[[destination]]\nname = \"siem-{i}\"\nurl = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\nhostname = \"bridge\"\n{extra_destination}\n"
         ));
     }
     let path = dir.path().join("config.toml");
@@ -182,12 +187,18 @@ async fn a_destination_that_is_down_holds_up_no_other_and_catches_up() {
 
 /// SIGTERM while a destination is dead: the daemon exits within its shutdown_timeout (3 s, plus
 /// start-up slack), the records the dead one missed stay queued, and after a restart with it
-/// back it gets all of them while the other gets nothing twice.
+/// back it gets all of them while the other gets nothing twice. Each writer holds only 5
+/// records, so the dead one's delivery loop is stuck handing records over when the stop comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_with_a_dead_destination_is_in_time_and_loses_nothing() {
     let up = rsyslog(RsyslogInput::Tcp).await;
     let mut down = down_receiver().await;
-    let s = setup(&[up.port, down.port], "page_size = 10").await;
+    let s = setup_with(
+        &[up.port, down.port],
+        "page_size = 10",
+        "queue_capacity = 5",
+    )
+    .await;
     let mut want = BTreeSet::new();
     for i in 0..30 {
         put(

@@ -261,7 +261,10 @@ pub(crate) async fn run(
                 }
             }
         }
-        while batch.len() < BATCH_BYTES {
+        // Take more only while nothing waits to be written: a destination that is down must
+        // leave its messages in the bounded queue, so that `Sink::send` waits, instead of
+        // drawing them into memory batch by batch.
+        while w.unwritten.is_empty() && batch.len() < BATCH_BYTES {
             match rx.try_recv() {
                 Ok(msg) => {
                     framing.encode(&msg, &mut batch);
