@@ -40,6 +40,28 @@ pub enum Command {
     /// List or show the built-in formats
     #[command(subcommand)]
     Formats(FormatsCommand),
+    /// Show the dead letters (what could not be forwarded or sent) and replay them
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLettersCommand {
+    /// One line per dead letter: time, destination, tenant, alert id, reason
+    List(ConfigArg),
+    /// Put the alerts of dead letters back into the queue once the cause is fixed (a corrected
+    /// format file, a larger size limit); each goes to the destination its letter names. The
+    /// daemon must be stopped; the next `run` delivers them.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only letters of this destination (its URL or name)
+        #[arg(long, value_name = "DESTINATION")]
+        destination: Option<String>,
+        /// Only letters whose reason contains this text
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -340,7 +340,7 @@ async fn run_tenant(
 
 /// Locks `<state_dir>/defender-bridge.lock` for as long as the returned file is open. The
 /// kernel drops the lock when the process ends, however it ends, so a crash leaves no stale lock.
-fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+pub(crate) fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = state_dir.join("defender-bridge.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -419,6 +419,7 @@ async fn handle_page(
             tenant_name: Some(name),
             reason: r.reason.clone(),
             record: r.json.get(),
+            alert: Some(&r.json),
         });
     }
     let mut records = Vec::with_capacity(batch.alerts.len());
@@ -436,6 +437,7 @@ async fn handle_page(
                 tenant_name: Some(name),
                 reason: format!("cannot decode alert: {e}"),
                 record: raw.json.get(),
+                alert: Some(&raw.json),
             });
             continue;
         }
@@ -447,6 +449,7 @@ async fn handle_page(
                 alert_id: raw.id.clone(),
                 last_update: raw.last_update,
                 alert: raw.json.clone(),
+                only: None,
             }
             .encode(),
         );

@@ -146,6 +146,7 @@ impl Forwarder {
                     None,
                     None,
                     &text,
+                    None,
                     format!("queue record {seq} is damaged: {e}"),
                 );
                 return;
@@ -158,12 +159,18 @@ impl Forwarder {
                     Some(&record.alert_id),
                     Some(&record.tenant_name),
                     record.alert.get(),
+                    Some(&record.alert),
                     format!("cannot decode alert: {e}"),
                 );
                 return;
             }
         };
-        if !self.destination.wants(&record.tenant_name, &alert.severity) {
+        // A record replayed for one destination (`dead-letters replay`) is only its.
+        let mine = record
+            .only
+            .as_deref()
+            .is_none_or(|d| d == self.destination.output.sink.destination.to_string());
+        if !mine || !self.destination.wants(&record.tenant_name, &alert.severity) {
             return;
         }
         let tenant = self.tenants.get(&record.tenant_name);
@@ -180,7 +187,11 @@ impl Forwarder {
         };
         let mut failures = 0u32;
         loop {
-            match self.output.send(&alert, &ctx).await {
+            match self
+                .output
+                .send_from(&alert, Some(&record.alert), &ctx)
+                .await
+            {
                 Ok(_) => return,
                 Err(e) => {
                     // The writer has stopped or the dead-letter file cannot be written: retry,
@@ -195,7 +206,14 @@ impl Forwarder {
         }
     }
 
-    fn dead_letter(&self, id: Option<&str>, tenant: Option<&str>, record: &str, reason: String) {
+    fn dead_letter(
+        &self,
+        id: Option<&str>,
+        tenant: Option<&str>,
+        record: &str,
+        alert: Option<&serde_json::value::RawValue>,
+        reason: String,
+    ) {
         tracing::error!(destination = %self.destination.name, alert = id.unwrap_or("-"),
             "{reason}; it goes to the dead-letter file");
         if let Err(e) = self.letters.write(&Letter {
@@ -205,6 +223,7 @@ impl Forwarder {
             tenant_name: tenant,
             reason,
             record,
+            alert,
         }) {
             tracing::error!(dead_letter = %self.letters.path().display(), "cannot write the dead-letter file: {e}");
         }
@@ -258,6 +277,7 @@ mod tests {
                 r#"{"id":"da-good","title":"good","severity":"high"}"#.into(),
             )
             .expect("json"),
+            only: None,
         };
         let cp = Checkpoint::fresh("t", "graph", chrono::Utc::now());
         queue

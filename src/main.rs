@@ -10,8 +10,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
 use cli::{
-    CheckArgs, Cli, CloudArg, Command, ConfigArg, ConvertArgs, DemoArgs, DestinationArgs,
-    FormatsCommand, FramingArg, HeaderArgs, SendArgs, SendTestArgs, SyslogArg, TenantsCommand,
+    CheckArgs, Cli, CloudArg, Command, ConfigArg, ConvertArgs, DeadLettersCommand, DemoArgs,
+    DestinationArgs, FormatsCommand, FramingArg, HeaderArgs, SendArgs, SendTestArgs, SyslogArg,
+    TenantsCommand,
 };
 use defender_bridge::alert::Alert;
 use defender_bridge::config::Config;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Command::Check(args) => block_on(check(args)),
         Command::Tenants(cmd) => block_on(tenants(cmd)),
         Command::Formats(cmd) => formats(cmd),
+        Command::DeadLetters(cmd) => block_on(dead_letters(cmd)),
     };
     match result {
         Ok(code) => code,
@@ -510,6 +512,58 @@ fn convert(args: ConvertArgs) -> Result<ExitCode> {
 fn bail_rejected(n: usize) -> Result<ExitCode> {
     eprintln!("defender-bridge: {n} input(s) rejected");
     Ok(ExitCode::from(1))
+}
+
+async fn dead_letters(cmd: DeadLettersCommand) -> Result<ExitCode> {
+    match cmd {
+        DeadLettersCommand::List(args) => {
+            let config = load_config(&args.config)?;
+            let letters = defender_bridge::dead_letter::read_letters(&config.dead_letter)
+                .with_context(|| config.dead_letter.display().to_string())?;
+            for l in &letters {
+                println!(
+                    "{}  {}  {}  {}  {}",
+                    if l.time.is_empty() { "-" } else { &l.time },
+                    if l.destination.is_empty() {
+                        "-"
+                    } else {
+                        &l.destination
+                    },
+                    l.tenant_name.as_deref().unwrap_or("-"),
+                    l.alert_id.as_deref().unwrap_or("-"),
+                    l.reason
+                );
+            }
+            eprintln!(
+                "{} dead letter(s) in {}",
+                letters.len(),
+                config.dead_letter.display()
+            );
+        }
+        DeadLettersCommand::Replay {
+            config,
+            destination,
+            reason,
+        } => {
+            let config = load_config(&config.config)?;
+            let r = defender_bridge::dead_letter::replay(
+                &config,
+                destination.as_deref(),
+                reason.as_deref(),
+            )
+            .await?;
+            for (id, why) in &r.kept {
+                eprintln!("kept {id}: {why}");
+            }
+            println!(
+                "{} replayed into the queue, {} kept, {} not selected",
+                r.replayed,
+                r.kept.len(),
+                r.other
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn formats(cmd: FormatsCommand) -> Result<ExitCode> {

@@ -111,6 +111,17 @@ impl Output {
     /// destination's size goes to the dead-letter file with the reason. Waits while the
     /// writer's queue is full. Returns how many messages were queued.
     pub async fn send(&self, alert: &Alert<'_>, ctx: &Context<'_>) -> Result<usize, Error> {
+        self.send_from(alert, None, ctx).await
+    }
+
+    /// [`Output::send`], with the alert's JSON as the API sent it, which a dead letter then
+    /// carries so that `dead-letters replay` can queue it again.
+    pub async fn send_from(
+        &self,
+        alert: &Alert<'_>,
+        source: Option<&serde_json::value::RawValue>,
+        ctx: &Context<'_>,
+    ) -> Result<usize, Error> {
         let mut queued = 0;
         for index in 0..self.encoder.formatter.record_count(alert) {
             let mut buf = Vec::with_capacity(2048);
@@ -121,7 +132,9 @@ impl Output {
                     self.sink.send(Bytes::from(buf)).await?;
                     queued += 1;
                 }
-                Err(e @ EncodeError::TooLarge { .. }) => self.dead_letter(alert, ctx, index, &e)?,
+                Err(e @ EncodeError::TooLarge { .. }) => {
+                    self.dead_letter(alert, source, ctx, index, &e)?
+                }
             }
         }
         Ok(queued)
@@ -130,6 +143,7 @@ impl Output {
     fn dead_letter(
         &self,
         alert: &Alert<'_>,
+        source: Option<&serde_json::value::RawValue>,
         ctx: &Context<'_>,
         index: usize,
         e: &EncodeError,
@@ -161,6 +175,7 @@ impl Output {
             tenant_name: ctx.tenant_name,
             reason,
             record: &record,
+            alert: source,
         })
         .map_err(|source| Error::DeadLetter {
             path: file.path().to_path_buf(),

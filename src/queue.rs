@@ -61,6 +61,9 @@ pub struct Record {
     pub last_update: DateTime<Utc>,
     /// The alert object exactly as the API returned it.
     pub alert: Box<serde_json::value::RawValue>,
+    /// Only for the destination with this URL (a dead letter replayed for it); `None`: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only: Option<String>,
 }
 
 impl Record {
@@ -76,9 +79,10 @@ impl Record {
 
 enum Request {
     Append {
-        key: String,
+        /// The tenant's checkpoint key and checkpoint, stored with the records; `None` for
+        /// records that belong to no poll (`dead-letters replay`).
+        checkpoint: Option<(String, Vec<u8>)>,
         records: Vec<Vec<u8>>,
-        checkpoint: Vec<u8>,
         reply: oneshot::Sender<Result<(), QueueError>>,
     },
     Ack {
@@ -264,12 +268,26 @@ impl Queue {
             tracing::info!(queue = %self.shared.path.display(), "the queue has room again: polling resumes");
         }
         let checkpoint = serde_json::to_vec(checkpoint).map_err(|e| self.store_err(&e))?;
+        self.commit_records(Some((key.to_string(), checkpoint)), records)
+            .await
+    }
+
+    /// Appends records that belong to no poll (dead letters replayed), without backpressure:
+    /// an operator asked for them.
+    pub async fn append_records(&self, records: Vec<Vec<u8>>) -> Result<(), QueueError> {
+        self.commit_records(None, records).await
+    }
+
+    async fn commit_records(
+        &self,
+        checkpoint: Option<(String, Vec<u8>)>,
+        records: Vec<Vec<u8>>,
+    ) -> Result<(), QueueError> {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request::Append {
-                key: key.to_string(),
-                records,
                 checkpoint,
+                records,
                 reply,
             })
             .await
@@ -506,9 +524,8 @@ fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
         for request in group {
             match request {
                 Request::Append {
-                    key,
-                    records,
                     checkpoint,
+                    records,
                     ..
                 } => {
                     for r in records {
@@ -516,7 +533,9 @@ fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
                         bytes += r.len() as u64;
                         next += 1;
                     }
-                    latest.insert(key, checkpoint);
+                    if let Some((key, cp)) = checkpoint {
+                        latest.insert(key.as_str(), cp.as_slice());
+                    }
                 }
                 Request::Ack {
                     destination, seq, ..
@@ -577,6 +596,7 @@ mod tests {
             last_update: Utc::now(),
             alert: serde_json::value::RawValue::from_string(format!("{{\"id\":\"da{i}\"}}"))
                 .expect("json"),
+            only: None,
         }
         .encode()
     }
@@ -667,6 +687,7 @@ mod tests {
                 alert_id: id,
                 last_update: Utc::now(),
                 alert: serde_json::value::RawValue::from_string(alert).expect("json"),
+                only: None,
             };
             let back = Record::decode(&r.encode()).expect("decodes");
             proptest::prop_assert_eq!(&back.tenant_name, &r.tenant_name);

@@ -319,3 +319,80 @@ async fn sigkill_at_random_moments_loses_nothing() {
         "{duplicates} duplicates after {kills} kills"
     );
 }
+
+/// Records too large for one destination go to the dead-letter file with their alert;
+/// `dead-letters list` shows them; once the size limit is raised, `dead-letters replay` puts
+/// them back into the queue for that destination alone, and the next run delivers them there,
+/// while the other destination gets nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed_to_their_destination() {
+    let whole = rsyslog(RsyslogInput::Tcp).await;
+    let small = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(&[whole.port], "page_size = 10").await;
+    let base = std::fs::read_to_string(&s.config).unwrap();
+    let block = |limit: &str| {
+        format!(
+            "{base}\n[[destination]]\nname = \"small\"\nurl = \"tcp://127.0.0.1:{}\"\nformat = \"json\"\nhostname = \"bridge\"\n{limit}\n",
+            small.port
+        )
+    };
+    std::fs::write(&s.config, block("max_message_size = 300")).unwrap();
+    let mut want = BTreeSet::new();
+    for i in 0..3 {
+        put(
+            &s.fake,
+            &mut want,
+            &format!("da-big-{i}"),
+            ago(50_000 - 1000 * i),
+        );
+    }
+    let child = start(&s.config);
+    whole.wait_for_lines(3).await;
+    let letters = s._dir.path().join("state").join("dead-letter.ndjson");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&letters)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(child).await;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+            .args(args)
+            .args(["--config", s.config.to_str().unwrap()])
+            .env("CONTOSO_SECRET", "secret-one")
+            .output()
+            .unwrap()
+    };
+    let listed = cli(&["dead-letters", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.contains("da-big-0") && text.contains("even after cutting"),
+        "{text}"
+    );
+    // The cause is fixed: the destination takes larger records now.
+    std::fs::write(&s.config, block("max_message_size = 65000")).unwrap();
+    let replayed = cli(&["dead-letters", "replay", "--destination", "small"]);
+    let out = String::from_utf8_lossy(&replayed.stdout).into_owned();
+    assert!(
+        replayed.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert!(out.starts_with("3 replayed"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&letters).unwrap().lines().count(),
+        0
+    );
+    let child = start(&s.config);
+    small.wait_for_lines(3).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop(child).await;
+    assert_exactly(&versions(&small), &want);
+    assert_exactly(&versions(&whole), &want);
+}
