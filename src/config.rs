@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use crate::format::{syslog, Formatter, HeaderKind, SyslogHeader};
 use crate::output::OutputConfig;
-use crate::sink::{Framing, SinkConfig, MAX_WINDOW};
+use crate::sink::{Framing, SinkConfig, Transport, MAX_WINDOW};
 use crate::source::{
     Api, Checkpoint, Cloud, Credential, Filters, HttpSettings, SecretString, Severity,
     TenantSettings, UpdatePolicy,
@@ -226,6 +226,9 @@ pub struct RawDestination {
     /// RELP: messages that may wait for their answer at once.
     #[serde(default)]
     pub window: Option<Spanned<usize>>,
+    /// TCP/TLS: acknowledged bytes written again after a break the receiver began.
+    #[serde(default)]
+    pub resend_on_reconnect: Option<Spanned<usize>>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
@@ -555,6 +558,15 @@ impl Config {
                 }
                 sink.window = *w.get_ref();
             }
+            if let Some(r) = &d.resend_on_reconnect {
+                if !matches!(sink.destination.transport, Transport::Tcp | Transport::Tls) {
+                    return c.err(
+                        r.span(),
+                        "resend_on_reconnect applies to tcp:// and tls:// only (RELP resends what was not answered)",
+                    );
+                }
+                sink.resend_on_reconnect = *r.get_ref();
+            }
             sink.tls.ca_file = d.ca_file.clone();
             sink.tls.client_cert = d.client_cert.clone();
             sink.tls.client_key = d.client_key.clone();
@@ -784,6 +796,7 @@ mod tests {
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\ncolour = 1\n", 4, "unknown field `colour`"),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\nwindow = 8\n", 4, "window applies to relp"),
             ("[[destination]]\nurl = \"relp://x\"\nformat = \"json\"\nwindow = 0\n", 4, "window must be between"),
+            ("[[destination]]\nurl = \"udp://x\"\nformat = \"json\"\nresend_on_reconnect = 0\n", 4, "resend_on_reconnect applies to tcp"),
         ];
         let mut wrong = Vec::new();
         for (src, line, msg) in cases {
@@ -969,5 +982,9 @@ mod tests {
             sink.tls.ca_file.as_deref(),
             Some(std::path::Path::new("/ca.pem"))
         );
+
+        let src = format!("{TENANT}\n[[destination]]\nurl = \"tcp://siem:514\"\nformat = \"json\"\nresend_on_reconnect = 0\n");
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        assert_eq!(c.destinations[0].output.sink.resend_on_reconnect, 0);
     }
 }

@@ -18,7 +18,9 @@
 //! without RST (see `tcp.rs`), and keepalive with `TCP_USER_TIMEOUT` ends a silently dropped
 //! one within about 30 s ([`Liveness`]). Plain syslog over TCP has no application-level
 //! acknowledgement (RFC 6587 §4 / RFC 5425 §4.3): what a receiver had acknowledged but not yet
-//! processed when it died is lost to any sender. UDP is best effort: a datagram the network
+//! processed when it died is lost to any sender, unless it is written again: after a break the
+//! receiver began, the records of the last [`SinkConfig::resend_on_reconnect`] acknowledged
+//! bytes are written again first (duplicates rather than loss). UDP is best effort: a datagram the network
 //! refuses is counted and dropped, never retried.
 //!
 //! RELP (`relp.rs`) acknowledges every message: one counts as sent once the receiver's `rsp 200`
@@ -133,6 +135,9 @@ pub struct Stats {
     pub send_errors: u64,
     /// Messages the receiver answered with an error (RELP `rsp 500`, say): done, not sent again.
     pub refused: u64,
+    /// TCP/TLS: messages already acknowledged that were written again after the receiver closed
+    /// or reset the connection ([`SinkConfig::resend_on_reconnect`]); counted once each time.
+    pub resent: u64,
     /// Accepted messages not yet sent or dropped (TCP/TLS: including those written and not yet
     /// acknowledged).
     pub queued: u64,
@@ -178,6 +183,9 @@ pub struct SinkConfig {
     pub tls: TlsOptions,
     /// RELP: messages that may wait for their answer at once.
     pub window: usize,
+    /// TCP and TLS: after a connection the receiver closed or reset, the records of the last
+    /// this-many acknowledged bytes are written again first on the next one; 0 turns it off.
+    pub resend_on_reconnect: usize,
     /// Messages held in memory while the destination is slow or down; when full,
     /// [`Sink::send`] waits.
     pub queue_capacity: usize,
@@ -197,6 +205,14 @@ pub struct SinkConfig {
     pub backoff: Backoff,
 }
 
+/// `resend_on_reconnect` default, 1 MiB. What a receiver's TCP acknowledged but its program had
+/// not processed when it closed or died sits in its socket receive buffer (Linux starts one at
+/// 128 KiB, `tcp_rmem`, and grows it only while the program keeps up) and in the program's own
+/// input buffers; 1 MiB covers both for a receiver that was keeping up, and costs at most
+/// 1 MiB of duplicates (a few hundred alerts, which the SIEM can drop by alert id and
+/// lastUpdate) per break the receiver began, which are rare.
+pub const DEFAULT_RESEND_ON_RECONNECT: usize = 1024 * 1024;
+
 /// The largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP header octets).
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
@@ -208,6 +224,7 @@ impl SinkConfig {
             max_message_size: None,
             tls: TlsOptions::default(),
             window: DEFAULT_WINDOW,
+            resend_on_reconnect: DEFAULT_RESEND_ON_RECONNECT,
             queue_capacity: 10_000,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
@@ -320,6 +337,7 @@ impl SinkConfig {
                 self.connector()?,
                 framing,
                 self.backoff,
+                self.resend_on_reconnect,
                 rx,
                 shared.clone(),
             )),
@@ -367,6 +385,7 @@ struct Shared {
     rejected: AtomicU64,
     send_errors: AtomicU64,
     refused: AtomicU64,
+    resent: AtomicU64,
     /// Messages sent or dropped so far, in queue order: [`Sink::flush`] waits on it.
     done: watch::Sender<u64>,
     status: watch::Sender<Status>,
@@ -385,6 +404,7 @@ impl Shared {
             rejected: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             done: watch::Sender::new(0),
             status: watch::Sender::new(Status::Idle),
             close_by: OnceLock::new(),
@@ -538,6 +558,7 @@ impl Sink {
             rejected: s.rejected.load(Ordering::Relaxed),
             send_errors: s.send_errors.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
+            resent: s.resent.load(Ordering::Relaxed),
             queued: accepted.saturating_sub(*s.done.borrow()),
         }
     }
