@@ -14,9 +14,11 @@
 //! What the receiver's TCP acknowledged, its program may still have lost: it read the data and
 //! then closed or reset the connection (a crash, a restart that drops its input buffers). So the
 //! records of the last `resend_on_reconnect` bytes that were acknowledged are kept, and after a
-//! break that the *receiver* began (EOF, reset, a failed write) they are written again first on
-//! the next connection: duplicates rather than loss. Not after a break we began (a receiver that
-//! stopped reading keeps what it acknowledged, we only leave it) nor at our own clean close.
+//! break that the *receiver* began (EOF, reset, broken pipe) they are written again first on the
+//! next connection: duplicates rather than loss. Not after a break we began (a receiver that
+//! stopped reading keeps what it acknowledged, we only leave it), nor after keepalive or the
+//! user timeout gave up on a silent connection (a receiver behind a partition still has it all),
+//! nor at our own clean close.
 //!
 //! Closing never leaves unread bytes in the receive queue: Linux answers a `close()` with
 //! unread data by RST instead of FIN, purges what our send queue still held, and the receiver
@@ -147,9 +149,9 @@ pub(crate) async fn close(stream: &mut Stream, until: Instant) {
 }
 
 /// Reads, without waiting, whatever the receiver has sent: syslog receivers send nothing, but
-/// TLS has records of its own (session tickets, alerts). `Some(reason)` if the receiver has
-/// closed or reset the connection. Vector's `shutdown_check`.
-fn read_ready(stream: &mut Stream) -> Option<String> {
+/// TLS has records of its own (session tickets, alerts). `Some` if the connection has ended
+/// (see [`read_outcome`]). Vector's `shutdown_check`.
+fn read_ready(stream: &mut Stream) -> Option<Ended> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut buf = [0u8; 4096];
     // Bounded: a peer that keeps sending must not keep us here.
@@ -167,15 +169,38 @@ fn read_ready(stream: &mut Stream) -> Option<String> {
     None
 }
 
+/// Why a connection ended, and whether the receiver ended it.
+struct Ended {
+    reason: String,
+    by_peer: bool,
+}
+
+/// Whether an error means the receiver closed or reset the connection (rather than, say, our
+/// keepalive or user timeout giving up on a silent one). rustls reports a TCP close without
+/// `close_notify` as `UnexpectedEof`.
+fn by_peer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+    )
+}
+
 /// Interprets a read on a connection we only write to.
-fn read_outcome(result: std::io::Result<usize>) -> Option<String> {
+fn read_outcome(result: std::io::Result<usize>) -> Option<Ended> {
     match result {
-        Ok(0) => Some("the receiver closed the connection".into()),
+        Ok(0) => Some(Ended {
+            reason: "the receiver closed the connection".into(),
+            by_peer: true,
+        }),
         Ok(n) => {
             tracing::debug!("ignoring {n} unexpected bytes from the receiver");
             None
         }
-        Err(e) => Some(format!("connection lost: {e}")),
+        Err(e) => Some(Ended {
+            by_peer: by_peer(&e),
+            reason: format!("connection lost: {e}"),
+        }),
     }
 }
 
@@ -300,8 +325,8 @@ pub(crate) async fn run(
                     batch_messages = 1;
                 }
                 Idle::Read(read) => {
-                    if let Some(reason) = read_outcome(read) {
-                        w.lost(reason, true);
+                    if let Some(ended) = read_outcome(read) {
+                        w.lost(ended.reason, ended.by_peer);
                     }
                     continue;
                 }
@@ -348,8 +373,8 @@ pub(crate) async fn run(
 impl Writer {
     /// Connects if needed, then writes every unwritten batch in order.
     async fn write(&mut self) {
-        if let Some(reason) = self.conn.as_mut().and_then(read_ready) {
-            self.lost(reason, true);
+        if let Some(ended) = self.conn.as_mut().and_then(read_ready) {
+            self.lost(ended.reason, ended.by_peer);
         }
         if self.conn.is_none() && !self.connect().await {
             return;
@@ -374,7 +399,7 @@ impl Writer {
                 }
                 Ok(Err(e)) => {
                     self.failures += 1;
-                    self.lost(format!("writing failed: {e}"), true);
+                    self.lost(format!("writing failed: {e}"), by_peer(&e));
                     return;
                 }
                 // The receiver accepted the connection but reads nothing: without this, the
@@ -418,7 +443,7 @@ impl Writer {
     /// connection up if nothing was acknowledged for the write timeout.
     fn check_acks(&mut self) {
         if let Err(e) = self.count_acked() {
-            return self.lost(format!("connection lost: {e}"), true);
+            return self.lost(format!("connection lost: {e}"), false);
         }
         if !self.in_flight.is_empty() && self.progress_at.elapsed() >= self.connector.write_timeout
         {
