@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real syslog receivers the sink tests run against (issue 3), idempotently,
 # on Debian 12:
-#   - rsyslog (+ rsyslog-gnutls) as a normal package: /usr/sbin/rsyslogd;
+#   - rsyslog (+ rsyslog-gnutls, + rsyslog-relp for imrelp) as a normal package: /usr/sbin/rsyslogd;
 #   - syslog-ng-core, which conflicts with rsyslog as a package (both provide
 #     system-log-daemon), unpacked with `dpkg -x` into $SYSLOG_NG_ROOT (default
 #     /opt/syslog-ng) and run from there. Its shared-library dependencies do not
@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Libraries syslog-ng-core 3.38 (bookworm) links against: `apt-cache depends syslog-ng-core`.
 SYSLOG_NG_LIBS="libcap2 libglib2.0-0 libivykis0 libjson-c5 libnet1 libpcre3 libssl3 libsystemd0 libwrap0"
-PKGS="rsyslog rsyslog-gnutls iproute2 $SYSLOG_NG_LIBS"
+PKGS="rsyslog rsyslog-gnutls rsyslog-relp iproute2 $SYSLOG_NG_LIBS"
 
 missing=""
 for p in $PKGS; do

@@ -188,7 +188,8 @@ pub struct SendTestArgs {
 /// One syslog destination and how its records are made.
 #[derive(Args, Debug)]
 pub struct DestinationArgs {
-    /// Destination: udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT (IPv6 in brackets).
+    /// Destination: udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT, relp://HOST:PORT or
+    /// relp+tls://HOST:PORT (IPv6 in brackets).
     /// May be given more than once: each destination gets its own writer
     #[arg(long, value_name = "URL", required = true)]
     pub to: Vec<String>,

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use crate::format::{syslog, Formatter, HeaderKind, SyslogHeader};
 use crate::output::OutputConfig;
-use crate::sink::{Framing, SinkConfig};
+use crate::sink::{Framing, SinkConfig, Transport, MAX_WINDOW};
 use crate::source::{
     Api, Checkpoint, Cloud, Credential, Filters, HttpSettings, SecretString, Severity,
     TenantSettings, UpdatePolicy,
@@ -223,6 +223,12 @@ pub struct RawDestination {
     pub max_message_size: Option<usize>,
     #[serde(default)]
     pub queue_capacity: Option<usize>,
+    /// RELP: messages that may wait for their answer at once.
+    #[serde(default)]
+    pub window: Option<Spanned<usize>>,
+    /// TCP/TLS: acknowledged bytes written again after a break the receiver began.
+    #[serde(default)]
+    pub resend_on_reconnect: Option<Spanned<usize>>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
@@ -540,6 +546,27 @@ impl Config {
             if let Some(q) = d.queue_capacity {
                 sink.queue_capacity = q.max(1);
             }
+            if let Some(w) = &d.window {
+                if !sink.destination.transport.is_relp() {
+                    return c.err(w.span(), "window applies to relp:// and relp+tls:// only");
+                }
+                if !(1..=MAX_WINDOW).contains(w.get_ref()) {
+                    return c.err(
+                        w.span(),
+                        format!("window must be between 1 and {MAX_WINDOW}"),
+                    );
+                }
+                sink.window = *w.get_ref();
+            }
+            if let Some(r) = &d.resend_on_reconnect {
+                if !matches!(sink.destination.transport, Transport::Tcp | Transport::Tls) {
+                    return c.err(
+                        r.span(),
+                        "resend_on_reconnect applies to tcp:// and tls:// only (RELP resends what was not answered)",
+                    );
+                }
+                sink.resend_on_reconnect = *r.get_ref();
+            }
             sink.tls.ca_file = d.ca_file.clone();
             sink.tls.client_cert = d.client_cert.clone();
             sink.tls.client_key = d.client_key.clone();
@@ -767,6 +794,9 @@ mod tests {
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\ntenants = [\"nobody\"]\n", 4, "no [[tenant]] block defines"),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\nmin_severity = \"severe\"\n", 4, "min_severity is \"severe\""),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\ncolour = 1\n", 4, "unknown field `colour`"),
+            ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\nwindow = 8\n", 4, "window applies to relp"),
+            ("[[destination]]\nurl = \"relp://x\"\nformat = \"json\"\nwindow = 0\n", 4, "window must be between"),
+            ("[[destination]]\nurl = \"udp://x\"\nformat = \"json\"\nresend_on_reconnect = 0\n", 4, "resend_on_reconnect applies to tcp"),
         ];
         let mut wrong = Vec::new();
         for (src, line, msg) in cases {
@@ -938,5 +968,23 @@ mod tests {
         assert!(!d.wants("a", &S::Low));
         assert!(!d.wants("b", &S::High));
         assert_eq!(d.output.sink.destination.to_string(), "udp://[::1]:514");
+    }
+
+    #[test]
+    fn relp_destination_keys() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let src = format!("{TENANT}\n[[destination]]\nurl = \"relp+tls://siem:20514\"\nformat = \"json\"\nwindow = 64\nca_file = \"/ca.pem\"\n");
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        let sink = &c.destinations[0].output.sink;
+        assert_eq!(sink.destination.to_string(), "relp+tls://siem:20514");
+        assert_eq!(sink.window, 64);
+        assert_eq!(
+            sink.tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+
+        let src = format!("{TENANT}\n[[destination]]\nurl = \"tcp://siem:514\"\nformat = \"json\"\nresend_on_reconnect = 0\n");
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        assert_eq!(c.destinations[0].output.sink.resend_on_reconnect, 0);
     }
 }

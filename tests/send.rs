@@ -93,6 +93,47 @@ async fn send_writes_exactly_what_convert_makes() {
     );
 }
 
+/// `send --to relp://…` and `send-test` to rsyslog's imrelp: every record as `convert` makes it,
+/// each counted once answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_send_test_over_relp() {
+    let relp = rsyslog(RsyslogInput::Relp).await;
+    let to = format!("relp://127.0.0.1:{}", relp.port);
+    let out = run(bin()
+        .args(["send", "-f", "sentinel", "--hostname", "bridge-test"])
+        .args(["--to", &to])
+        .args(SAMPLES))
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = converted("sentinel", &[]);
+    assert_eq!(relp.wait_for_lines(want.len()).await, want);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{to}: {} record(s) written", want.len())),
+        "{stderr}"
+    );
+
+    let out = run(bin().args(["send-test", "-f", "splunk", "--to", &to])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with(&format!("{to}: OK: sent test alert")));
+    let got = relp.wait_for_lines(want.len() + 1).await;
+    assert!(text(&got[want.len()]).contains("defender-bridge test alert"));
+
+    // A port that does not speak RELP: send-test says so.
+    let tcp = rsyslog(RsyslogInput::Tcp).await;
+    let to = format!("relp://127.0.0.1:{}", tcp.port);
+    let out = run(bin().args(["send-test", "-f", "splunk", "--to", &to, "--timeout", "2s"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{to}: FAILED: RELP session with 127.0.0.1:{}",
+            tcp.port
+        )),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_destination_holds_up_no_other_and_fails_the_run() {
     let live = syslog_ng(

@@ -1,4 +1,5 @@
-//! Where a sink sends: `udp://host:514`, `tcp://host:514`, `tls://host:6514`.
+//! Where a sink sends: `udp://host:514`, `tcp://host:514`, `tls://host:6514`,
+//! `relp://host:2514`, `relp+tls://host:2514`.
 //!
 //! Hosts are IPv4 literals, IPv6 literals in brackets (`tcp://[::1]:514`) or names. Names are
 //! kept as written and resolved again on every (re)connect, so a SIEM that moves behind a DNS
@@ -19,6 +20,10 @@ pub enum Transport {
     Tcp,
     /// RFC 5425: a TLS stream.
     Tls,
+    /// RELP, rsyslog's acknowledged protocol (librelp `doc/relp.md`), over TCP.
+    Relp,
+    /// RELP over TLS (imrelp's `tls="on"`: TLS from the first byte, not `starttls`).
+    RelpTls,
 }
 
 impl Transport {
@@ -28,15 +33,29 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Relp => "relp",
+            Transport::RelpTls => "relp+tls",
         }
     }
 
+    /// Whether the connection is TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::RelpTls)
+    }
+
+    /// Whether the protocol is RELP.
+    pub fn is_relp(self) -> bool {
+        matches!(self, Transport::Relp | Transport::RelpTls)
+    }
+
     /// Port used when the URL has none: 514 for UDP (RFC 5426 §3.3) and for TCP (the de-facto
-    /// port, formats.md §4), 6514 for TLS (RFC 5425 §4.1).
+    /// port, formats.md §4), 6514 for TLS (RFC 5425 §4.1). RELP has no registered port; 2514 is
+    /// the one of rsyslog's imrelp examples.
     pub fn default_port(self) -> u16 {
         match self {
             Transport::Udp | Transport::Tcp => 514,
             Transport::Tls => 6514,
+            Transport::Relp | Transport::RelpTls => 2514,
         }
     }
 }
@@ -117,7 +136,9 @@ impl FromStr for Destination {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
             "tls" => Transport::Tls,
-            _ => return Err(bad("the scheme must be udp, tcp or tls")),
+            "relp" => Transport::Relp,
+            "relp+tls" => Transport::RelpTls,
+            _ => return Err(bad("the scheme must be udp, tcp, tls, relp or relp+tls")),
         };
         if !url.username().is_empty() || url.password().is_some() {
             return Err(bad("a user name or password has no meaning here"));
@@ -175,12 +196,18 @@ mod tests {
         assert_eq!(d.port, 6514);
         assert_eq!(parse("tcp://siem").port, 514);
         assert_eq!(parse("udp://siem/").port, 514);
+
+        let d = parse("relp+tls://[::1]:20514");
+        assert_eq!(d.transport, Transport::RelpTls);
+        assert_eq!(d.to_string(), "relp+tls://[::1]:20514");
+        assert_eq!(parse("relp://siem").to_string(), "relp://siem:2514");
     }
 
     #[test]
     fn rejects_what_is_not_a_destination() {
         for bad in [
             "http://host:514",
+            "relp+udp://host:514",
             "tcp://",
             "tcp://host:70000",
             "tcp://host:0",

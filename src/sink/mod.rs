@@ -1,4 +1,5 @@
-//! Syslog destinations: UDP (RFC 5426), TCP (RFC 6587) and TLS (RFC 5425).
+//! Syslog destinations: UDP (RFC 5426), TCP (RFC 6587), TLS (RFC 5425) and RELP (librelp
+//! `doc/relp.md`), plain or over TLS.
 //!
 //! A [`SinkConfig`] is validated and turned by [`SinkConfig::build`] into a running [`Sink`]: a
 //! handle plus one tokio writer task per destination, so a slow or dead destination never
@@ -17,11 +18,17 @@
 //! without RST (see `tcp.rs`), and keepalive with `TCP_USER_TIMEOUT` ends a silently dropped
 //! one within about 30 s ([`Liveness`]). Plain syslog over TCP has no application-level
 //! acknowledgement (RFC 6587 §4 / RFC 5425 §4.3): what a receiver had acknowledged but not yet
-//! processed when it died is lost to any sender. UDP is best effort: a datagram the network
+//! processed when it died is lost to any sender, unless it is written again: after a break the
+//! receiver began, the records of the last [`SinkConfig::resend_on_reconnect`] acknowledged
+//! bytes are written again first (duplicates rather than loss). UDP is best effort: a datagram the network
 //! refuses is counted and dropped, never retried.
+//!
+//! RELP (`relp.rs`) acknowledges every message: one counts as sent once the receiver's `rsp 200`
+//! for it has arrived, and after a break everything unanswered goes again.
 
 mod destination;
 mod framing;
+mod relp;
 mod socket;
 mod tcp;
 mod tls;
@@ -29,6 +36,7 @@ mod udp;
 
 pub use destination::{Destination, Host, Transport};
 pub use framing::Framing;
+pub use relp::{DEFAULT_WINDOW, MAX_WINDOW};
 pub use socket::Liveness;
 pub use tls::TlsOptions;
 
@@ -74,6 +82,8 @@ pub enum Error {
     },
     #[error("connecting to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("RELP session with {addr}: {reason}")]
+    Relp { addr: SocketAddr, reason: String },
     #[error("TLS handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -111,7 +121,8 @@ pub enum Status {
 pub struct Stats {
     /// Messages taken by [`Sink::send`].
     pub accepted: u64,
-    /// Messages sent: TCP/TLS, acknowledged by the receiver's TCP; UDP, handed to the kernel.
+    /// Messages sent: TCP/TLS, acknowledged by the receiver's TCP; RELP, answered `rsp 200` by
+    /// the receiver; UDP, handed to the kernel.
     pub messages_sent: u64,
     /// Bytes of the messages in `messages_sent`, framing included (not TLS overhead).
     pub bytes_sent: u64,
@@ -122,6 +133,11 @@ pub struct Stats {
     /// Datagrams known to be lost (UDP only): refused by the receiver (ICMP port unreachable,
     /// reported on a later send) or not sent at all. They are not retried.
     pub send_errors: u64,
+    /// Messages the receiver answered with an error (RELP `rsp 500`, say): done, not sent again.
+    pub refused: u64,
+    /// TCP/TLS: messages already acknowledged that were written again after the receiver closed
+    /// or reset the connection ([`SinkConfig::resend_on_reconnect`]); counted once each time.
+    pub resent: u64,
     /// Accepted messages not yet sent or dropped (TCP/TLS: including those written and not yet
     /// acknowledged).
     pub queued: u64,
@@ -163,8 +179,13 @@ pub struct SinkConfig {
     /// Largest syslog message (header included, framing excluded) that may be sent; `None`
     /// means 8192 for TCP and TLS (formats.md §0 rule 14) and 2048 for UDP (RFC 5426 §3.2).
     pub max_message_size: Option<usize>,
-    /// Used by `tls://` only.
+    /// Used by `tls://` and `relp+tls://` only.
     pub tls: TlsOptions,
+    /// RELP: messages that may wait for their answer at once.
+    pub window: usize,
+    /// TCP and TLS: after a connection the receiver closed or reset, the records of the last
+    /// this-many acknowledged bytes are written again first on the next one; 0 turns it off.
+    pub resend_on_reconnect: usize,
     /// Messages held in memory while the destination is slow or down; when full,
     /// [`Sink::send`] waits.
     pub queue_capacity: usize,
@@ -184,6 +205,14 @@ pub struct SinkConfig {
     pub backoff: Backoff,
 }
 
+/// `resend_on_reconnect` default, 1 MiB. What a receiver's TCP acknowledged but its program had
+/// not processed when it closed or died sits in its socket receive buffer (Linux starts one at
+/// 128 KiB, `tcp_rmem`, and grows it only while the program keeps up) and in the program's own
+/// input buffers; 1 MiB covers both for a receiver that was keeping up, and costs at most
+/// 1 MiB of duplicates (a few hundred alerts, which the SIEM can drop by alert id and
+/// lastUpdate) per break the receiver began, which are rare.
+pub const DEFAULT_RESEND_ON_RECONNECT: usize = 1024 * 1024;
+
 /// The largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP header octets).
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
@@ -194,6 +223,8 @@ impl SinkConfig {
             framing: None,
             max_message_size: None,
             tls: TlsOptions::default(),
+            window: DEFAULT_WINDOW,
+            resend_on_reconnect: DEFAULT_RESEND_ON_RECONNECT,
             queue_capacity: 10_000,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
@@ -203,10 +234,11 @@ impl SinkConfig {
         }
     }
 
-    /// The framing in effect: `None` for UDP.
+    /// The framing in effect: `None` for UDP and RELP.
     pub fn effective_framing(&self) -> Option<Framing> {
         match self.destination.transport {
-            Transport::Udp => None,
+            // RELP frames carry their length: any bytes, no syslog framing.
+            Transport::Udp | Transport::Relp | Transport::RelpTls => None,
             Transport::Tcp => Some(self.framing.unwrap_or(Framing::Lf)),
             Transport::Tls => Some(self.framing.unwrap_or(Framing::OctetCounting)),
         }
@@ -217,28 +249,33 @@ impl SinkConfig {
         self.max_message_size
             .unwrap_or(match self.destination.transport {
                 Transport::Udp => 2048,
-                Transport::Tcp | Transport::Tls => 8192,
+                // RELP: imrelp's maxDataSize defaults to rsyslog's maxMessageSize, 8k
+                // (delivery.md §1).
+                Transport::Tcp | Transport::Tls | Transport::Relp | Transport::RelpTls => 8192,
             })
     }
 
     fn validate(&self) -> Result<(), Error> {
         let dest = &self.destination;
         let max = self.effective_max_message_size();
-        if dest.transport == Transport::Udp {
-            if self.framing.is_some() {
-                return Err(Error::Config(format!(
-                    "{dest}: framing applies to tcp:// and tls:// only (UDP sends one message per datagram)"
-                )));
-            }
-            if max > MAX_UDP_PAYLOAD {
-                return Err(Error::Config(format!(
-                    "{dest}: maximum message size {max} exceeds the largest UDP datagram ({MAX_UDP_PAYLOAD})"
-                )));
-            }
-        }
-        if dest.transport != Transport::Tls && self.tls != TlsOptions::default() {
+        if self.framing.is_some() && self.effective_framing().is_none() {
             return Err(Error::Config(format!(
-                "{dest}: TLS options need a tls:// destination"
+                "{dest}: framing applies to tcp:// and tls:// only (UDP sends one message per datagram, RELP frames carry their length)"
+            )));
+        }
+        if dest.transport.is_relp() && !(1..=MAX_WINDOW).contains(&self.window) {
+            return Err(Error::Config(format!(
+                "{dest}: the RELP window must be between 1 and {MAX_WINDOW}"
+            )));
+        }
+        if dest.transport == Transport::Udp && max > MAX_UDP_PAYLOAD {
+            return Err(Error::Config(format!(
+                "{dest}: maximum message size {max} exceeds the largest UDP datagram ({MAX_UDP_PAYLOAD})"
+            )));
+        }
+        if !dest.transport.is_tls() && self.tls != TlsOptions::default() {
+            return Err(Error::Config(format!(
+                "{dest}: TLS options need a tls:// or relp+tls:// destination"
             )));
         }
         if max == 0 {
@@ -265,12 +302,12 @@ impl SinkConfig {
     }
 
     fn connector(&self) -> Result<tcp::Connector, Error> {
-        let tls = match self.destination.transport {
-            Transport::Tls => Some(
+        let tls = match self.destination.transport.is_tls() {
+            true => Some(
                 self.tls
                     .build(&self.destination.host, &self.destination.to_string())?,
             ),
-            _ => None,
+            false => None,
         };
         Ok(tcp::Connector {
             destination: self.destination.clone(),
@@ -288,18 +325,23 @@ impl SinkConfig {
         self.validate()?;
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let shared = Arc::new(Shared::new(self.destination.to_string()));
-        let task = match self.effective_framing() {
-            Some(framing) => {
-                let connector = self.connector()?;
-                tokio::spawn(tcp::run(
-                    connector,
-                    framing,
-                    self.backoff,
-                    rx,
-                    shared.clone(),
-                ))
-            }
-            None => tokio::spawn(udp::run(
+        let task = match (self.destination.transport, self.effective_framing()) {
+            (Transport::Relp | Transport::RelpTls, _) => tokio::spawn(relp::run(
+                self.connector()?,
+                self.window,
+                self.backoff,
+                rx,
+                shared.clone(),
+            )),
+            (_, Some(framing)) => tokio::spawn(tcp::run(
+                self.connector()?,
+                framing,
+                self.backoff,
+                self.resend_on_reconnect,
+                rx,
+                shared.clone(),
+            )),
+            (_, None) => tokio::spawn(udp::run(
                 self.destination.clone(),
                 self.backoff,
                 rx,
@@ -315,9 +357,9 @@ impl SinkConfig {
         })
     }
 
-    /// Connects now (TCP, TLS handshake included) and closes again cleanly, for `check --online`
-    /// and `send-test`. Returns the address connected to. For UDP only resolution and
-    /// binding can be checked.
+    /// Connects now (TCP, TLS handshake included; RELP, `open` and `close` too) and closes again
+    /// cleanly, for `check --online` and `send-test`. Returns the address connected to. For UDP
+    /// only resolution and binding can be checked.
     pub async fn probe(&self) -> Result<SocketAddr, Error> {
         self.validate()?;
         match self.destination.transport {
@@ -328,6 +370,7 @@ impl SinkConfig {
                 tcp::close(&mut stream, until).await;
                 Ok(peer)
             }
+            Transport::Relp | Transport::RelpTls => relp::probe(&self.connector()?).await,
         }
     }
 }
@@ -341,6 +384,8 @@ struct Shared {
     reconnects: AtomicU64,
     rejected: AtomicU64,
     send_errors: AtomicU64,
+    refused: AtomicU64,
+    resent: AtomicU64,
     /// Messages sent or dropped so far, in queue order: [`Sink::flush`] waits on it.
     done: watch::Sender<u64>,
     status: watch::Sender<Status>,
@@ -358,6 +403,8 @@ impl Shared {
             reconnects: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             done: watch::Sender::new(0),
             status: watch::Sender::new(Status::Idle),
             close_by: OnceLock::new(),
@@ -373,6 +420,11 @@ impl Shared {
 
     fn dropped(&self) {
         self.send_errors.fetch_add(1, Ordering::Relaxed);
+        self.done.send_modify(|n| *n += 1);
+    }
+
+    fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
         self.done.send_modify(|n| *n += 1);
     }
 
@@ -505,6 +557,8 @@ impl Sink {
             reconnects: s.reconnects.load(Ordering::Relaxed),
             rejected: s.rejected.load(Ordering::Relaxed),
             send_errors: s.send_errors.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            resent: s.resent.load(Ordering::Relaxed),
             queued: accepted.saturating_sub(*s.done.borrow()),
         }
     }
@@ -585,6 +639,16 @@ mod tests {
         let mut c = cfg("tcp://h");
         c.tls.insecure_skip_verify = true;
         assert!(c.validate().unwrap_err().to_string().contains("tls://"));
+        let mut c = cfg("relp+tls://h");
+        c.tls.insecure_skip_verify = true;
+        assert!(c.validate().is_ok());
+        assert_eq!(c.effective_framing(), None);
+        assert_eq!(c.effective_max_message_size(), 8192);
+        c.framing = Some(Framing::OctetCounting);
+        assert!(c.validate().unwrap_err().to_string().contains("framing"));
+        let mut c = cfg("relp://h");
+        c.window = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("window"));
         let mut c = cfg("udp://h");
         c.max_message_size = Some(70_000);
         assert!(c.validate().is_err());

@@ -11,6 +11,15 @@
 //! then it is kept, and if the connection breaks it is written again, whole, on the next one.
 //! Data that stays unacknowledged for the write timeout means a receiver that stopped reading.
 //!
+//! What the receiver's TCP acknowledged, its program may still have lost: it read the data and
+//! then closed or reset the connection (a crash, a restart that drops its input buffers). So the
+//! records of the last `resend_on_reconnect` bytes that were acknowledged are kept, and after a
+//! break that the *receiver* began (EOF, reset, broken pipe) they are written again first on the
+//! next connection: duplicates rather than loss. Not after a break we began (a receiver that
+//! stopped reading keeps what it acknowledged, we only leave it), nor after keepalive or the
+//! user timeout gave up on a silent connection (a receiver behind a partition still has it all),
+//! nor at our own clean close.
+//!
 //! Closing never leaves unread bytes in the receive queue: Linux answers a `close()` with
 //! unread data by RST instead of FIN, purges what our send queue still held, and the receiver
 //! may lose what it had not read yet. A TLS 1.3 server always sends something after the
@@ -140,9 +149,9 @@ pub(crate) async fn close(stream: &mut Stream, until: Instant) {
 }
 
 /// Reads, without waiting, whatever the receiver has sent: syslog receivers send nothing, but
-/// TLS has records of its own (session tickets, alerts). `Some(reason)` if the receiver has
-/// closed or reset the connection. Vector's `shutdown_check`.
-fn read_ready(stream: &mut Stream) -> Option<String> {
+/// TLS has records of its own (session tickets, alerts). `Some` if the connection has ended
+/// (see [`read_outcome`]). Vector's `shutdown_check`.
+fn read_ready(stream: &mut Stream) -> Option<Ended> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut buf = [0u8; 4096];
     // Bounded: a peer that keeps sending must not keep us here.
@@ -160,15 +169,38 @@ fn read_ready(stream: &mut Stream) -> Option<String> {
     None
 }
 
+/// Why a connection ended, and whether the receiver ended it.
+struct Ended {
+    reason: String,
+    by_peer: bool,
+}
+
+/// Whether an error means the receiver closed or reset the connection (rather than, say, our
+/// keepalive or user timeout giving up on a silent one). rustls reports a TCP close without
+/// `close_notify` as `UnexpectedEof`.
+fn by_peer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+    )
+}
+
 /// Interprets a read on a connection we only write to.
-fn read_outcome(result: std::io::Result<usize>) -> Option<String> {
+fn read_outcome(result: std::io::Result<usize>) -> Option<Ended> {
     match result {
-        Ok(0) => Some("the receiver closed the connection".into()),
+        Ok(0) => Some(Ended {
+            reason: "the receiver closed the connection".into(),
+            by_peer: true,
+        }),
         Ok(n) => {
             tracing::debug!("ignoring {n} unexpected bytes from the receiver");
             None
         }
-        Err(e) => Some(format!("connection lost: {e}")),
+        Err(e) => Some(Ended {
+            by_peer: by_peer(&e),
+            reason: format!("connection lost: {e}"),
+        }),
     }
 }
 
@@ -176,8 +208,41 @@ fn read_outcome(result: std::io::Result<usize>) -> Option<String> {
 struct Batch {
     data: Bytes,
     messages: usize,
+    /// Where each message ends in `data`, so that a resend can start at a message.
+    ends: Vec<usize>,
+    /// Messages already counted as sent: a resend after a drop, not counted again.
+    counted: bool,
     /// Once written: the connection's byte count after its last byte.
     end: u64,
+}
+
+impl Batch {
+    /// The messages of `batches` that have a byte among their last `bytes` bytes, as one batch.
+    fn tail(batches: &VecDeque<Batch>, bytes: usize) -> Option<Batch> {
+        let total: usize = batches.iter().map(|b| b.data.len()).sum();
+        let from = total.saturating_sub(bytes);
+        let mut data = BytesMut::new();
+        let mut ends = Vec::new();
+        let mut offset = 0;
+        for b in batches {
+            let mut start = 0;
+            for &end in &b.ends {
+                if offset + end > from {
+                    data.extend_from_slice(&b.data[start..end]);
+                    ends.push(data.len());
+                }
+                start = end;
+            }
+            offset += b.data.len();
+        }
+        (!ends.is_empty()).then(|| Batch {
+            data: data.freeze(),
+            messages: ends.len(),
+            ends,
+            counted: true,
+            end: 0,
+        })
+    }
 }
 
 enum Idle {
@@ -191,6 +256,11 @@ struct Writer {
     connector: Connector,
     backoff: Backoff,
     shared: Arc<Shared>,
+    /// Acknowledged bytes to write again after a break the receiver began.
+    resend: usize,
+    /// Acknowledged batches, oldest first, covering at least the last `resend` bytes.
+    history: VecDeque<Batch>,
+    history_bytes: usize,
     conn: Option<Stream>,
     ever_connected: bool,
     /// Consecutive failures (connect or write) since the last successful write.
@@ -211,6 +281,7 @@ pub(crate) async fn run(
     connector: Connector,
     framing: Framing,
     backoff: Backoff,
+    resend: usize,
     mut rx: mpsc::Receiver<Bytes>,
     shared: Arc<Shared>,
 ) {
@@ -218,6 +289,9 @@ pub(crate) async fn run(
         connector,
         backoff,
         shared,
+        resend,
+        history: VecDeque::new(),
+        history_bytes: 0,
         conn: None,
         ever_connected: false,
         failures: 0,
@@ -229,6 +303,7 @@ pub(crate) async fn run(
     };
     let mut batch = BytesMut::with_capacity(BATCH_CAPACITY);
     let mut batch_messages = 0usize;
+    let mut ends = Vec::new();
     let mut scratch = [0u8; 512];
 
     loop {
@@ -246,11 +321,12 @@ pub(crate) async fn run(
                 Idle::Message(None) => break,
                 Idle::Message(Some(msg)) => {
                     framing.encode(&msg, &mut batch);
+                    ends.push(batch.len());
                     batch_messages = 1;
                 }
                 Idle::Read(read) => {
-                    if let Some(reason) = read_outcome(read) {
-                        w.lost(reason);
+                    if let Some(ended) = read_outcome(read) {
+                        w.lost(ended.reason, ended.by_peer);
                     }
                     continue;
                 }
@@ -268,6 +344,7 @@ pub(crate) async fn run(
             match rx.try_recv() {
                 Ok(msg) => {
                     framing.encode(&msg, &mut batch);
+                    ends.push(batch.len());
                     batch_messages += 1;
                 }
                 Err(_) => break,
@@ -277,6 +354,8 @@ pub(crate) async fn run(
             w.unwritten.push_back(Batch {
                 data: batch.split().freeze(),
                 messages: batch_messages,
+                ends: std::mem::take(&mut ends),
+                counted: false,
                 end: 0,
             });
             batch.reserve(BATCH_CAPACITY);
@@ -297,8 +376,8 @@ pub(crate) async fn run(
 impl Writer {
     /// Connects if needed, then writes every unwritten batch in order.
     async fn write(&mut self) {
-        if let Some(reason) = self.conn.as_mut().and_then(read_ready) {
-            self.lost(reason);
+        if let Some(ended) = self.conn.as_mut().and_then(read_ready) {
+            self.lost(ended.reason, ended.by_peer);
         }
         if self.conn.is_none() && !self.connect().await {
             return;
@@ -323,7 +402,7 @@ impl Writer {
                 }
                 Ok(Err(e)) => {
                     self.failures += 1;
-                    self.lost(format!("writing failed: {e}"));
+                    self.lost(format!("writing failed: {e}"), by_peer(&e));
                     return;
                 }
                 // The receiver accepted the connection but reads nothing: without this, the
@@ -367,7 +446,7 @@ impl Writer {
     /// connection up if nothing was acknowledged for the write timeout.
     fn check_acks(&mut self) {
         if let Err(e) = self.count_acked() {
-            return self.lost(format!("connection lost: {e}"));
+            return self.lost(format!("connection lost: {e}"), false);
         }
         if !self.in_flight.is_empty() && self.progress_at.elapsed() >= self.connector.write_timeout
         {
@@ -386,7 +465,10 @@ impl Writer {
         }
         while self.in_flight.front().is_some_and(|b| b.end <= acked) {
             if let Some(b) = self.in_flight.pop_front() {
-                self.shared.sent(b.messages, b.data.len());
+                if !b.counted {
+                    self.shared.sent(b.messages, b.data.len());
+                }
+                self.remember(b);
             }
         }
         Ok(())
@@ -400,14 +482,36 @@ impl Writer {
             read_ready(stream);
         }
         self.failures += 1;
-        self.lost(format!(
-            "nothing acknowledged for {:?}: the receiver is not reading",
-            self.connector.write_timeout
-        ));
+        self.lost(
+            format!(
+                "nothing acknowledged for {:?}: the receiver is not reading",
+                self.connector.write_timeout
+            ),
+            false,
+        );
     }
 
-    /// The connection is gone: what it had not acknowledged is written again on the next one.
-    fn lost(&mut self, reason: String) {
+    /// Keeps an acknowledged batch for a resend, dropping the oldest ones no longer needed to
+    /// cover the last `resend` bytes.
+    fn remember(&mut self, batch: Batch) {
+        if self.resend == 0 {
+            return;
+        }
+        self.history_bytes += batch.data.len();
+        self.history.push_back(batch);
+        while let Some(front) = self.history.front() {
+            if self.history_bytes - front.data.len() < self.resend {
+                break;
+            }
+            self.history_bytes -= front.data.len();
+            self.history.pop_front();
+        }
+    }
+
+    /// The connection is gone: what it had not acknowledged is written again on the next one,
+    /// and if the receiver broke it (`by_peer`), first the records of the last `resend`
+    /// acknowledged bytes.
+    fn lost(&mut self, reason: String, by_peer: bool) {
         // The socket still knows what was acknowledged before the close or reset, which may be
         // more than we last asked.
         let _ = self.count_acked();
@@ -415,6 +519,23 @@ impl Writer {
         while let Some(batch) = self.in_flight.pop_back() {
             self.unwritten.push_front(batch);
         }
+        if by_peer {
+            if let Some(tail) = Batch::tail(&self.history, self.resend) {
+                tracing::debug!(
+                    destination = %self.shared.destination,
+                    messages = tail.messages,
+                    bytes = tail.data.len(),
+                    "the receiver broke the connection: writing its last acknowledged records again"
+                );
+                self.shared
+                    .resent
+                    .fetch_add(tail.messages as u64, Ordering::Relaxed);
+                self.unwritten.push_front(tail);
+            }
+        }
+        // Written again or not, these are no longer the last bytes of a connection.
+        self.history.clear();
+        self.history_bytes = 0;
         self.shared.down(reason);
     }
 }

@@ -240,6 +240,16 @@ pub enum RsyslogInput {
         cert: PathBuf,
         key: PathBuf,
     },
+    /// imrelp (rsyslog-relp), plain.
+    Relp,
+    /// imrelp over TLS (`tls="on"`, librelp's default TLS library). imrelp with a certificate
+    /// requires one of the client too: mutual TLS, the client's name must be `defender-bridge`
+    /// (the name of [`Pki::client`]'s certificate).
+    RelpTls {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 /// Starts rsyslogd writing every message's raw bytes plus LF to `out.log`.
@@ -247,6 +257,22 @@ pub enum RsyslogInput {
 /// kept (`parser.escapeControlCharactersOnReceive="off"`, formats.md §6) and messages up to
 /// 64 KiB are accepted whole.
 pub async fn rsyslog(input: RsyslogInput) -> Daemon {
+    rsyslog_with(input, "").await
+}
+
+/// [`rsyslog`] with a disk main queue that survives SIGKILL: every message is on disk
+/// (fsynced, `syncqueuefiles`) before the input hands it on, and imrelp answers only then
+/// (delivery.md §1). Restart it with [`Daemon::start`]: the queue files stay in its directory.
+pub async fn rsyslog_durable(input: RsyslogInput) -> Daemon {
+    rsyslog_with(
+        input,
+        r#"main_queue(queue.type="Disk" queue.filename="mq" queue.syncqueuefiles="on"
+           queue.checkpointInterval="1" queue.saveOnShutdown="on")"#,
+    )
+    .await
+}
+
+async fn rsyslog_with(input: RsyslogInput, extra: &str) -> Daemon {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out.log");
     let (proto, input_conf) = match input {
@@ -268,6 +294,25 @@ input(type="imtcp" address="127.0.0.1" port="PORT" ruleset="r")"#,
                 key.display()
             ),
         ),
+        // maxDataSize: imrelp's default is maxMessageSize; oversize frames would be truncated.
+        RsyslogInput::Relp => (
+            Proto::Tcp,
+            r#"module(load="imrelp")
+input(type="imrelp" address="127.0.0.1" port="PORT" ruleset="r" maxDataSize="64k")"#
+                .to_string(),
+        ),
+        RsyslogInput::RelpTls { ca, cert, key } => (
+            Proto::Tcp,
+            format!(
+                r#"module(load="imrelp")
+input(type="imrelp" address="127.0.0.1" port="PORT" ruleset="r" maxDataSize="64k"
+      tls="on" tls.caCert="{}" tls.myCert="{}" tls.myPrivKey="{}"
+      tls.authMode="name" tls.permittedPeer=["defender-bridge"])"#,
+                ca.display(),
+                cert.display(),
+                key.display()
+            ),
+        ),
         // A large receive buffer (SO_RCVBUFFORCE as root): a burst of datagrams must not
         // overflow the socket while rsyslog starts reading.
         RsyslogInput::Udp => (
@@ -280,6 +325,7 @@ input(type="imudp" address="127.0.0.1" port="PORT" ruleset="r" rcvbufSize="64m")
     let port = free_port(proto);
     let conf = format!(
         r#"global(workDirectory="{dir}" maxMessageSize="64k" parser.escapeControlCharactersOnReceive="off")
+{extra}
 {input}
 template(name="raw" type="string" string="%rawmsg%\n")
 ruleset(name="r") {{ action(type="omfile" file="{out}" template="raw") }}
