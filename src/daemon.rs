@@ -6,7 +6,7 @@
 //! failed and restarts the pair after a panic (issue 8 §13). A handler puts what cannot be
 //! forwarded in the dead-letter file, then appends the page's alerts and the tenant's new
 //! checkpoint to the durable queue in one transaction, and only then acknowledges the page
-//! (src/queue.rs). Each destination has its own delivery loop reading the queue from its own
+//! (src/queue/). Each destination has its own delivery loop reading the queue from its own
 //! cursor (src/delivery.rs), so a SIEM that is down holds up nothing but its own records: the
 //! pollers and the other destinations go on, and it catches up from the queue when it is back.
 //! A restart resumes the pollers from their checkpoints and the destinations from their cursors

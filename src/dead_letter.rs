@@ -134,7 +134,9 @@ impl DeadLetterFile {
         &self.path
     }
 
-    /// Appends one letter as one line and flushes it to the file.
+    /// Appends one letter as one line and makes it durable (`fdatasync`) before returning: the
+    /// caller acknowledges the page or moves the queue cursor past the record right after, so a
+    /// letter still in the page cache at a power loss would be an alert lost.
     pub fn write(&self, letter: &Letter<'_>) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&LetterLine {
             time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -148,7 +150,7 @@ impl DeadLetterFile {
             .map_err(|_| std::io::Error::other("dead-letter file lock poisoned"))?;
         // One write call per line: concurrent writers never interleave within a line.
         file.write_all(&line)?;
-        file.flush()
+        file.sync_data()
     }
 }
 

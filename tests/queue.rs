@@ -37,6 +37,20 @@ async fn setup(ports: &[u16], extra_global: &str) -> Setup {
 
 /// [`setup`], with `extra_destination` in every `[[destination]]` block.
 async fn setup_with(ports: &[u16], extra_global: &str, extra_destination: &str) -> Setup {
+    let blocks: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            format!(
+                "name = \"siem-{i}\"\nurl = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\nhostname = \"bridge\"\n{extra_destination}"
+            )
+        })
+        .collect();
+    setup_destinations(&blocks, extra_global).await
+}
+
+/// One Graph tenant, and one `[[destination]]` per block (its keys).
+async fn setup_destinations(blocks: &[String], extra_global: &str) -> Setup {
     let fake = FakeApi::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = fake.write_ca_file(dir.path()).unwrap();
@@ -63,10 +77,8 @@ api_base_url = "{base}"
         state = dir.path().join("state").display(),
         ca = ca.display(),
     );
-    for (i, port) in ports.iter().enumerate() {
-        config.push_str(&format!(
-            "\n[[destination]]\nname = \"siem-{i}\"\nurl = \"tcp://127.0.0.1:{port}\"\nformat = \"json\"\nhostname = \"bridge\"\n{extra_destination}\n"
-        ));
+    for block in blocks {
+        config.push_str(&format!("\n[[destination]]\n{block}\n"));
     }
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).unwrap();
@@ -395,4 +407,143 @@ async fn dead_letters_are_listed_and_replayed_to_their_destination() {
     stop(child).await;
     assert_exactly(&versions(&small), &want);
     assert_exactly(&versions(&whole), &want);
+}
+
+/// The versions in the order first received: what a receiver got, duplicates aside.
+fn first_seen(got: &[Version]) -> Vec<Version> {
+    let mut seen = BTreeSet::new();
+    got.iter()
+        .filter(|v| seen.insert((*v).clone()))
+        .cloned()
+        .collect()
+}
+
+/// Issue 9: four receivers (rsyslog over TCP, TLS and RELP with a disk queue; syslog-ng over
+/// TCP) killed and kept down for two minutes (`QUEUE_OUTAGE_SECS`) while alerts keep arriving,
+/// a fifth one up all along. The one that stays up gets each new version during the outage (the
+/// tenant's checkpoint kept moving); once back, each of the four gets every version, in the
+/// queue's order. TCP and TLS send again what a killed receiver may have lost
+/// (`resend_on_reconnect`), so duplicates are allowed, at most the versions sent before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_down_for_two_minutes_get_everything_in_order_afterwards() {
+    use support::{syslog_ng, Pki, Proto};
+    let outage: u64 = std::env::var("QUEUE_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let pki = Pki::new("outage");
+    let witness = rsyslog(RsyslogInput::Tcp).await;
+    let mut tcp = rsyslog(RsyslogInput::Tcp).await;
+    let mut tls = rsyslog(RsyslogInput::Tls {
+        ca: pki.ca.clone(),
+        cert: pki.cert.clone(),
+        key: pki.key.clone(),
+    })
+    .await;
+    let mut relp = support::rsyslog_durable(RsyslogInput::Relp).await;
+    let mut ng = syslog_ng(
+        Proto::Tcp,
+        r#"source s { network(ip("127.0.0.1") port(PORT) transport("tcp") flags(no-parse)); };
+destination d { file("OUT" template("${MSG}\n")); };
+log { source(s); destination(d); };"#,
+    )
+    .await;
+    let block = |name: &str, url: String, extra: &str| {
+        format!(
+            "name = \"{name}\"\nurl = \"{url}\"\nformat = \"json\"\nhostname = \"bridge\"\n{extra}"
+        )
+    };
+    let s = setup_destinations(
+        &[
+            block("witness", format!("tcp://127.0.0.1:{}", witness.port), ""),
+            block("tcp", format!("tcp://127.0.0.1:{}", tcp.port), ""),
+            block(
+                "tls",
+                format!("tls://127.0.0.1:{}", tls.port),
+                &format!("ca_file = \"{}\"", pki.ca.display()),
+            ),
+            block("relp", format!("relp://127.0.0.1:{}", relp.port), ""),
+            block("syslog-ng", format!("tcp://127.0.0.1:{}", ng.port), ""),
+        ],
+        "page_size = 10",
+    )
+    .await;
+    let mut want = BTreeSet::new();
+    // A new version a second, cycling through 15 alerts: each alert is updated every 15 s, far
+    // longer than a poll, so the poller sees every version.
+    let mut tick = 0usize;
+    let mut put_next = |want: &mut BTreeSet<Version>| {
+        put(&s.fake, want, &format!("out-{:02}", tick % 15), ago(0));
+        tick += 1;
+    };
+    for _ in 0..10 {
+        put_next(&mut want);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let child = start(&s.config);
+    for _ in 0..10 {
+        put_next(&mut want);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for r in [&witness, &tcp, &tls, &relp, &ng] {
+        r.wait_for_lines(want.len()).await;
+    }
+    let before = want.len();
+    for r in [&mut tcp, &mut tls, &mut relp, &mut ng] {
+        r.kill();
+    }
+    let outage_from = tokio::time::Instant::now();
+    while outage_from.elapsed() < Duration::from_secs(outage) {
+        put_next(&mut want);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // While they were down, the one that stayed up got every version: polling went on.
+    witness.wait_for_lines(want.len()).await;
+    let during = want.len() - before;
+    for r in [&mut tcp, &mut tls, &mut relp, &mut ng] {
+        r.start().await;
+    }
+    for _ in 0..5 {
+        put_next(&mut want);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for r in [&witness, &tcp, &tls, &relp, &ng] {
+        while first_seen(&versions(r)).len() < want.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {} versions after the outage:\n{}",
+                first_seen(&versions(r)).len(),
+                want.len(),
+                r.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop(child).await;
+    assert_exactly(&versions(&witness), &want);
+    let order = versions(&witness);
+    for (name, r) in [
+        ("tcp", &tcp),
+        ("tls", &tls),
+        ("relp", &relp),
+        ("syslog-ng", &ng),
+    ] {
+        let got = versions(r);
+        let unique = first_seen(&got);
+        let duplicates = got.len() - unique.len();
+        eprintln!(
+            "{name}: {} versions ({before} before, {during} during a {outage} s outage), {duplicates} duplicates",
+            unique.len()
+        );
+        assert_eq!(
+            unique, order,
+            "{name}: not every version, or not in the queue's order"
+        );
+        assert!(
+            duplicates <= before,
+            "{name}: {duplicates} duplicates, more than the {before} versions sent before the kill"
+        );
+    }
 }

@@ -795,7 +795,7 @@ fn query_alerts(
         .get(&api)
         .into_iter()
         .flatten()
-        .filter(|(_, (_, v))| filter.matches(v))
+        .filter(|(_, (lu, v))| filter.matches_at(v, Some((field, *lu))))
         .map(|(id, (lu, v))| (*lu, id.clone(), v.clone()))
         .collect();
     for (i, (at, v)) in tenant.raw.get(&api).into_iter().flatten().enumerate() {

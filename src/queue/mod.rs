@@ -22,12 +22,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::source::{Api, Checkpoint};
+
+mod record;
+pub use record::Record;
 
 const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
@@ -49,32 +50,6 @@ pub enum QueueError {
     },
     #[error("the queue has stopped")]
     Closed,
-}
-
-/// One alert version in the queue.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Record {
-    pub tenant_name: String,
-    pub tenant_id: String,
-    pub api: String,
-    pub alert_id: String,
-    pub last_update: DateTime<Utc>,
-    /// The alert object exactly as the API returned it.
-    pub alert: Box<serde_json::value::RawValue>,
-    /// Only for the destination with this URL (a dead letter replayed for it); `None`: all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub only: Option<String>,
-}
-
-impl Record {
-    pub fn encode(&self) -> Vec<u8> {
-        // A struct of strings and a raw JSON value: serialising cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
 }
 
 enum Request {
@@ -586,6 +561,7 @@ pub fn checkpoint_key(tenant_id: &str, api: Api) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     fn record(i: u64) -> Vec<u8> {
         Record {
@@ -667,34 +643,6 @@ mod tests {
         q.ack("a", 1).await.expect("ack");
         waiting.await.expect("task").expect("append");
         assert_eq!(ids(&q, 0), ["da2", "da3", "da4"]);
-    }
-
-    proptest::proptest! {
-        /// The record decoder meets whatever a damaged file holds: it answers, never panics.
-        #[test]
-        fn any_bytes_decode_to_a_record_or_an_error(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let _ = Record::decode(&bytes);
-        }
-
-        /// What is encoded decodes to the same, whatever the texts hold.
-        #[test]
-        fn records_round_trip(name in ".*", id in ".*", title in ".*") {
-            let alert = serde_json::json!({"id": id, "title": title}).to_string();
-            let r = Record {
-                tenant_name: name,
-                tenant_id: "t".into(),
-                api: "graph".into(),
-                alert_id: id,
-                last_update: Utc::now(),
-                alert: serde_json::value::RawValue::from_string(alert).expect("json"),
-                only: None,
-            };
-            let back = Record::decode(&r.encode()).expect("decodes");
-            proptest::prop_assert_eq!(&back.tenant_name, &r.tenant_name);
-            proptest::prop_assert_eq!(&back.alert_id, &r.alert_id);
-            proptest::prop_assert_eq!(back.alert.get(), r.alert.get());
-            proptest::prop_assert_eq!(back.last_update, r.last_update);
-        }
     }
 
     /// A file that is not a queue (damaged beyond repair) is a clear error naming it, not a
