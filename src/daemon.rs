@@ -441,19 +441,25 @@ async fn handle_page(
             });
             continue;
         }
-        records.push(
-            Record {
-                tenant_name: name.clone(),
-                tenant_id: batch.tenant_id.clone(),
-                api: batch.api.to_string(),
-                alert_id: raw.id.clone(),
-                last_update: raw.last_update,
-                alert: raw.json.clone(),
-                only: None,
-            }
-            .encode(),
-        );
+        records.push(raw);
     }
+    // Encoded again only when a write failed and is tried again.
+    let encode = |raws: &[&crate::source::RawAlert]| -> Vec<Vec<u8>> {
+        raws.iter()
+            .map(|raw| {
+                Record {
+                    tenant_name: name.clone(),
+                    tenant_id: batch.tenant_id.clone(),
+                    api: batch.api.to_string(),
+                    alert_id: raw.id.clone(),
+                    last_update: raw.last_update,
+                    alert: raw.json.clone(),
+                    only: None,
+                }
+                .encode()
+            })
+            .collect()
+    };
     for letter in &dead {
         if let Err(e) = letters.write(letter) {
             tracing::error!(tenant = %name, dead_letter = %letters.path().display(),
@@ -467,27 +473,49 @@ async fn handle_page(
     };
     let count = records.len() as u64;
     let key = checkpoint_key(&batch.tenant_id, batch.api);
-    let appended = tokio::select! {
-        a = queue.append(&key, records, checkpoint) => a,
-        // A full queue waits for space; a stop must not wait for it.
-        _ = stop.cancelled() => return Page::Stopped,
-    };
-    match appended {
-        Ok(()) => {
-            stats.alerts.fetch_add(count, Ordering::Relaxed);
-            stats.undecodable.fetch_add(undecodable, Ordering::Relaxed);
-            stats
-                .rejected
-                .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
-            Page::Done
-        }
-        Err(e) => {
-            // A full or unwritable disk: polling of this tenant stops here until it works.
-            tracing::error!(tenant = %name, "cannot queue the page, it comes again: {e}");
-            Page::Again
+    // A queue that cannot take the page (a full or unwritable disk) holds this tenant's
+    // polling here, the page in hand, and goes on by itself once the write works again
+    // (issue 9 §2): the poller waits for the page to be accepted, so nothing moves meanwhile.
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut last_logged = tokio::time::Instant::now();
+    loop {
+        let appended = tokio::select! {
+            a = queue.append(&key, encode(&records), checkpoint) => a,
+            // A full queue waits for space; a stop must not wait for it.
+            _ = stop.cancelled() => return Page::Stopped,
+        };
+        match appended {
+            Ok(()) => {
+                if let Some(since) = failing_since {
+                    tracing::info!(tenant = %name, "the queue takes pages again, after {:.0?}; polling goes on", since.elapsed());
+                }
+                stats.alerts.fetch_add(count, Ordering::Relaxed);
+                stats.undecodable.fetch_add(undecodable, Ordering::Relaxed);
+                stats
+                    .rejected
+                    .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
+                return Page::Done;
+            }
+            Err(crate::queue::QueueError::Closed) => return Page::Stopped,
+            Err(e) => {
+                let now = tokio::time::Instant::now();
+                if failing_since.is_none() || now - last_logged >= QUEUE_FAILING_LOG_EVERY {
+                    tracing::error!(tenant = %name, "cannot queue the page; polling of this tenant waits until the queue can be written: {e}");
+                    last_logged = now;
+                }
+                failing_since.get_or_insert(now);
+                if !sleep_unless_stopped(QUEUE_RETRY, stop).await {
+                    return Page::Stopped;
+                }
+            }
         }
     }
 }
+
+/// How often a page the queue cannot take is tried again.
+const QUEUE_RETRY: Duration = Duration::from_secs(1);
+/// How often a queue that keeps failing is logged again.
+const QUEUE_FAILING_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,18 @@ const READ_BATCH: usize = 512;
 /// Records handed to the writer and not yet delivered, at most: bounds what a reconnect can
 /// send again and what this loop holds in memory.
 const IN_FLIGHT: usize = 20_000;
+/// How long to wait before reading the queue again after it failed (a full disk, a store
+/// being reopened).
+const QUEUE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sleeps `delay`; false when `stop` came first.
+async fn sleep_unless(stop: &CancellationToken, delay: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
 /// How often the cursor is written while records are being delivered. A crash sends again at
 /// most what was delivered in this span (at-least-once).
 const ACK_EVERY: Duration = Duration::from_millis(250);
@@ -47,7 +59,18 @@ impl Forwarder {
         drain_until: Arc<tokio::sync::Notify>,
     ) -> Result<u64, QueueError> {
         let name = self.destination.name.clone();
-        let mut acked = queue.cursor(&name)?;
+        let mut acked = loop {
+            match queue.cursor(&name) {
+                Ok(c) => break c,
+                Err(QueueError::Closed) => return Err(QueueError::Closed),
+                Err(e) => {
+                    tracing::error!(destination = %name, "cannot read the queue cursor, trying again: {e}");
+                    if !sleep_unless(&stop, QUEUE_RETRY).await {
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let mut read = acked;
         let mut delivered = acked;
         let mut last_ack = tokio::time::Instant::now();
@@ -73,8 +96,15 @@ impl Forwarder {
                 delivered = read;
             }
             if delivered > acked && (last_ack.elapsed() >= ACK_EVERY || pending.is_empty()) {
-                queue.ack(&name, delivered).await?;
-                acked = delivered;
+                // A queue that cannot be written (a full disk) keeps the cursor where it is: the
+                // records stay delivered in memory and the ack is tried again.
+                match queue.ack(&name, delivered).await {
+                    Ok(()) => acked = delivered,
+                    Err(QueueError::Closed) => return Err(QueueError::Closed),
+                    Err(e) => {
+                        tracing::warn!(destination = %name, "cannot move the queue cursor yet: {e}")
+                    }
+                }
                 last_ack = tokio::time::Instant::now();
             }
             let head_now = *head.borrow_and_update();
@@ -82,7 +112,18 @@ impl Forwarder {
                 return Ok(acked);
             }
             if pending.len() < IN_FLIGHT && read < head_now {
-                let batch = queue.read(read, READ_BATCH)?;
+                let batch = match queue.read(read, READ_BATCH) {
+                    Ok(b) => b,
+                    Err(QueueError::Closed) => return Err(QueueError::Closed),
+                    Err(e) => {
+                        tracing::error!(destination = %name, "cannot read the queue, trying again: {e}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(QUEUE_RETRY) => {}
+                            _ = &mut drained => break,
+                        }
+                        continue;
+                    }
+                };
                 if batch.is_empty() {
                     // Reclaimed under us (another destination cannot do that below our cursor,
                     // so the store was changed by hand): skip to the head.

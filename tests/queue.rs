@@ -547,3 +547,127 @@ log { source(s); destination(d); };"#,
         );
     }
 }
+
+/// Mounts a tmpfs of `size` at `dir` (root, as CI has); unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount -t tmpfs needs root (CI runs as root)");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Writes zeros into `path` until the file system says it is full.
+fn fill_disk(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    loop {
+        if let Err(e) = f.write_all(&block).and_then(|_| f.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(28), "ENOSPC expected: {e}");
+            break;
+        }
+    }
+}
+
+/// Issue 9 §2: the state directory's disk fills up while alerts keep arriving. Polling stops
+/// with a clear error (the page is not acknowledged, nothing is dropped); once space returns it
+/// goes on by itself, and the receiver gets every version exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_polling_until_space_returns_and_loses_nothing() {
+    let up = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(&[up.port], "page_size = 100").await;
+    let state = s.config.parent().unwrap().join("state");
+    let _fs = Tmpfs::mount(&state, "24m");
+    let mut want = BTreeSet::new();
+    for i in 0..20 {
+        put(
+            &s.fake,
+            &mut want,
+            &format!("df-{i:04}"),
+            ago(60_000 - 100 * i),
+        );
+    }
+    let log = s.config.parent().unwrap().join("daemon.log");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .env("CONTOSO_SECRET", "secret-one")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    up.wait_for_lines(20).await;
+    fill_disk(&state.join("filler"));
+    // Enough new versions that the queue file must grow (3 KB each).
+    for i in 20..3_000 {
+        put(
+            &s.fake,
+            &mut want,
+            &format!("df-{i:04}"),
+            ago(30_000 - (i as i64)),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("cannot queue the page")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no error about the full disk:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let during = versions(&up).len();
+    assert!(during < want.len(), "the disk was not full for the queue");
+    std::fs::remove_file(state.join("filler")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while versions(&up).len() < want.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} versions after space returned:\n{}",
+            versions(&up).len(),
+            want.len(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("stops")
+        .unwrap()
+        .status;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{text}");
+    eprintln!(
+        "{during} of {} versions delivered while the disk was full",
+        want.len()
+    );
+    assert_exactly(&versions(&up), &want);
+}

@@ -38,7 +38,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Most requests folded into one transaction.
 const GROUP_MAX: usize = 256;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("queue {path}: {detail}")]
     Store { path: PathBuf, detail: String },
@@ -83,7 +83,10 @@ pub struct QueueStats {
 
 struct Shared {
     path: PathBuf,
-    db: Database,
+    /// `None` while the store is being reopened after an I/O error (a full disk): redb refuses
+    /// every transaction after one ("Previous I/O error occurred. Please close and re-open the
+    /// database"), so the committer drops it and opens it again once the disk takes writes.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     /// Newest sequence number committed; destinations wait on it.
     head: watch::Sender<u64>,
     bytes: AtomicU64,
@@ -93,6 +96,54 @@ struct Shared {
     full_logged: AtomicBool,
     commits: AtomicU64,
     committer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// The open store, or an error while it is being reopened.
+    fn db(&self) -> Result<Arc<Database>, QueueError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| QueueError::Store {
+                path: self.path.clone(),
+                detail: "the store is being reopened after an I/O error".into(),
+            })
+    }
+
+    /// Drops the store and opens it again (redb rolls back to the last durable commit).
+    /// Readers hold it only for a moment, so the file lock is free again soon.
+    fn reopen(&self) -> Result<(), QueueError> {
+        let err = |e: &dyn std::fmt::Display| QueueError::Store {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        };
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        slot.take();
+        let mut tries = 0;
+        let db = loop {
+            match Database::create(&self.path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(err(&e)),
+            }
+        };
+        let (next, bytes) = {
+            let txn = db.begin_read().map_err(|e| err(&e))?;
+            let meta = txn.open_table(META).map_err(|e| err(&e))?;
+            let get = |k: &str| -> Result<Option<u64>, QueueError> {
+                Ok(meta.get(k).map_err(|e| err(&e))?.map(|v| v.value()))
+            };
+            (get("next_seq")?.unwrap_or(1), get("bytes")?.unwrap_or(0))
+        };
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.head.send_replace(next.saturating_sub(1));
+        *slot = Some(Arc::new(db));
+        Ok(())
+    }
 }
 
 /// The queue. Cheap to clone; the committer thread ends when the last clone is dropped.
@@ -131,7 +182,7 @@ impl Queue {
         };
         let shared = Arc::new(Shared {
             path: path.clone(),
-            db,
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
             head: watch::Sender::new(head),
             bytes: AtomicU64::new(bytes),
             max_bytes: max_bytes.max(1),
@@ -168,7 +219,7 @@ impl Queue {
     pub fn checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, QueueError> {
         let txn = self
             .shared
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| self.store_err(&e))?;
         let table = txn
@@ -194,7 +245,7 @@ impl Queue {
         let bytes = serde_json::to_vec(&cp).map_err(|e| self.store_err(&e))?;
         let txn = self
             .shared
-            .db
+            .db()?
             .begin_write()
             .map_err(|e| self.store_err(&e))?;
         {
@@ -277,7 +328,7 @@ impl Queue {
         let head = *self.shared.head.borrow();
         let txn = self
             .shared
-            .db
+            .db()?
             .begin_write()
             .map_err(|e| self.store_err(&e))?;
         {
@@ -324,7 +375,7 @@ impl Queue {
     pub fn cursor(&self, destination: &str) -> Result<u64, QueueError> {
         let txn = self
             .shared
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| self.store_err(&e))?;
         let table = txn.open_table(CURSORS).map_err(|e| self.store_err(&e))?;
@@ -336,7 +387,7 @@ impl Queue {
     pub fn read(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, QueueError> {
         let txn = self
             .shared
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| self.store_err(&e))?;
         let table = txn.open_table(ALERTS).map_err(|e| self.store_err(&e))?;
@@ -449,9 +500,22 @@ fn commit_loop(shared: &Shared, mut rx: mpsc::Receiver<Request>) {
             group.truncate(i);
             stop = true;
         }
-        let result = commit_group(shared, &group);
+        let reopened = match shared.db() {
+            Ok(_) => Ok(()),
+            Err(_) => shared.reopen(),
+        };
+        let result = reopened.and_then(|()| commit_group(shared, &group));
         match &result {
-            Err(e) => tracing::error!("{e}"),
+            Err(e) => {
+                tracing::error!("{e}");
+                // Whatever the error, the next group gets a freshly opened store.
+                shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
+                if let Err(e) = shared.reopen() {
+                    tracing::debug!(
+                        "reopening the queue failed, tried again with the next write: {e}"
+                    );
+                }
+            }
             // Before the replies: whoever was answered sees the new head.
             Ok(head) => {
                 shared.head.send_if_modified(|h| {
@@ -466,10 +530,7 @@ fn commit_loop(shared: &Shared, mut rx: mpsc::Receiver<Request>) {
                 Request::Append { reply, .. } | Request::Ack { reply, .. } => reply,
                 Request::Stop => continue,
             };
-            let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| QueueError::Store {
-                path: shared.path.clone(),
-                detail: e.to_string(),
-            }));
+            let _ = reply.send(result.clone().map(|_| ()));
         }
         if stop {
             return;
@@ -482,7 +543,7 @@ fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
         path: shared.path.clone(),
         detail: e.to_string(),
     };
-    let txn = shared.db.begin_write().map_err(|e| err(&e))?;
+    let txn = shared.db()?.begin_write().map_err(|e| err(&e))?;
     let (head, bytes) = {
         let mut alerts = txn.open_table(ALERTS).map_err(|e| err(&e))?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| err(&e))?;
