@@ -6,6 +6,8 @@
 //! are ignored, unknown enum members are kept as text, nulls are absent values, numbers may come as
 //! strings and the other way round, and a timestamp that cannot be parsed is kept as text.
 
+#[cfg(test)]
+pub(crate) mod fuzz;
 mod owned;
 mod time;
 mod wire;

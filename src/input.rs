@@ -248,7 +248,7 @@ fn is_surrogate_error(e: &serde_json::Error) -> bool {
 }
 
 /// Replaces `\uD800`-`\uDFFF` escapes that are not a valid high+low pair with `\uFFFD`.
-fn replace_lone_surrogates(json: &str) -> String {
+pub(crate) fn replace_lone_surrogates(json: &str) -> String {
     fn hex_at(b: &[u8], i: usize) -> Option<u16> {
         if b.len() >= i + 6 && b[i] == b'\\' && (b[i + 1] == b'u' || b[i + 1] == b'U') {
             std::str::from_utf8(&b[i + 2..i + 6])

@@ -553,15 +553,64 @@ impl<'a> From<WireFile<'a>> for FileDetails<'a> {
 
 /// Raw JSON kept in the model without its line breaks and indentation, so that a JSON record
 /// that embeds it stays on one line.
+///
+/// `RawValue` checks only the grammar, so the text may be what a `Value` cannot hold: a lone
+/// UTF-16 surrogate escape (`"\ud800"`), a number out of range (`1e400`), nesting deeper than
+/// 128. Such text used to be kept as sent, line breaks and all, and a JSON record then spanned
+/// several lines (found by `format::fuzz`): now its lone surrogates become U+FFFD, as elsewhere in
+/// the input (`input.rs`), and the white space between its tokens is removed.
 fn compact(raw: &RawValue) -> Cow<'_, RawValue> {
     let text = raw.get();
-    if !text.contains(['\n', '\r', '\t']) {
+    if !text.contains(['\n', '\r', '\t']) && !has_surrogate_escape(text) {
         return Cow::Borrowed(raw);
     }
-    serde_json::from_str::<serde_json::Value>(text)
+    if let Some(v) = serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| serde_json::value::to_raw_value(&v).ok())
+    {
+        return Cow::Owned(v);
+    }
+    let fixed = crate::input::replace_lone_surrogates(text);
+    if let Some(v) = serde_json::from_str::<serde_json::Value>(&fixed)
+        .ok()
+        .and_then(|v| serde_json::value::to_raw_value(&v).ok())
+    {
+        return Cow::Owned(v);
+    }
+    RawValue::from_string(minify(&fixed))
+        .or_else(|_| serde_json::value::to_raw_value(text))
         .map_or(Cow::Borrowed(raw), Cow::Owned)
+}
+
+/// Whether `text` has a `\uD800`-`\uDFFF` escape (paired or not; the caller sorts that out).
+fn has_surrogate_escape(text: &str) -> bool {
+    text.match_indices("\\u").any(|(i, _)| {
+        let b = text.as_bytes();
+        b.get(i + 2).is_some_and(|c| c.eq_ignore_ascii_case(&b'd'))
+            && b.get(i + 3)
+                .is_some_and(|c| matches!(c, b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'))
+    })
+}
+
+/// JSON text without the white space between its tokens (strings are copied as they are).
+fn minify(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            out.push(c);
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `host.example.com` → (`host`, `example.com`).

@@ -35,11 +35,14 @@ pub fn write_object<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = (&'a str,
         first = false;
         let _ = serde_json::to_writer(&mut *out, k);
         out.push(b':');
-        if numeric {
-            out.extend_from_slice(v.as_bytes());
-        } else {
-            let _ = serde_json::to_writer(&mut *out, v);
-        }
+        // Written from the parsed number: Rust reads `+12` and `007` as integers, JSON does not,
+        // and the record was not JSON (format::fuzz's regression test); a value cut short by
+        // `max_length` is no number any more and is written as text.
+        let number = if numeric { v.parse::<i64>().ok() } else { None };
+        let _ = match number {
+            Some(n) => serde_json::to_writer(&mut *out, &n),
+            None => serde_json::to_writer(&mut *out, v),
+        };
     }
     out.push(b'}');
 }

@@ -591,6 +591,9 @@ fn leef_dialect(c: &Compiler, l: &RawLeef) -> Result<Dialect, FormatError> {
     };
     let substitute = match &l.delimiter_substitute {
         None if delimiter == '^' => "\u{FF3E}".to_string(),
+        // Not a space for a space: `a b=c` would be two attributes (`format::fuzz`).
+        // A no-break space looks the same, as ＾ does for ^.
+        None if delimiter == ' ' => "\u{A0}".to_string(),
         None => " ".to_string(),
         Some(s) => {
             if s.get_ref().contains(delimiter) || s.get_ref().contains(['\r', '\n']) {

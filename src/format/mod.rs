@@ -6,6 +6,8 @@
 //! framing is the transport's business (`sink`).
 
 pub mod cef;
+#[cfg(test)]
+mod fuzz;
 pub mod json;
 pub mod leef;
 pub mod mapping;
@@ -389,11 +391,14 @@ impl MessageEncoder {
         let limit = self.max_message.map(|m| m.saturating_sub(header_len));
         match self.formatter.encode(alert, ctx, index, limit, out) {
             Ok(e) => Ok(e),
-            Err(EncodeError::TooLarge { size, limit }) => {
+            Err(EncodeError::TooLarge { size, .. }) => {
                 out.truncate(start);
                 Err(EncodeError::TooLarge {
                     size: size + header_len,
-                    limit: limit + header_len,
+                    // The configured limit (there is one, or nothing is too large): when the
+                    // header alone is longer, the record's limit plus the header is not it
+                    // (`format::fuzz` checks it).
+                    limit: self.max_message.unwrap_or(header_len),
                 })
             }
         }
