@@ -129,6 +129,10 @@ impl Output {
                 Ok(e) => {
                     self.truncated
                         .fetch_add(u64::from(e.truncated), Ordering::Relaxed);
+                    // Exactly the record's size: the writer's queue holds up to `queue_capacity`
+                    // records, and a Vec with spare capacity would also cost `Bytes` a second
+                    // allocation for its shared header (a full-length one becomes a boxed slice).
+                    buf.shrink_to_fit();
                     self.sink.send(Bytes::from(buf)).await?;
                     queued += 1;
                 }
