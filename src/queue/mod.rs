@@ -41,8 +41,8 @@ const GROUP_MAX: usize = 256;
 /// redb's page cache (its default is 1 GiB). The queue is read once, in order, by each
 /// destination, so cached alert pages are hardly ever read again; with the default, the pages
 /// a destination had read ahead and not yet acknowledged stayed cached, and a catch-up of a
-/// long backlog held about 100 MB (`cargo bench --bench replay`). A few MiB keep the tree's upper
-/// pages and the tenants' checkpoints (4 MiB: 32 MB peak for a 1,000,000-record catch-up, 8 MiB: 48 MB).
+/// long backlog held about 112 MB (`cargo bench --bench replay`); with 4 MiB, 37 MB. A few MiB
+/// keep the tree's upper pages and the tenants' checkpoints.
 const CACHE_BYTES: usize = 4 << 20;
 
 fn open_store(path: &Path) -> Result<Database, redb::DatabaseError> {
