@@ -350,7 +350,6 @@ fn bench() -> anyhow::Result<ExitCode> {
                 sink,
                 format: "arcsight".to_string(),
                 header: SyslogHeader::new(HeaderKind::Rfc5424, 20, "bench", "defender-bridge"),
-                dead_letter: None,
             },
             tenants: None,
             min_severity: None,

@@ -47,21 +47,54 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum DeadLettersCommand {
-    /// One line per dead letter: time, destination, tenant, alert id, reason
-    List(ConfigArg),
+    /// One line per dead letter: time, destination, tenant, alert id, reason. Works while the
+    /// daemon runs.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Each letter whole, as one JSON object a line (with the record and the alert)
+        #[arg(long)]
+        json: bool,
+    },
     /// Put the alerts of dead letters back into the queue once the cause is fixed (a corrected
     /// format file, a larger size limit); each goes to the destination its letter names. The
     /// daemon must be stopped; the next `run` delivers them.
     Replay {
         #[command(flatten)]
         config: ConfigArg,
-        /// Only letters of this destination (its URL or name)
-        #[arg(long, value_name = "DESTINATION")]
-        destination: Option<String>,
-        /// Only letters whose reason contains this text
-        #[arg(long, value_name = "TEXT")]
-        reason: Option<String>,
+        #[command(flatten)]
+        select: LetterSelection,
     },
+    /// Remove dead letters for good. The daemon must be stopped.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        select: LetterSelection,
+        /// Every dead letter (without it, --destination or --reason is needed)
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Which dead letters a command is about.
+#[derive(Args, Debug)]
+pub struct LetterSelection {
+    /// Only letters of this destination (its URL or name; "-": alerts no destination got)
+    #[arg(long, value_name = "DESTINATION")]
+    pub destination: Option<String>,
+    /// Only letters whose reason contains this text
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+impl LetterSelection {
+    pub fn selection(&self) -> defender_bridge::dead_letter::Selection<'_> {
+        defender_bridge::dead_letter::Selection {
+            destination: self.destination.as_deref(),
+            reason: self.reason.as_deref(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]

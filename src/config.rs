@@ -280,7 +280,8 @@ impl Destination {
 pub struct Config {
     pub state_dir: PathBuf,
     /// Alerts that cannot be forwarded and records that cannot fit a destination go here:
-    /// `dead_letter`, or `<state_dir>/dead-letter.ndjson` (issue 8 §12).
+    /// The dead-letter file of older versions, imported into the queue at start: `dead_letter`,
+    /// or `<state_dir>/dead-letter.ndjson`. Dead letters are kept in the queue now (issue 9 §5).
     pub dead_letter: PathBuf,
     pub http: HttpSettings,
     pub log_level: String,
@@ -629,7 +630,6 @@ impl Config {
                         d.hostname.as_deref().unwrap_or(&default_hostname),
                         d.app_name.as_deref().unwrap_or("defender-bridge"),
                     ),
-                    dead_letter: Some(dead_letter.clone()),
                 },
                 tenants: tenant_filter,
                 min_severity: severity(&c, &d.min_severity)?,
@@ -888,7 +888,7 @@ mod tests {
     }
 
     #[test]
-    fn the_dead_letter_file_is_on_by_default_in_the_state_dir() {
+    fn the_old_dead_letter_file_is_looked_for_in_the_state_dir() {
         std::env::set_var("DB_TEST_SECRET_A", "x");
         let dest = "[[destination]]\nurl = \"udp://127.0.0.1:514\"\nformat = \"json\"\n";
         let c = Config::from_toml(
@@ -897,20 +897,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.dead_letter, Path::new("/srv/db/dead-letter.ndjson"));
-        assert_eq!(
-            c.destinations[0].output.dead_letter.as_ref(),
-            Some(&c.dead_letter)
-        );
         let c = Config::from_toml(
             "c.toml",
             &format!("dead_letter = \"/srv/letters.ndjson\"\n{TENANT}{dest}"),
         )
         .unwrap();
         assert_eq!(c.dead_letter, Path::new("/srv/letters.ndjson"));
-        assert_eq!(
-            c.destinations[0].output.dead_letter.as_ref(),
-            Some(&c.dead_letter)
-        );
     }
 
     #[test]

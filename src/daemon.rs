@@ -1,12 +1,12 @@
 //! `run`: every tenant polled, every alert version queued on disk, and delivered from there to
 //! every destination that wants it (DESIGN.md "The flow").
 //!
-//! One poller task and one handler task per tenant, so that a failing or slow tenant never
-//! delays another (peers.md §7.4), under a supervisor per tenant that retries a start that
-//! failed and restarts the pair after a panic (issue 8 §13). A handler puts what cannot be
-//! forwarded in the dead-letter file, then appends the page's alerts and the tenant's new
-//! checkpoint to the durable queue in one transaction, and only then acknowledges the page
-//! (src/queue/). Each destination has its own delivery loop reading the queue from its own
+//! One poller task per tenant, so that a failing or slow tenant never delays another
+//! (peers.md §7.4), under a supervisor per tenant that retries a start that failed and restarts
+//! the poller after a panic (issue 8 §13). The poller hands each page to its [`TenantPages`],
+//! which appends the page's alerts, its dead letters (what cannot be forwarded) and the
+//! tenant's new checkpoint to the durable queue in one transaction; only then does the poller
+//! go on (src/queue/). Each destination has its own delivery loop reading the queue from its own
 //! cursor (src/delivery.rs), so a SIEM that is down holds up nothing but its own records: the
 //! pollers and the other destinations go on, and it catches up from the queue when it is back.
 //! A restart resumes the pollers from their checkpoints and the destinations from their cursors
@@ -19,17 +19,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
 use crate::config::{Config, Tenant};
-use crate::dead_letter::{DeadLetterFile, Letter};
+use crate::dead_letter::Letter;
 use crate::delivery::Forwarder;
 use crate::output::{Output, OutputStats};
 use crate::queue::{checkpoint_key, Queue, QueueStats, Record};
 use crate::source::defender::backoff;
-use crate::source::{build_http_client, AlertBatch, Checkpoint, Delivery, Poller};
+use crate::source::{build_http_client, AlertBatch, Checkpoint, PageSink, Poller, Refused};
 
 /// What a run did, once it has stopped.
 #[derive(Debug)]
@@ -91,10 +90,14 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
     queue.attach(&names)?;
     let http = build_http_client(&config.http)?;
-    let letters =
-        Arc::new(DeadLetterFile::open(&config.dead_letter).map_err(|e| {
-            anyhow::anyhow!("dead-letter file {}: {e}", config.dead_letter.display())
-        })?);
+    match crate::dead_letter::import_file(&queue, &config.dead_letter).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "{n} dead letter(s) of {} moved into the queue (the file is renamed to ….imported)",
+            config.dead_letter.display()
+        ),
+        Err(e) => tracing::warn!("cannot import the dead-letter file of an older version: {e:#}"),
+    }
     let by_name: Arc<HashMap<String, Tenant>> = Arc::new(
         config
             .tenants
@@ -113,7 +116,6 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
             destination: d.clone(),
             output,
             tenants: by_name.clone(),
-            letters: letters.clone(),
         };
         deliveries.spawn(forwarder.run(queue.clone(), deliver_stop.clone(), out_of_time.clone()));
     }
@@ -124,13 +126,13 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
         let settings = tenant.settings.clone();
         let key = checkpoint_key(&settings.tenant_id, settings.api);
         let (http, start_queue) = (http.clone(), queue.clone());
-        let (tenant, queue, letters, stats, tenant_stop) = (
-            tenant.clone(),
-            queue.clone(),
-            letters.clone(),
-            stats.clone(),
-            poll_stop.clone(),
-        );
+        let pages = TenantPages {
+            tenant: tenant.clone(),
+            queue: queue.clone(),
+            stats: stats.clone(),
+            stop: poll_stop.clone(),
+        };
+        let tenant_stop = poll_stop.clone();
         tasks.spawn(supervise(
             tenant.settings.name.clone(),
             (settings.backoff_base, settings.backoff_max),
@@ -140,16 +142,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
                 Poller::connect_with_checkpoint(settings.clone(), http.clone(), checkpoint)
                     .map_err(|e| e.to_string())
             },
-            move |poller| {
-                run_tenant(
-                    poller,
-                    tenant.clone(),
-                    queue.clone(),
-                    letters.clone(),
-                    stats.clone(),
-                    tenant_stop.clone(),
-                )
-            },
+            move |poller: Poller| poller.run(pages.clone(), tenant_stop.clone()),
         ));
     }
     let q = queue.stats();
@@ -309,35 +302,6 @@ async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool
     }
 }
 
-/// One tenant's poller and handler. When one of them ends the other cannot go on (their
-/// channel is closed), so it is stopped too; a panic of either is passed on to the supervisor.
-async fn run_tenant(
-    poller: Poller,
-    tenant: Tenant,
-    queue: Queue,
-    letters: Arc<DeadLetterFile>,
-    stats: Arc<RunStats>,
-    stop: CancellationToken,
-) {
-    let pair_stop = stop.child_token();
-    let (tx, rx) = mpsc::channel::<Delivery>(2);
-    let mut pair = tokio::task::JoinSet::new();
-    pair.spawn(poller.run(tx, pair_stop.clone()));
-    pair.spawn(handle(tenant, rx, queue, letters, stats, pair_stop.clone()));
-    let mut panic = None;
-    while let Some(ended) = pair.join_next().await {
-        pair_stop.cancel();
-        if let Err(e) = ended {
-            if e.is_panic() && panic.is_none() {
-                panic = Some(e.into_panic());
-            }
-        }
-    }
-    if let Some(p) = panic {
-        std::panic::resume_unwind(p);
-    }
-}
-
 /// Locks `<state_dir>/defender-bridge.lock` for as long as the returned file is open. The
 /// kernel drops the lock when the process ends, however it ends, so a crash leaves no stale lock.
 pub(crate) fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
@@ -361,27 +325,21 @@ pub(crate) fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> 
     }
 }
 
-/// One tenant's pages: put what cannot be forwarded in the dead-letter file, append the rest
-/// and the checkpoint to the queue, acknowledge.
-async fn handle(
+/// One tenant's side of the queue: where its poller's pages go.
+#[derive(Clone)]
+pub(crate) struct TenantPages {
     tenant: Tenant,
-    mut rx: mpsc::Receiver<Delivery>,
     queue: Queue,
-    letters: Arc<DeadLetterFile>,
     stats: Arc<RunStats>,
     stop: CancellationToken,
-) {
-    loop {
-        let delivery = tokio::select! {
-            d = rx.recv() => match d { Some(d) => d, None => return },
-            _ = stop.cancelled() => return,
-        };
-        let Delivery { batch, ack } = delivery;
-        match handle_page(&tenant, batch, &queue, &letters, &stats, &stop).await {
-            Page::Done => ack.accept(),
-            // Not acknowledged: the checkpoint stays, and the page comes again.
-            Page::Again => continue,
-            Page::Stopped => return,
+}
+
+impl PageSink for TenantPages {
+    async fn accept(&self, batch: AlertBatch) -> Result<(), Refused> {
+        match handle_page(&self.tenant, batch, &self.queue, &self.stats, &self.stop).await {
+            Page::Done => Ok(()),
+            Page::Again => Err(Refused::Again),
+            Page::Stopped => Err(Refused::Closed),
         }
     }
 }
@@ -389,29 +347,32 @@ async fn handle(
 /// What became of a page.
 #[derive(Debug, PartialEq, Eq)]
 enum Page {
-    /// Every record written and every dead letter saved: acknowledge it.
+    /// Its records, dead letters and checkpoint are committed.
     Done,
-    /// Something was not: leave it unacknowledged so that it comes again.
+    /// Not: the checkpoint stays, and the page comes again.
     Again,
     /// The daemon is stopping.
     Stopped,
 }
 
+/// Puts what cannot be forwarded in the page's dead letters, and appends them, the rest and the
+/// checkpoint to the queue in one transaction. A queue that cannot take the page (a full or
+/// unwritable disk) holds this tenant's polling here, the page in hand, and goes on by itself
+/// once the write works again (issue 9 §2).
 async fn handle_page(
     tenant: &Tenant,
     batch: AlertBatch,
     queue: &Queue,
-    letters: &DeadLetterFile,
     stats: &RunStats,
     stop: &CancellationToken,
 ) -> Page {
     let name = &tenant.settings.name;
-    // The cursor moves past every alert of the page, so what cannot be forwarded must be in the
-    // dead-letter file before the page is acknowledged (issue 8 §12).
+    // The cursor moves past every alert of the page, so what cannot be forwarded is committed
+    // with it (issue 8 §12).
     let mut dead = Vec::new();
     for r in &batch.rejected {
         tracing::error!(tenant = %name, alert = r.id.as_deref().unwrap_or("-"),
-            "alert cannot be forwarded, it goes to the dead-letter file: {}", r.reason);
+            "alert cannot be forwarded, it goes to the dead letters: {}", r.reason);
         dead.push(Letter {
             destination: "-",
             alert_id: r.id.as_deref(),
@@ -429,7 +390,7 @@ async fn handle_page(
         if let Err(e) = Alert::from_json(raw.json.get()) {
             undecodable += 1;
             tracing::error!(tenant = %name, alert = %raw.id,
-                "cannot decode alert, it goes to the dead-letter file: {e}");
+                "cannot decode alert, it goes to the dead letters: {e}");
             dead.push(Letter {
                 destination: "-",
                 alert_id: Some(&raw.id),
@@ -460,27 +421,18 @@ async fn handle_page(
             })
             .collect()
     };
-    for letter in &dead {
-        if let Err(e) = letters.write(letter) {
-            tracing::error!(tenant = %name, dead_letter = %letters.path().display(),
-                "cannot write the dead-letter file, the page is not acknowledged and comes again: {e}");
-            return Page::Again;
-        }
-    }
+    let dead: Vec<Vec<u8>> = dead.iter().map(Letter::to_json).collect();
     let Some(checkpoint) = &batch.checkpoint else {
         tracing::error!(tenant = %name, "a page came without its checkpoint; not acknowledged");
         return Page::Again;
     };
     let count = records.len() as u64;
     let key = checkpoint_key(&batch.tenant_id, batch.api);
-    // A queue that cannot take the page (a full or unwritable disk) holds this tenant's
-    // polling here, the page in hand, and goes on by itself once the write works again
-    // (issue 9 §2): the poller waits for the page to be accepted, so nothing moves meanwhile.
     let mut failing_since: Option<tokio::time::Instant> = None;
     let mut last_logged = tokio::time::Instant::now();
     loop {
         let appended = tokio::select! {
-            a = queue.append(&key, encode(&records), checkpoint) => a,
+            a = queue.append(&key, encode(&records), dead.clone(), checkpoint) => a,
             // A full queue waits for space; a stop must not wait for it.
             _ = stop.cancelled() => return Page::Stopped,
         };
@@ -560,27 +512,26 @@ mod tests {
         }
     }
 
-    /// Rejected and undecodable alerts of a page are in the dead-letter file, whole, with their
-    /// reasons, before the page is acknowledged.
+    /// Rejected and undecodable alerts of a page are in the dead letters, whole, with their
+    /// reasons, committed with the page's checkpoint.
     #[tokio::test]
-    async fn what_cannot_be_forwarded_is_dead_lettered_before_the_page_is_accepted() {
+    async fn what_cannot_be_forwarded_is_dead_lettered_with_the_page() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dead-letter.ndjson");
-        let letters = DeadLetterFile::open(&path).unwrap();
         let stats = RunStats::default();
         let stop = CancellationToken::new();
         let queue = Queue::open(dir.path(), 1 << 20).unwrap();
-        let page = handle_page(&tenant(), page(), &queue, &letters, &stats, &stop).await;
+        let page = handle_page(&tenant(), page(), &queue, &stats, &stop).await;
         assert_eq!(page, Page::Done);
         // Neither went into the queue; the page's checkpoint did.
         assert_eq!(queue.stats().head, 0);
         assert!(queue.checkpoint("t-graph").unwrap().is_some());
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+        let lines: Vec<serde_json::Value> = queue
+            .dead_letters()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| serde_json::from_slice(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0]["reason"], "it has no id");
         assert_eq!(lines[0]["record"], r#"{"title":"no id"}"#);
         assert!(lines[0].get("alertId").is_none());
@@ -591,7 +542,7 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .starts_with("cannot decode alert"),
-            "{text}"
+            "{lines:?}"
         );
         assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
         assert_eq!(stats.undecodable.load(Ordering::Relaxed), 1);
@@ -645,20 +596,5 @@ mod tests {
             .expect("the panic did not reach the supervisor");
         assert_eq!(starts.load(Ordering::SeqCst), 3);
         assert_eq!(runs.load(Ordering::SeqCst), 2);
-    }
-
-    /// A dead-letter file that cannot be written (a full disk: /dev/full) leaves the page
-    /// unacknowledged, so that it comes again.
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_failed_dead_letter_write_leaves_the_page_unacknowledged() {
-        let letters = DeadLetterFile::open(Path::new("/dev/full")).unwrap();
-        let stop = CancellationToken::new();
-        let stats = RunStats::default();
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(dir.path(), 1 << 20).unwrap();
-        let page = handle_page(&tenant(), page(), &queue, &letters, &stats, &stop).await;
-        assert_eq!(page, Page::Again);
-        assert!(queue.checkpoint("t-graph").unwrap().is_none());
     }
 }

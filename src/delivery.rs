@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
 use crate::config::{Destination, Tenant};
-use crate::dead_letter::{DeadLetterFile, Letter};
+use crate::dead_letter::Letter;
 use crate::format::Context;
 use crate::output::Output;
 use crate::queue::{Queue, QueueError, Record};
@@ -45,7 +45,6 @@ pub struct Forwarder {
     pub output: Arc<Output>,
     /// Tenants by name, for each record's syslog host name and portal link.
     pub tenants: Arc<HashMap<String, Tenant>>,
-    pub letters: Arc<DeadLetterFile>,
 }
 
 impl Forwarder {
@@ -135,7 +134,7 @@ impl Forwarder {
                     // Handing over waits while the writer's queue is full (a destination that
                     // is down): the stop's deadline must still reach this loop.
                     tokio::select! {
-                        () = self.forward(seq, &bytes) => {}
+                        () = self.forward(&queue, seq, &bytes) => {}
                         () = &mut drained => {
                             out_of_time = true;
                             break;
@@ -175,34 +174,44 @@ impl Forwarder {
     }
 
     /// Makes and hands over one record's messages. A record that cannot be read or decoded,
-    /// or that the writer refuses, goes to the dead-letter file: it must not hold up the
-    /// records behind it.
-    async fn forward(&self, seq: u64, bytes: &[u8]) {
+    /// or that cannot fit the destination, goes to the dead letters (in the store, before the
+    /// cursor can move past it): it must not hold up the records behind it.
+    async fn forward(&self, queue: &Queue, seq: u64, bytes: &[u8]) {
         let name = &self.destination.name;
         let record = match Record::decode(bytes) {
             Ok(r) => r,
             Err(e) => {
                 let text = String::from_utf8_lossy(bytes);
-                self.dead_letter(
-                    None,
-                    None,
-                    &text,
-                    None,
-                    format!("queue record {seq} is damaged: {e}"),
-                );
+                let reason = format!("queue record {seq} is damaged: {e}");
+                self.log_letter(None, &reason);
+                let letter = Letter {
+                    destination: name,
+                    alert_id: None,
+                    last_update_date_time: None,
+                    tenant_name: None,
+                    reason,
+                    record: &text,
+                    alert: None,
+                };
+                keep_letters(queue, name, vec![letter.to_json()]).await;
                 return;
             }
         };
         let mut alert = match Alert::from_json(record.alert.get()) {
             Ok(a) => a,
             Err(e) => {
-                self.dead_letter(
-                    Some(&record.alert_id),
-                    Some(&record.tenant_name),
-                    record.alert.get(),
-                    Some(&record.alert),
-                    format!("cannot decode alert: {e}"),
-                );
+                let reason = format!("cannot decode alert: {e}");
+                self.log_letter(Some(&record.alert_id), &reason);
+                let letter = Letter {
+                    destination: name,
+                    alert_id: Some(&record.alert_id),
+                    last_update_date_time: Some(record.last_update.to_rfc3339()),
+                    tenant_name: Some(&record.tenant_name),
+                    reason,
+                    record: record.alert.get(),
+                    alert: Some(&record.alert),
+                };
+                keep_letters(queue, name, vec![letter.to_json()]).await;
                 return;
             }
         };
@@ -227,16 +236,11 @@ impl Forwarder {
             hostname: tenant.and_then(|t| t.syslog_hostname.as_deref()),
         };
         let mut failures = 0u32;
-        loop {
-            match self
-                .output
-                .send_from(&alert, Some(&record.alert), &ctx)
-                .await
-            {
-                Ok(_) => return,
+        let sent = loop {
+            match self.output.send(&alert, &ctx).await {
+                Ok(sent) => break sent,
                 Err(e) => {
-                    // The writer has stopped or the dead-letter file cannot be written: retry,
-                    // this destination alone waits.
+                    // The writer has stopped: retry, this destination alone waits.
                     failures += 1;
                     let delay = Duration::from_millis(100 * u64::from(failures.min(50)));
                     tracing::error!(destination = %name, alert = %record.alert_id,
@@ -244,29 +248,37 @@ impl Forwarder {
                     tokio::time::sleep(delay).await;
                 }
             }
+        };
+        if !sent.refused.is_empty() {
+            let letters = sent
+                .refused
+                .iter()
+                .map(|r| r.letter(name, &alert, Some(&record.alert), &ctx).to_json())
+                .collect();
+            keep_letters(queue, name, letters).await;
         }
     }
 
-    fn dead_letter(
-        &self,
-        id: Option<&str>,
-        tenant: Option<&str>,
-        record: &str,
-        alert: Option<&serde_json::value::RawValue>,
-        reason: String,
-    ) {
+    fn log_letter(&self, id: Option<&str>, reason: &str) {
         tracing::error!(destination = %self.destination.name, alert = id.unwrap_or("-"),
-            "{reason}; it goes to the dead-letter file");
-        if let Err(e) = self.letters.write(&Letter {
-            destination: &self.destination.name,
-            alert_id: id,
-            last_update_date_time: None,
-            tenant_name: tenant,
-            reason,
-            record,
-            alert,
-        }) {
-            tracing::error!(dead_letter = %self.letters.path().display(), "cannot write the dead-letter file: {e}");
+            "{reason}; it goes to the dead letters");
+    }
+}
+
+/// Commits dead letters, trying again while the store cannot be written (a full disk): the
+/// record is not counted as delivered, and the cursor does not move past it, until they are.
+async fn keep_letters(queue: &Queue, destination: &str, letters: Vec<Vec<u8>>) {
+    loop {
+        match queue.keep_dead_letters(letters.clone()).await {
+            Ok(()) => return,
+            Err(QueueError::Closed) => {
+                // Stopping: the cursor cannot move either; the record comes again next start.
+                std::future::pending::<()>().await;
+            }
+            Err(e) => {
+                tracing::error!(destination = %destination, "cannot keep the dead letters yet, trying again: {e}");
+                tokio::time::sleep(QUEUE_RETRY).await;
+            }
         }
     }
 }
@@ -280,8 +292,8 @@ mod tests {
     use crate::source::Checkpoint;
     use tokio::io::AsyncBufReadExt;
 
-    /// A damaged record in the queue (here: bytes that are not a record) goes to the dead-letter
-    /// file with its sequence number, and the records behind it are delivered; the cursor moves
+    /// A damaged record in the queue (here: bytes that are not a record) goes to the dead
+    /// letters with its sequence number, and the records behind it are delivered; the cursor moves
     /// past all of them.
     #[tokio::test]
     async fn a_damaged_queue_record_is_dead_lettered_and_the_rest_delivered() {
@@ -302,7 +314,6 @@ mod tests {
                 sink: SinkConfig::new(format!("tcp://{addr}").parse().expect("url")),
                 format: "json".into(),
                 header: SyslogHeader::new(HeaderKind::None, 20, "h", "defender-bridge"),
-                dead_letter: None,
             },
             tenants: None,
             min_severity: None,
@@ -325,16 +336,15 @@ mod tests {
             .append(
                 "t-graph",
                 vec![b"\x00not a record".to_vec(), good.encode()],
+                Vec::new(),
                 &cp,
             )
             .await
             .expect("append");
-        let letters_path = dir.path().join("dead-letter.ndjson");
         let forwarder = Forwarder {
             output: Arc::new(Output::build(&destination.output).expect("output")),
             destination,
             tenants: Arc::new(HashMap::new()),
-            letters: Arc::new(DeadLetterFile::open(&letters_path).expect("letters")),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(
@@ -354,7 +364,11 @@ mod tests {
             .expect("task")
             .expect("no queue error");
         assert_eq!(acked, 2);
-        let letters = std::fs::read_to_string(&letters_path).expect("letters");
-        assert!(letters.contains("queue record 1 is damaged"), "{letters}");
+        let letters = queue.dead_letters().expect("letters");
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let letter: serde_json::Value = serde_json::from_slice(&letters[0].1).expect("JSON");
+        assert_eq!(letter["destination"], "siem");
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("queue record 1 is damaged"), "{letter}");
     }
 }

@@ -122,7 +122,6 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<(
                 sink: SinkConfig::new(to.parse()?),
                 format: opts.format.clone(),
                 header: opts.header.clone(),
-                dead_letter: None,
             },
             tenants: None,
             min_severity: None,

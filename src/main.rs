@@ -193,13 +193,8 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         let url = d.output.sink.destination.to_string();
         let result = async {
             d.output.sink.probe().await?;
-            // The test alert is small; `check` leaves the daemon's dead-letter file (in a state
-            // directory that may not exist yet, or not be writable by this user) alone.
-            let o = Output::build(&OutputConfig {
-                dead_letter: None,
-                ..d.output.clone()
-            })?;
-            o.send(&alert, &Context::default()).await?;
+            let o = Output::build(&d.output)?;
+            fits(o.send(&alert, &Context::default()).await?)?;
             o.shutdown(std::time::Duration::from_secs(10)).await?;
             anyhow::Ok(())
         }
@@ -268,10 +263,7 @@ async fn tenants(cmd: TenantsCommand) -> Result<ExitCode> {
 }
 
 /// `--to` and its options → one output config per destination.
-fn output_configs(
-    d: &DestinationArgs,
-    dead_letter: Option<&std::path::Path>,
-) -> Result<Vec<OutputConfig>> {
+fn output_configs(d: &DestinationArgs) -> Result<Vec<OutputConfig>> {
     // Load the format once, up front, so a mistake in it is reported before anything connects.
     Formatter::load(&d.format)?;
     let header = syslog_header(d.syslog, &d.header)?;
@@ -292,7 +284,6 @@ fn output_configs(
                 sink,
                 format: d.format.clone(),
                 header: header.clone(),
-                dead_letter: dead_letter.map(|p| p.to_path_buf()),
             })
         })
         .collect()
@@ -316,7 +307,14 @@ async fn shutdown_signal() {
 
 async fn send(args: SendArgs) -> Result<ExitCode> {
     init_logging();
-    let configs = output_configs(&args.destination, args.dead_letter.as_deref())?;
+    let configs = output_configs(&args.destination)?;
+    let letters = match &args.dead_letter {
+        Some(path) => Some(
+            defender_bridge::dead_letter::DeadLetterFile::open(path)
+                .with_context(|| format!("dead-letter file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let outputs = configs
         .iter()
         .map(Output::build)
@@ -353,7 +351,15 @@ async fn send(args: SendArgs) -> Result<ExitCode> {
             });
             for alert in decoded {
                 for o in &outputs {
-                    o.send(&alert, &ctx).await?;
+                    let sent = o.send(&alert, &ctx).await?;
+                    for r in &sent.refused {
+                        if let Some(file) = &letters {
+                            file.write(&r.letter(o.destination(), &alert, None, &ctx))
+                                .with_context(|| {
+                                    format!("dead-letter file {}", file.path().display())
+                                })?;
+                        }
+                    }
                 }
                 alerts += 1;
             }
@@ -393,7 +399,7 @@ async fn send(args: SendArgs) -> Result<ExitCode> {
 
 async fn send_test(args: SendTestArgs) -> Result<ExitCode> {
     init_logging();
-    let configs = output_configs(&args.destination, None)?;
+    let configs = output_configs(&args.destination)?;
     let alert = output::test_alert();
     let mut failed = false;
     for cfg in &configs {
@@ -406,8 +412,8 @@ async fn send_test(args: SendTestArgs) -> Result<ExitCode> {
         }
         let result = async {
             let o = Output::build(cfg)?;
-            o.send(&alert, &Context::default()).await?;
-            o.shutdown(args.timeout).await
+            fits(o.send(&alert, &Context::default()).await?)?;
+            anyhow::Ok(o.shutdown(args.timeout).await?)
         }
         .await;
         match result {
@@ -509,18 +515,31 @@ fn convert(args: ConvertArgs) -> Result<ExitCode> {
     }
 }
 
+/// The test alert was queued whole: a destination whose size limit cannot hold it fails the
+/// check rather than reporting a record that was never sent.
+fn fits(sent: output::Sent) -> Result<()> {
+    match sent.refused.first() {
+        Some(r) => bail!("the test alert does not fit: {}", r.reason),
+        None => Ok(()),
+    }
+}
+
 fn bail_rejected(n: usize) -> Result<ExitCode> {
     eprintln!("defender-bridge: {n} input(s) rejected");
     Ok(ExitCode::from(1))
 }
 
 async fn dead_letters(cmd: DeadLettersCommand) -> Result<ExitCode> {
+    use defender_bridge::dead_letter::{self, Selection};
     match cmd {
-        DeadLettersCommand::List(args) => {
-            let config = load_config(&args.config)?;
-            let letters = defender_bridge::dead_letter::read_letters(&config.dead_letter)
-                .with_context(|| config.dead_letter.display().to_string())?;
+        DeadLettersCommand::List { config, json } => {
+            let config = load_config(&config.config)?;
+            let letters = dead_letter::list(&config)?;
             for l in &letters {
+                if json {
+                    println!("{}", l.line);
+                    continue;
+                }
                 println!(
                     "{}  {}  {}  {}  {}",
                     if l.time.is_empty() { "-" } else { &l.time },
@@ -537,21 +556,12 @@ async fn dead_letters(cmd: DeadLettersCommand) -> Result<ExitCode> {
             eprintln!(
                 "{} dead letter(s) in {}",
                 letters.len(),
-                config.dead_letter.display()
+                config.state_dir.join("queue.redb").display()
             );
         }
-        DeadLettersCommand::Replay {
-            config,
-            destination,
-            reason,
-        } => {
+        DeadLettersCommand::Replay { config, select } => {
             let config = load_config(&config.config)?;
-            let r = defender_bridge::dead_letter::replay(
-                &config,
-                destination.as_deref(),
-                reason.as_deref(),
-            )
-            .await?;
+            let r = dead_letter::replay(&config, select.selection()).await?;
             for (id, why) in &r.kept {
                 eprintln!("kept {id}: {why}");
             }
@@ -561,6 +571,19 @@ async fn dead_letters(cmd: DeadLettersCommand) -> Result<ExitCode> {
                 r.kept.len(),
                 r.other
             );
+        }
+        DeadLettersCommand::Purge {
+            config,
+            select,
+            all,
+        } => {
+            let config = load_config(&config.config)?;
+            let selection: Selection = select.selection();
+            if !all && selection.destination.is_none() && selection.reason.is_none() {
+                bail!("say which dead letters to remove: --destination, --reason, or --all");
+            }
+            let r = dead_letter::purge(&config, selection).await?;
+            println!("{} removed, {} not selected", r.replayed, r.other);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,11 +1,12 @@
 //! An output: one configured destination with the format, syslog header and size limit its
-//! messages are made with, its writer ([`sink::Sink`]) and its dead-letter file.
+//! messages are made with ([`MessageEncoder`]: pure and synchronous) and its writer
+//! ([`sink::Sink`]). A record that cannot fit is handed back to the caller, who keeps it as a
+//! dead letter (the daemon in its queue, `send` in its file).
 //!
 //! Each output has its own writer task and queue, so a slow or dead SIEM holds up no other
 //! output until its own queue is full. (While the queue is in memory, a full queue pushes back
 //! on the caller; the durable queue of a later issue gives each destination its own cursor.)
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::alert::Alert;
-use crate::dead_letter::{DeadLetterFile, Letter};
+use crate::dead_letter::Letter;
 use crate::format::{Context, EncodeError, FormatError, Formatter, MessageEncoder, SyslogHeader};
 use crate::sink::{self, Sink, SinkConfig};
 
@@ -24,8 +25,6 @@ pub struct OutputConfig {
     /// A built-in format name or a format file path.
     pub format: String,
     pub header: SyslogHeader,
-    /// Where records that cannot fit go; without one they are logged and counted.
-    pub dead_letter: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +33,6 @@ pub enum Error {
     Format(#[from] FormatError),
     #[error(transparent)]
     Sink(#[from] sink::Error),
-    #[error("dead-letter file {path}: {source}")]
-    DeadLetter {
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 /// Counters of one output: the writer's, plus what encoding did.
@@ -47,33 +41,61 @@ pub struct OutputStats {
     pub sink: sink::Stats,
     /// Values cut short to their key's length or to fit the message size.
     pub truncated: u64,
-    /// Records that could not fit and went to the dead-letter file (or, without one, the log).
+    /// Records that could not fit, handed back for the dead letters.
     pub dead_lettered: u64,
+}
+
+/// What became of one alert's records.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Messages handed to the writer.
+    pub queued: usize,
+    /// Records that cannot fit the destination, for the caller's dead letters.
+    pub refused: Vec<Refused>,
+}
+
+/// A record that cannot fit the destination even with every value cut that may be cut.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: String,
+    /// The whole record, as it would be without a size limit.
+    pub record: String,
+}
+
+impl Refused {
+    /// The dead letter of this record of `alert` (`source`: the alert as the API sent it, which
+    /// `dead-letters replay` queues again).
+    pub fn letter<'a>(
+        &'a self,
+        destination: &'a str,
+        alert: &'a Alert<'_>,
+        source: Option<&'a serde_json::value::RawValue>,
+        ctx: &Context<'a>,
+    ) -> Letter<'a> {
+        Letter {
+            destination,
+            alert_id: Some(&alert.id),
+            last_update_date_time: alert.last_update().map(|t| t.to_rfc3339()),
+            tenant_name: ctx.tenant_name,
+            reason: self.reason.clone(),
+            record: &self.record,
+            alert: source,
+        }
+    }
 }
 
 /// A running output.
 pub struct Output {
     encoder: MessageEncoder,
     sink: Sink,
-    dead_letter: Option<Arc<DeadLetterFile>>,
     truncated: AtomicU64,
     dead_lettered: AtomicU64,
 }
 
 impl Output {
-    /// Loads the format, opens the dead-letter file and starts the writer (inside a tokio
-    /// runtime). `dead_letters` lets outputs that name the same file share it.
+    /// Loads the format and starts the writer (inside a tokio runtime).
     pub fn build(cfg: &OutputConfig) -> Result<Output, Error> {
         let formatter = Formatter::load(&cfg.format)?;
-        let dead_letter = match &cfg.dead_letter {
-            None => None,
-            Some(path) => Some(Arc::new(DeadLetterFile::open(path).map_err(|source| {
-                Error::DeadLetter {
-                    path: path.clone(),
-                    source,
-                }
-            })?)),
-        };
         let sink = cfg.sink.build()?;
         Ok(Output {
             encoder: MessageEncoder {
@@ -82,7 +104,6 @@ impl Output {
                 max_message: Some(sink.max_message_size()),
             },
             sink,
-            dead_letter,
             truncated: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
         })
@@ -108,21 +129,10 @@ impl Output {
     }
 
     /// Makes the alert's messages and queues them, in order. A record that cannot fit the
-    /// destination's size goes to the dead-letter file with the reason. Waits while the
-    /// writer's queue is full. Returns how many messages were queued.
-    pub async fn send(&self, alert: &Alert<'_>, ctx: &Context<'_>) -> Result<usize, Error> {
-        self.send_from(alert, None, ctx).await
-    }
-
-    /// [`Output::send`], with the alert's JSON as the API sent it, which a dead letter then
-    /// carries so that `dead-letters replay` can queue it again.
-    pub async fn send_from(
-        &self,
-        alert: &Alert<'_>,
-        source: Option<&serde_json::value::RawValue>,
-        ctx: &Context<'_>,
-    ) -> Result<usize, Error> {
-        let mut queued = 0;
+    /// destination's size is handed back in [`Sent::refused`]. Waits while the writer's queue
+    /// is full.
+    pub async fn send(&self, alert: &Alert<'_>, ctx: &Context<'_>) -> Result<Sent, Error> {
+        let mut sent = Sent::default();
         for index in 0..self.encoder.formatter.record_count(alert) {
             let mut buf = Vec::with_capacity(2048);
             match self.encoder.encode(alert, ctx, index, &mut buf) {
@@ -134,24 +144,23 @@ impl Output {
                     // allocation for its shared header (a full-length one becomes a boxed slice).
                     buf.shrink_to_fit();
                     self.sink.send(Bytes::from(buf)).await?;
-                    queued += 1;
+                    sent.queued += 1;
                 }
                 Err(e @ EncodeError::TooLarge { .. }) => {
-                    self.dead_letter(alert, source, ctx, index, &e)?
+                    sent.refused.push(self.refuse(alert, ctx, index, &e))
                 }
             }
         }
-        Ok(queued)
+        Ok(sent)
     }
 
-    fn dead_letter(
+    fn refuse(
         &self,
         alert: &Alert<'_>,
-        source: Option<&serde_json::value::RawValue>,
         ctx: &Context<'_>,
         index: usize,
         e: &EncodeError,
-    ) -> Result<(), Error> {
+    ) -> Refused {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let mut whole = Vec::new();
         let unlimited = MessageEncoder {
@@ -160,31 +169,17 @@ impl Output {
         };
         // Without a limit encoding cannot fail.
         let _ = unlimited.encode(alert, ctx, index, &mut whole);
-        let record = String::from_utf8_lossy(&whole);
         let reason = e.to_string();
         tracing::warn!(
             destination = self.destination(),
             alert = %alert.id,
             %reason,
-            dead_letter = ?self.dead_letter.as_ref().map(|d| d.path().to_path_buf()),
-            "record does not fit the destination"
+            "record does not fit the destination; it goes to the dead letters"
         );
-        let Some(file) = &self.dead_letter else {
-            return Ok(());
-        };
-        file.write(&Letter {
-            destination: self.destination(),
-            alert_id: Some(&alert.id),
-            last_update_date_time: alert.last_update().map(|t| t.to_rfc3339()),
-            tenant_name: ctx.tenant_name,
+        Refused {
             reason,
-            record: &record,
-            alert: source,
-        })
-        .map_err(|source| Error::DeadLetter {
-            path: file.path().to_path_buf(),
-            source,
-        })
+            record: String::from_utf8_lossy(&whole).into_owned(),
+        }
     }
 
     pub fn stats(&self) -> OutputStats {

@@ -339,10 +339,12 @@ async fn sigkill_at_random_moments_loses_nothing() {
     );
 }
 
-/// Records too large for one destination go to the dead-letter file with their alert;
-/// `dead-letters list` shows them; once the size limit is raised, `dead-letters replay` puts
-/// them back into the queue for that destination alone, and the next run delivers them there,
-/// while the other destination gets nothing twice.
+/// Records too large for one destination go to the dead letters (in the queue's store) with
+/// their alert; `dead-letters list` shows them while the daemon runs; replay refuses while it
+/// runs; once the size limit is raised and the daemon stopped, `dead-letters replay` puts them
+/// back into the queue for that destination alone, and the next run delivers them there, while
+/// the other destination gets nothing twice. A dead-letter file of an older version is imported
+/// at start, and `purge` removes what an operator does not want.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed_to_their_destination() {
     let whole = rsyslog(RsyslogInput::Tcp).await;
@@ -356,6 +358,15 @@ async fn dead_letters_are_listed_and_replayed_to_their_destination() {
         )
     };
     std::fs::write(&s.config, block("max_message_size = 300")).unwrap();
+    // What an older version left in its dead-letter file.
+    let state = s._dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let old_file = state.join("dead-letter.ndjson");
+    std::fs::write(
+        &old_file,
+        "{\"time\":\"2026-11-30T10:00:00.000Z\",\"destination\":\"-\",\"tenantName\":\"contoso\",\"reason\":\"the alert has no id\",\"record\":\"{\\\"title\\\":\\\"x\\\"}\"}\n",
+    )
+    .unwrap();
     let mut want = BTreeSet::new();
     for i in 0..3 {
         put(
@@ -365,19 +376,6 @@ async fn dead_letters_are_listed_and_replayed_to_their_destination() {
             ago(50_000 - 1000 * i),
         );
     }
-    let child = start(&s.config);
-    whole.wait_for_lines(3).await;
-    let letters = s._dir.path().join("state").join("dead-letter.ndjson");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&letters)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-        < 3
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no dead letters");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop(child).await;
     let cli = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
             .args(args)
@@ -386,14 +384,53 @@ async fn dead_letters_are_listed_and_replayed_to_their_destination() {
             .output()
             .unwrap()
     };
-    let listed = cli(&["dead-letters", "list"]);
-    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
-    assert!(listed.status.success(), "{text}");
-    assert_eq!(text.lines().count(), 3, "{text}");
+    let list = || {
+        let listed = cli(&["dead-letters", "list"]);
+        let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+        assert!(
+            listed.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        text
+    };
+    let child = start(&s.config);
+    whole.wait_for_lines(3).await;
+    // Listed while the daemon runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = list();
+        if text.lines().count() >= 4 {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(text.lines().count(), 4, "{text}");
     assert!(
         text.contains("da-big-0") && text.contains("even after cutting"),
         "{text}"
     );
+    assert!(text.contains("the alert has no id"), "{text}");
+    assert!(!old_file.exists(), "the old file was not imported");
+    assert!(state.join("dead-letter.ndjson.imported").exists());
+    let whole_json = cli(&["dead-letters", "list", "--json"]);
+    let first: serde_json::Value =
+        serde_json::from_slice(whole_json.stdout.split(|b| *b == b'\n').nth(1).unwrap()).unwrap();
+    assert_eq!(first["destination"], "small");
+    assert!(first["alert"]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("da-big-"));
+    // Replay changes the store: not while the daemon holds it.
+    let refused = cli(&["dead-letters", "replay", "--destination", "small"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(err.contains("in use by another defender-bridge"), "{err}");
+    stop(child).await;
     // The cause is fixed: the destination takes larger records now.
     std::fs::write(&s.config, block("max_message_size = 65000")).unwrap();
     let replayed = cli(&["dead-letters", "replay", "--destination", "small"]);
@@ -403,11 +440,18 @@ async fn dead_letters_are_listed_and_replayed_to_their_destination() {
         "{out}{}",
         String::from_utf8_lossy(&replayed.stderr)
     );
-    assert!(out.starts_with("3 replayed"), "{out}");
     assert_eq!(
-        std::fs::read_to_string(&letters).unwrap().lines().count(),
-        0
+        out.trim(),
+        "3 replayed into the queue, 0 kept, 1 not selected"
     );
+    let text = list();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let purged = cli(&["dead-letters", "purge", "--destination", "-"]);
+    assert_eq!(
+        String::from_utf8_lossy(&purged.stdout).trim(),
+        "1 removed, 0 not selected"
+    );
+    assert_eq!(list(), "");
     let child = start(&s.config);
     small.wait_for_lines(3).await;
     tokio::time::sleep(Duration::from_millis(800)).await;

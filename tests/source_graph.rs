@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 
 use defender_bridge::fake_api::samples::graph_alert;
 use defender_bridge::source::{Api, Severity, UpdatePolicy};
-use source_support::{ago, assert_exactly, Harness, Received, Version};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use source_support::{ago, assert_exactly, Harness, OnPage, Received, Version};
 
 const T1: &str = "3adb963c-8e61-48e8-a06d-6dbb0dacea39";
 
@@ -227,7 +230,6 @@ async fn filters_are_pushed_into_the_query() {
 /// one in both versions.
 #[tokio::test]
 async fn update_during_paging_does_not_skip_an_alert() {
-    use defender_bridge::source::Delivery;
     let h = Harness::new().await;
     let settings = h.tenant("contoso", T1, Api::Graph);
     let mut expected = BTreeSet::new();
@@ -239,34 +241,30 @@ async fn update_during_paging_does_not_skip_an_alert() {
         expected.insert((T1.to_string(), id, t));
     }
     let mut poller = h.poller(settings);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(1);
-    let mut got: Vec<Version> = Vec::new();
-    let receiver = async {
-        let mut batches = 0;
-        while let Some(Delivery { batch, ack }) = rx.recv().await {
-            batches += 1;
-            for a in &batch.alerts {
-                got.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
-            }
-            if batches == 1 {
-                // Between page 1 and page 2: da-old-02 is resolved now.
-                let t = ago(0.0);
-                h.fake.upsert_alert(
-                    T1,
-                    Api::Graph,
-                    graph_alert(T1, "da-old-02", t, "resolved", 2),
-                );
-                expected.insert((T1.to_string(), "da-old-02".to_string(), t));
-            }
-            ack.accept();
+    let got = Mutex::new(Vec::<Version>::new());
+    let expected = Mutex::new(expected);
+    let batches = AtomicUsize::new(0);
+    let sink = OnPage(|batch: &defender_bridge::source::AlertBatch| {
+        let mut got = got.lock().unwrap();
+        for a in &batch.alerts {
+            got.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
         }
-    };
-    let poll = async {
-        let r = poller.poll_once(&tx).await;
-        drop(tx);
-        r
-    };
-    let (result, ()) = tokio::join!(poll, receiver);
+        if batches.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Between page 1 and page 2: da-old-02 is resolved now.
+            let t = ago(0.0);
+            h.fake.upsert_alert(
+                T1,
+                Api::Graph,
+                graph_alert(T1, "da-old-02", t, "resolved", 2),
+            );
+            expected
+                .lock()
+                .unwrap()
+                .insert((T1.to_string(), "da-old-02".to_string(), t));
+        }
+    });
+    let result = poller.poll_once(&sink).await;
+    let (got, expected) = (got.into_inner().unwrap(), expected.into_inner().unwrap());
     result.expect("poll");
     // The update itself is newer than this poll's end; the next poll brings it, alone.
     let later = Received::default();

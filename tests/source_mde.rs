@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 
 use defender_bridge::fake_api::samples::mde_alert;
 use defender_bridge::source::Api;
-use source_support::{ago, assert_exactly, Harness, Received};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use source_support::{ago, assert_exactly, Harness, OnPage, Received, Version};
 
 const T1: &str = "4bdc074d-9f72-4af9-b17e-7ecc1e1bfb4a";
 
@@ -25,7 +28,6 @@ fn list_queries(h: &Harness) -> Vec<std::collections::HashMap<String, String>> {
 /// alert arrive. The alerts are older than the overlap, so a miss would be for good.
 #[tokio::test]
 async fn skip_paging_survives_an_update_during_paging() {
-    use defender_bridge::source::Delivery;
     let h = Harness::new().await;
     let settings = h.tenant("fabrikam", T1, Api::Mde);
     let mut expected = BTreeSet::new();
@@ -37,31 +39,27 @@ async fn skip_paging_survives_an_update_during_paging() {
         expected.insert((T1.to_string(), id, t));
     }
     let mut poller = h.poller(settings);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(1);
-    let mut got = Vec::new();
-    let receiver = async {
-        let mut batches = 0;
-        while let Some(Delivery { batch, ack }) = rx.recv().await {
-            batches += 1;
-            for a in &batch.alerts {
-                got.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
-            }
-            if batches == 1 {
-                // On page 1 (ids sort first): resolved now, so it leaves the window.
-                let t = ago(0.0);
-                h.fake
-                    .upsert_alert(T1, Api::Mde, mde_alert(T1, "da630001_100", t, "Resolved"));
-                expected.insert((T1.to_string(), "da630001_100".to_string(), t));
-            }
-            ack.accept();
+    let got = Mutex::new(Vec::<Version>::new());
+    let expected = Mutex::new(expected);
+    let batches = AtomicUsize::new(0);
+    let sink = OnPage(|batch: &defender_bridge::source::AlertBatch| {
+        let mut got = got.lock().unwrap();
+        for a in &batch.alerts {
+            got.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
         }
-    };
-    let poll = async {
-        let r = poller.poll_once(&tx).await;
-        drop(tx);
-        r
-    };
-    let (result, ()) = tokio::join!(poll, receiver);
+        if batches.fetch_add(1, Ordering::SeqCst) == 0 {
+            // On page 1 (ids sort first): resolved now, so it leaves the window.
+            let t = ago(0.0);
+            h.fake
+                .upsert_alert(T1, Api::Mde, mde_alert(T1, "da630001_100", t, "Resolved"));
+            expected
+                .lock()
+                .unwrap()
+                .insert((T1.to_string(), "da630001_100".to_string(), t));
+        }
+    });
+    let result = poller.poll_once(&sink).await;
+    let (mut got, expected) = (got.into_inner().unwrap(), expected.into_inner().unwrap());
     result.expect("poll");
     // The new version is after this window: the next poll brings it.
     let got2 = Received::default();

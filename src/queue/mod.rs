@@ -10,7 +10,12 @@
 //!   twice (delivery.md §4: "commit before you acknowledge upstream").
 //! - `cursors`: per destination (its stable name), the last sequence number it has delivered.
 //!   Records at or below the slowest cursor are deleted in the same transaction that moves it.
-//! - `meta`: the next sequence number and the bytes the alerts take.
+//! - `dead_letters`: what could not be forwarded or delivered (an alert without an id, a record
+//!   too large even after cutting, a damaged record), one JSON object each with its reason
+//!   (issue 9 §5). A page's dead letters are committed with the page; a destination's before its
+//!   cursor moves past the record. `dead-letters list` reads them while the daemon runs (the
+//!   store is opened in redb's single-writer mode, which lets other processes read).
+//! - `meta`: the next sequence numbers and the bytes the alerts take.
 //!
 //! Writes go through one committer thread that groups what is waiting into one transaction, so a
 //! catch-up of 100,000 alerts costs a few hundred fsyncs, not 100,000. The queue is bounded by
@@ -34,6 +39,7 @@ const ALERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("alerts");
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 
 /// Most requests folded into one transaction.
 const GROUP_MAX: usize = 256;
@@ -45,10 +51,55 @@ const GROUP_MAX: usize = 256;
 /// keep the tree's upper pages and the tenants' checkpoints.
 const CACHE_BYTES: usize = 4 << 20;
 
+/// The daemon is the one writer; `SingleWriter` (not redb's default, which locks the whole file)
+/// lets `dead-letters list` open the store read-only while the daemon runs.
 fn open_store(path: &Path) -> Result<Database, redb::DatabaseError> {
     redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
         .create(path)
+}
+
+/// What a store that cannot be opened tells the operator (README "Recovery").
+const DAMAGED_HINT: &str = "if the file is damaged, stop defender-bridge, move it aside \
+    (mv queue.redb queue.redb.damaged) and start again: tenants are then polled again from \
+    initial_lookback and what was queued but not delivered is sent again from the API \
+    (duplicates, not loss, within the look-back)";
+
+/// The dead letters of the store in `dir`, oldest first, as (number, letter JSON). Opens the
+/// store read-only, so it works while the daemon runs; no store means none.
+pub fn read_dead_letters(dir: &Path) -> Result<Vec<(u64, Vec<u8>)>, QueueError> {
+    let path = dir.join("queue.redb");
+    let err = |e: &dyn std::fmt::Display| QueueError::Store {
+        path: path.clone(),
+        detail: e.to_string(),
+    };
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let db = redb::Builder::new()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open_read_only(&path)
+        .map_err(|e| err(&e))?;
+    let txn = db.begin_read().map_err(|e| err(&e))?;
+    let table = match txn.open_table(DEAD_LETTERS) {
+        Ok(t) => t,
+        // A store written before dead letters moved in.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(err(&e)),
+    };
+    collect_letters(&table).map_err(|e| err(&e))
+}
+
+fn collect_letters(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Vec<(u64, Vec<u8>)>, redb::StorageError> {
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        out.push((k.value(), v.value().to_vec()));
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,6 +122,9 @@ enum Request {
         /// records that belong to no poll (`dead-letters replay`).
         checkpoint: Option<(String, Vec<u8>)>,
         records: Vec<Vec<u8>>,
+        /// Dead letters to keep, and the numbers of dead letters to forget (replayed or purged).
+        letters: Vec<Vec<u8>>,
+        forget: Vec<u64>,
         reply: oneshot::Sender<Result<(), QueueError>>,
     },
     Ack {
@@ -174,7 +228,10 @@ impl Queue {
             path: path.clone(),
             detail: e.to_string(),
         };
-        let db = open_store(&path).map_err(|e| err(&e))?;
+        let db = open_store(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => err(&"another process has it open"),
+            e => err(&format!("{e}; {DAMAGED_HINT}")),
+        })?;
         let (head, bytes) = {
             let txn = db.begin_write().map_err(|e| err(&e))?;
             let meta = {
@@ -182,6 +239,7 @@ impl Queue {
                 txn.open_table(ALERTS).map_err(|e| err(&e))?;
                 txn.open_table(CHECKPOINTS).map_err(|e| err(&e))?;
                 txn.open_table(CURSORS).map_err(|e| err(&e))?;
+                txn.open_table(DEAD_LETTERS).map_err(|e| err(&e))?;
                 let meta = txn.open_table(META).map_err(|e| err(&e))?;
                 let next = meta
                     .get("next_seq")
@@ -276,12 +334,14 @@ impl Queue {
         Ok(true)
     }
 
-    /// Appends a page's records and the tenant's checkpoint after them, in one transaction,
-    /// and returns once they are on disk. Waits while the queue is full (backpressure).
+    /// Appends a page's records, its dead letters and the tenant's checkpoint after them, in
+    /// one transaction, and returns once they are on disk. Waits while the queue is full
+    /// (backpressure; dead letters do not count: they stay until an operator replays them).
     pub async fn append(
         &self,
         key: &str,
         records: Vec<Vec<u8>>,
+        letters: Vec<Vec<u8>>,
         checkpoint: &Checkpoint,
     ) -> Result<(), QueueError> {
         let size: u64 = records.iter().map(|r| r.len() as u64).sum();
@@ -307,26 +367,63 @@ impl Queue {
             tracing::info!(queue = %self.shared.path.display(), "the queue has room again: polling resumes");
         }
         let checkpoint = serde_json::to_vec(checkpoint).map_err(|e| self.store_err(&e))?;
-        self.commit_records(Some((key.to_string(), checkpoint)), records)
-            .await
+        self.commit(
+            Some((key.to_string(), checkpoint)),
+            records,
+            letters,
+            Vec::new(),
+        )
+        .await
     }
 
-    /// Appends records that belong to no poll (dead letters replayed), without backpressure:
-    /// an operator asked for them.
+    /// Appends records that belong to no poll (a benchmark's backlog), without backpressure.
     pub async fn append_records(&self, records: Vec<Vec<u8>>) -> Result<(), QueueError> {
-        self.commit_records(None, records).await
+        self.commit(None, records, Vec::new(), Vec::new()).await
     }
 
-    async fn commit_records(
+    /// Keeps dead letters (a destination's records that cannot be delivered); returns once
+    /// they are on disk.
+    pub async fn keep_dead_letters(&self, letters: Vec<Vec<u8>>) -> Result<(), QueueError> {
+        self.commit(None, Vec::new(), letters, Vec::new()).await
+    }
+
+    /// Queues `records` (replayed dead letters) and forgets the dead letters `forget`, in one
+    /// transaction: a crash replays all or none. No backpressure: an operator asked for them.
+    pub async fn replay_dead_letters(
+        &self,
+        records: Vec<Vec<u8>>,
+        forget: Vec<u64>,
+    ) -> Result<(), QueueError> {
+        self.commit(None, records, Vec::new(), forget).await
+    }
+
+    /// The dead letters, oldest first, as (number, letter JSON).
+    pub fn dead_letters(&self) -> Result<Vec<(u64, Vec<u8>)>, QueueError> {
+        let txn = self
+            .shared
+            .db()?
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
+        let table = txn
+            .open_table(DEAD_LETTERS)
+            .map_err(|e| self.store_err(&e))?;
+        collect_letters(&table).map_err(|e| self.store_err(&e))
+    }
+
+    async fn commit(
         &self,
         checkpoint: Option<(String, Vec<u8>)>,
         records: Vec<Vec<u8>>,
+        letters: Vec<Vec<u8>>,
+        forget: Vec<u64>,
     ) -> Result<(), QueueError> {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request::Append {
                 checkpoint,
                 records,
+                letters,
+                forget,
                 reply,
             })
             .await
@@ -562,10 +659,16 @@ fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
         let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| err(&e))?;
         let mut cursors = txn.open_table(CURSORS).map_err(|e| err(&e))?;
         let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
+        let mut dead = txn.open_table(DEAD_LETTERS).map_err(|e| err(&e))?;
         let mut next = meta
             .get("next_seq")
             .map_err(|e| err(&e))?
             .map_or(1, |v| v.value());
+        let mut next_letter = meta
+            .get("next_letter")
+            .map_err(|e| err(&e))?
+            .map_or(1, |v| v.value());
+        let letters_before = next_letter;
         let mut bytes = shared.bytes.load(Ordering::Relaxed);
         // The last checkpoint of each tenant in the group is the one that counts.
         let mut latest: BTreeMap<&str, &[u8]> = BTreeMap::new();
@@ -575,12 +678,22 @@ fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
                 Request::Append {
                     checkpoint,
                     records,
+                    letters,
+                    forget,
                     ..
                 } => {
                     for r in records {
                         alerts.insert(next, r.as_slice()).map_err(|e| err(&e))?;
                         bytes += r.len() as u64;
                         next += 1;
+                    }
+                    for l in letters {
+                        dead.insert(next_letter, l.as_slice())
+                            .map_err(|e| err(&e))?;
+                        next_letter += 1;
+                    }
+                    for n in forget {
+                        dead.remove(*n).map_err(|e| err(&e))?;
                     }
                     if let Some((key, cp)) = checkpoint {
                         latest.insert(key.as_str(), cp.as_slice());
@@ -613,6 +726,10 @@ fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
         }
         meta.insert("next_seq", next).map_err(|e| err(&e))?;
         meta.insert("bytes", bytes).map_err(|e| err(&e))?;
+        if next_letter != letters_before {
+            meta.insert("next_letter", next_letter)
+                .map_err(|e| err(&e))?;
+        }
         (next - 1, bytes)
     };
     txn.commit().map_err(|e| err(&e))?;
@@ -665,10 +782,10 @@ mod tests {
         let cp = Checkpoint::fresh("t", "graph", Utc::now());
         let q = Queue::open(dir.path(), 1 << 20).expect("open");
         q.attach(&["a".into(), "b".into()]).expect("attach");
-        q.append("t-graph", (1..=3).map(record).collect(), &cp)
+        q.append("t-graph", (1..=3).map(record).collect(), Vec::new(), &cp)
             .await
             .expect("append");
-        q.append("t-graph", (4..=5).map(record).collect(), &cp)
+        q.append("t-graph", (4..=5).map(record).collect(), Vec::new(), &cp)
             .await
             .expect("append");
         assert_eq!(q.stats().head, 5);
@@ -690,7 +807,7 @@ mod tests {
         q.attach(&["a".into(), "c".into()]).expect("attach");
         assert_eq!(q.cursor("c").expect("cursor"), 5);
         assert_eq!(ids(&q, 0), ["da5"]);
-        q.append("t-graph", vec![record(6)], &cp)
+        q.append("t-graph", vec![record(6)], Vec::new(), &cp)
             .await
             .expect("append");
         assert_eq!(q.stats().head, 6);
@@ -703,13 +820,13 @@ mod tests {
         let one = record(1).len() as u64;
         let q = Queue::open(dir.path(), one * 3).expect("open");
         q.attach(&["a".into()]).expect("attach");
-        q.append("k", (1..=3).map(record).collect(), &cp)
+        q.append("k", (1..=3).map(record).collect(), Vec::new(), &cp)
             .await
             .expect("append");
         let waiting = tokio::spawn({
             let q = q.clone();
             let cp = cp.clone();
-            async move { q.append("k", vec![record(4)], &cp).await }
+            async move { q.append("k", vec![record(4)], Vec::new(), &cp).await }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!waiting.is_finished(), "append went past a full queue");
@@ -717,6 +834,47 @@ mod tests {
         q.ack("a", 1).await.expect("ack");
         waiting.await.expect("task").expect("append");
         assert_eq!(ids(&q, 0), ["da2", "da3", "da4"]);
+    }
+
+    /// A page's dead letters are committed with it; `read_dead_letters` sees them from another
+    /// handle while the queue is open (as `dead-letters list` does while the daemon runs); a
+    /// replay queues records and forgets the letters in one transaction.
+    #[tokio::test]
+    async fn dead_letters_go_with_their_page_and_are_readable_while_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = Checkpoint::fresh("t", "graph", Utc::now());
+        let q = Queue::open(dir.path(), 1 << 20).expect("open");
+        q.attach(&["a".into()]).expect("attach");
+        q.append(
+            "k",
+            vec![record(1)],
+            vec![b"{\"reason\":\"one\"}".to_vec()],
+            &cp,
+        )
+        .await
+        .expect("append");
+        q.keep_dead_letters(vec![b"{\"reason\":\"two\"}".to_vec()])
+            .await
+            .expect("keep");
+        let seen = read_dead_letters(dir.path()).expect("read while open");
+        let reasons: Vec<&[u8]> = seen.iter().map(|(_, l)| l.as_slice()).collect();
+        assert_eq!(
+            reasons,
+            [&b"{\"reason\":\"one\"}"[..], &b"{\"reason\":\"two\"}"[..]]
+        );
+        q.replay_dead_letters(vec![record(2)], vec![seen[0].0])
+            .await
+            .expect("replay");
+        let left = q.dead_letters().expect("letters");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, seen[1].0);
+        assert_eq!(ids(&q, 0), ["da1", "da2"]);
+        // Numbers are never reused, so a letter listed earlier is never confused with a new one.
+        q.keep_dead_letters(vec![b"{}".to_vec()])
+            .await
+            .expect("keep");
+        let newest = q.dead_letters().expect("letters");
+        assert!(newest[1].0 > seen[1].0, "{newest:?}");
     }
 
     /// A file that is not a queue (damaged beyond repair) is a clear error naming it, not a

@@ -25,6 +25,7 @@
 //! - A batch changes the checkpoint only once the receiver has accepted it, so a failed poll
 //!   resumes from what was accepted, never from a fresh state (issue 8 §7).
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,6 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthError, EntraTokenProvider, TokenProvider};
@@ -101,21 +101,29 @@ pub struct RejectedAlert {
     pub json: Box<RawValue>,
 }
 
-/// A batch and the acknowledgement the poller waits for before it moves its checkpoint.
-#[derive(Debug)]
-pub struct Delivery {
-    pub batch: AlertBatch,
-    pub ack: Ack,
+/// Where a poller's pages go: the seam between polling and delivery. In the daemon it is the
+/// tenant's side of the durable queue (a page and the checkpoint after it in one transaction);
+/// in tests, a recorder. [`PageSink::accept`] returns once the page is safe, and only then does
+/// the poller's state move past it; a refused page comes again with the next poll.
+pub trait PageSink: Send + Sync {
+    fn accept(&self, batch: AlertBatch) -> impl Future<Output = Result<(), Refused>> + Send;
 }
 
-/// Accept a batch once its records are queued or sent. Dropping it without accepting makes the
-/// poller keep its checkpoint and retry the poll later.
-#[derive(Debug)]
-pub struct Ack(oneshot::Sender<()>);
+/// Why a page was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not this time: the poller keeps its state and polls the page again later.
+    Again,
+    /// The receiver has stopped: so does the poller.
+    Closed,
+}
 
-impl Ack {
-    pub fn accept(self) {
-        let _ = self.0.send(());
+impl From<Refused> for PollError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Again => PollError::NotAccepted,
+            Refused::Closed => PollError::Closed,
+        }
     }
 }
 
@@ -142,7 +150,7 @@ pub enum PollError {
     TooLarge(usize),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("the batch was not accepted (the receiver dropped it)")]
+    #[error("the page was not accepted; it is polled again")]
     NotAccepted,
     /// The alerts were delivered, but the checkpoint file could not be written (a full disk, a
     /// read-only state directory, no file descriptors left). The poller keeps what it
@@ -386,13 +394,13 @@ impl Poller {
     /// the start of the next, so a slow poll does not push the schedule) and backing off after
     /// failures. Errors are logged with the tenant's name and never stop the loop; only a closed
     /// channel or `shutdown` does.
-    pub async fn run(mut self, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) {
+    pub async fn run<P: PageSink>(mut self, pages: P, shutdown: CancellationToken) {
         let name = self.settings.name.clone();
         let mut failures: u32 = 0;
         loop {
             let started = tokio::time::Instant::now();
             let result = tokio::select! {
-                r = self.poll_once(&out) => r,
+                r = self.poll_once(&pages) => r,
                 _ = shutdown.cancelled() => return,
             };
             let delay = match result {
@@ -472,10 +480,7 @@ impl Poller {
 
     /// One complete poll from the checkpoint to now. On error the state stays at what the
     /// receiver accepted, so the next poll resumes from there.
-    pub async fn poll_once(
-        &mut self,
-        out: &mpsc::Sender<Delivery>,
-    ) -> Result<PollStats, PollError> {
+    pub async fn poll_once<P: PageSink>(&mut self, pages: &P) -> Result<PollStats, PollError> {
         let mut stats = PollStats::default();
         let requests = self.requests.load(Ordering::Relaxed);
         self.poll_started_at = requests;
@@ -490,8 +495,8 @@ impl Poller {
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         self.prepaid.store(true, Ordering::Relaxed);
         let result = match self.settings.api {
-            Api::Graph => self.poll_graph(out, &mut stats).await,
-            Api::Mde => self.poll_mde(out, &mut stats).await,
+            Api::Graph => self.poll_graph(pages, &mut stats).await,
+            Api::Mde => self.poll_mde(pages, &mut stats).await,
         };
         stats.requests = self.requests.load(Ordering::Relaxed) - requests;
         stats.rate_limited =
@@ -591,9 +596,9 @@ impl Poller {
     /// ask again from the newest instant seen. A server that does not honour `$orderby` has the
     /// window paged by its links to the end instead, and the cursor moves only then
     /// (issue 8 §8).
-    async fn poll_graph(
+    async fn poll_graph<P: PageSink>(
         &mut self,
-        out: &mpsc::Sender<Delivery>,
+        pages: &P,
         stats: &mut PollStats,
     ) -> Result<(), PollError> {
         let (lo, hi) = self.window();
@@ -624,7 +629,7 @@ impl Poller {
                 // instant itself is re-read by the next window (`ge`) and de-duplicated.
                 Some(_) => newest.unwrap_or(self.state.cursor).max(self.state.cursor),
             };
-            self.commit(out, parsed, cursor_after, lo, stats).await?;
+            self.commit(pages, parsed, cursor_after, lo, stats).await?;
             let Some(next) = page.next_link else {
                 return Ok(());
             };
@@ -653,9 +658,9 @@ impl Poller {
     /// Pages overlap by a tenth: an alert updated while the window is being paged leaves the
     /// result set and shifts the later ones back by one; the overlap keeps such shifts from
     /// skipping an alert, and the de-duplication set drops the repeats.
-    async fn poll_mde(
+    async fn poll_mde<P: PageSink>(
         &mut self,
-        out: &mpsc::Sender<Delivery>,
+        pages: &P,
         stats: &mut PollStats,
     ) -> Result<(), PollError> {
         let (lo, hi) = self.window();
@@ -707,7 +712,7 @@ impl Poller {
             } else {
                 self.complete_at(hi, date)
             };
-            self.commit(out, parsed, cursor_after, lo, stats).await?;
+            self.commit(pages, parsed, cursor_after, lo, stats).await?;
             if !more {
                 return Ok(());
             }
@@ -746,9 +751,9 @@ impl Poller {
     /// Applies de-dup and the update policy to a page, hands the survivors (and the alerts
     /// that cannot be forwarded, for the dead-letter file) over, waits for the acknowledgement,
     /// and only then changes the state and saves it with `cursor_after`.
-    async fn commit(
+    async fn commit<P: PageSink>(
         &mut self,
-        out: &mpsc::Sender<Delivery>,
+        pages: &P,
         page: Parsed,
         cursor_after: DateTime<Utc>,
         window_lo: DateTime<Utc>,
@@ -812,7 +817,6 @@ impl Poller {
         next.prune(horizon, policy_horizon);
         let receiver_keeps = self.persist == Persist::Receiver;
         if !forward.is_empty() || !rejected.is_empty() || receiver_keeps {
-            let (tx, rx) = oneshot::channel();
             let batch = AlertBatch {
                 tenant_name: self.settings.name.clone(),
                 tenant_id: self.settings.tenant_id.clone(),
@@ -822,13 +826,7 @@ impl Poller {
                 cursor_after,
                 checkpoint: receiver_keeps.then(|| next.clone()),
             };
-            out.send(Delivery {
-                batch,
-                ack: Ack(tx),
-            })
-            .await
-            .map_err(|_| PollError::Closed)?;
-            rx.await.map_err(|_| PollError::NotAccepted)?;
+            pages.accept(batch).await?;
         }
         // Accepted: only now does the state move.
         stats.forwarded += forwarded;

@@ -7,8 +7,20 @@
 //! ```no_run
 //! use std::path::Path;
 //! use defender_bridge::source::{
-//!     build_http_client, Credential, Delivery, HttpSettings, Poller, SecretString, TenantSettings,
+//!     build_http_client, AlertBatch, Credential, HttpSettings, PageSink, Poller, Refused,
+//!     SecretString, TenantSettings,
 //! };
+//!
+//! /// Prints each page; accepting it lets the tenant's checkpoint move past its alerts.
+//! struct Print;
+//! impl PageSink for Print {
+//!     async fn accept(&self, batch: AlertBatch) -> Result<(), Refused> {
+//!         for alert in &batch.alerts {
+//!             println!("{} {} {} {}", batch.tenant_name, alert.id, alert.last_update, alert.json.get());
+//!         }
+//!         Ok(())
+//!     }
+//! }
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let http = build_http_client(&HttpSettings::default())?;
 //! let settings = TenantSettings::new(
@@ -18,15 +30,7 @@
 //!     Credential::Secret(SecretString::new(std::env::var("CONTOSO_SECRET")?)),
 //! );
 //! let poller = Poller::connect(settings, http, Path::new("/var/lib/defender-bridge"))?;
-//! let (tx, mut rx) = tokio::sync::mpsc::channel::<Delivery>(16);
-//! let stop = tokio_util::sync::CancellationToken::new();
-//! tokio::spawn(poller.run(tx, stop.clone()));
-//! while let Some(Delivery { batch, ack }) = rx.recv().await {
-//!     for alert in &batch.alerts {
-//!         println!("{} {} {} {}", batch.tenant_name, alert.id, alert.last_update, alert.json.get());
-//!     }
-//!     ack.accept(); // only now does the tenant's checkpoint move past these alerts
-//! }
+//! poller.run(Print, tokio_util::sync::CancellationToken::new()).await;
 //! # Ok(())
 //! # }
 //! ```
@@ -39,7 +43,7 @@ pub mod tenant;
 
 pub use auth::{AuthError, EntraTokenProvider, TokenProvider};
 pub use checkpoint::Checkpoint;
-pub use defender::{AlertBatch, Delivery, PollError, Poller, RawAlert, RejectedAlert};
+pub use defender::{AlertBatch, PageSink, PollError, Poller, RawAlert, Refused, RejectedAlert};
 pub use http::{build_http_client, HttpError, HttpSettings};
 pub use tenant::{
     Api, Cloud, Credential, Filters, SecretString, Severity, TenantSettings, UpdatePolicy,

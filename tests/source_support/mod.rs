@@ -10,10 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use defender_bridge::fake_api::{FakeApi, FakeCredential};
 use defender_bridge::source::{
-    build_http_client, Api, Credential, Delivery, HttpSettings, Poller, SecretString,
-    TenantSettings,
+    build_http_client, AlertBatch, Api, Credential, HttpSettings, PageSink, Poller, Refused,
+    SecretString, TenantSettings,
 };
-use tokio::sync::mpsc;
 
 /// A received alert version: (tenant id, alert id, lastUpdate).
 pub type Version = (String, String, DateTime<Utc>);
@@ -99,62 +98,85 @@ impl Harness {
     }
 }
 
+/// A page sink that records what [`Received`] keeps.
+#[derive(Clone)]
+pub struct Recorder {
+    received: Received,
+    /// Accept only this many pages.
+    accept: Option<usize>,
+    hold: bool,
+    accepted: Arc<Mutex<usize>>,
+}
+
+impl PageSink for Recorder {
+    async fn accept(&self, batch: AlertBatch) -> Result<(), Refused> {
+        let go_on = {
+            let mut n = self.accepted.lock().expect("lock");
+            let go_on = self.accept.is_none_or(|max| *n < max);
+            if go_on {
+                *n += 1;
+            }
+            go_on
+        };
+        if !go_on {
+            if self.hold {
+                std::future::pending::<()>().await;
+            }
+            return Err(Refused::Again);
+        }
+        self.received
+            .1
+            .lock()
+            .expect("lock")
+            .extend(batch.rejected.iter().map(|r| r.reason.clone()));
+        let mut s = self.received.0.lock().expect("lock");
+        for a in &batch.alerts {
+            // The raw JSON is the alert as served: its id and time agree.
+            let v: serde_json::Value =
+                serde_json::from_str(a.json.get()).expect("raw alert is JSON");
+            assert_eq!(v["id"], a.id.as_str());
+            s.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
+        }
+        Ok(())
+    }
+}
+
+/// A page sink that calls `F` with each page, then accepts it.
+pub struct OnPage<F>(pub F);
+
+impl<F: Fn(&AlertBatch) + Send + Sync> PageSink for OnPage<F> {
+    async fn accept(&self, batch: AlertBatch) -> Result<(), Refused> {
+        (self.0)(&batch);
+        Ok(())
+    }
+}
+
 /// Records every delivered alert version (and the reason of every rejected alert object) and
 /// accepts the batch.
 #[derive(Clone, Default)]
 pub struct Received(pub Arc<Mutex<Vec<Version>>>, pub Arc<Mutex<Vec<String>>>);
 
 impl Received {
-    /// A channel whose receiving end records and accepts every batch.
-    pub fn channel(&self) -> mpsc::Sender<Delivery> {
-        let (tx, mut rx) = mpsc::channel::<Delivery>(4);
-        let store = self.0.clone();
-        let rejected = self.1.clone();
-        tokio::spawn(async move {
-            while let Some(Delivery { batch, ack }) = rx.recv().await {
-                rejected
-                    .lock()
-                    .expect("lock")
-                    .extend(batch.rejected.iter().map(|r| r.reason.clone()));
-                let mut s = store.lock().expect("lock");
-                for a in &batch.alerts {
-                    // The raw JSON is the alert as served: its id and time agree.
-                    let v: serde_json::Value =
-                        serde_json::from_str(a.json.get()).expect("raw alert is JSON");
-                    assert_eq!(v["id"], a.id.as_str());
-                    s.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
-                }
-                drop(s);
-                ack.accept();
-            }
-        });
-        tx
+    /// A page sink that records and accepts every page.
+    pub fn channel(&self) -> Recorder {
+        Recorder {
+            received: self.clone(),
+            accept: None,
+            hold: false,
+            accepted: Arc::new(Mutex::new(0)),
+        }
     }
 
-    /// Like [`Received::channel`] for the first `n` batches; later batches are neither recorded
-    /// nor accepted: with `hold`, their acknowledgement is kept pending forever (the process
-    /// "hangs" before accepting), otherwise it is dropped (the receiver refuses them).
-    pub fn channel_accepting(&self, n: usize, hold: bool) -> mpsc::Sender<Delivery> {
-        let (tx, mut rx) = mpsc::channel::<Delivery>(4);
-        let store = self.0.clone();
-        tokio::spawn(async move {
-            let mut accepted = 0;
-            let mut limbo = Vec::new();
-            while let Some(Delivery { batch, ack }) = rx.recv().await {
-                if accepted < n {
-                    let mut s = store.lock().expect("lock");
-                    for a in &batch.alerts {
-                        s.push((batch.tenant_id.clone(), a.id.clone(), a.last_update));
-                    }
-                    drop(s);
-                    ack.accept();
-                    accepted += 1;
-                } else if hold {
-                    limbo.push(ack);
-                }
-            }
-        });
-        tx
+    /// Like [`Received::channel`] for the first `n` pages; later pages are neither recorded
+    /// nor accepted: with `hold`, their acceptance is kept pending forever (the process
+    /// "hangs" before accepting), otherwise they are refused.
+    pub fn channel_accepting(&self, n: usize, hold: bool) -> Recorder {
+        Recorder {
+            received: self.clone(),
+            accept: Some(n),
+            hold,
+            accepted: Arc::new(Mutex::new(0)),
+        }
     }
 
     pub fn all(&self) -> Vec<Version> {
