@@ -82,6 +82,8 @@ impl Forwarder {
         tokio::pin!(drained);
         loop {
             let now_done = *done.borrow_and_update();
+            // Before the records they belong to leave `pending`.
+            self.keep_refused(&queue, &pending).await;
             while pending
                 .front()
                 .is_some_and(|(target, _)| *target <= now_done)
@@ -158,6 +160,7 @@ impl Forwarder {
         }
         // Out of time: keep what was delivered; the rest stays queued for the next start.
         let now_done = *done.borrow();
+        self.keep_refused(&queue, &pending).await;
         while pending
             .front()
             .is_some_and(|(target, _)| *target <= now_done)
@@ -255,6 +258,57 @@ impl Forwarder {
                 .iter()
                 .map(|r| r.letter(name, &alert, Some(&record.alert), &ctx).to_json())
                 .collect();
+            keep_letters(queue, name, letters).await;
+        }
+    }
+
+    /// Keeps as dead letters the records whose messages the receiver refused (RELP `rsp 500`):
+    /// the writer counts them done, so the cursor would move past them (issue 9 §5).
+    async fn keep_refused(&self, queue: &Queue, pending: &VecDeque<(u64, u64)>) {
+        let refusals = self.output.take_refusals();
+        if refusals.is_empty() {
+            return;
+        }
+        let name = &self.destination.name;
+        let mut letters = Vec::new();
+        for r in refusals {
+            // The record whose messages end at or after the refused one.
+            let Some(&(_, seq)) = pending.iter().find(|(target, _)| *target >= r.number) else {
+                tracing::error!(destination = %name, "a refused message belongs to no record in flight: {}", r.reason);
+                continue;
+            };
+            let stored = queue
+                .read(seq.saturating_sub(1), 1)
+                .ok()
+                .and_then(|v| v.into_iter().next())
+                .filter(|(s, _)| *s == seq)
+                .and_then(|(_, bytes)| Record::decode(&bytes).ok());
+            let reason = format!("{} (queue record {seq})", r.reason);
+            self.log_letter(stored.as_ref().map(|s| s.alert_id.as_str()), &reason);
+            let letter = match &stored {
+                Some(record) => Letter {
+                    destination: name,
+                    alert_id: Some(&record.alert_id),
+                    last_update_date_time: Some(record.last_update.to_rfc3339()),
+                    tenant_name: Some(&record.tenant_name),
+                    reason,
+                    record: record.alert.get(),
+                    alert: Some(&record.alert),
+                },
+                None => Letter {
+                    destination: name,
+                    alert_id: None,
+                    last_update_date_time: None,
+                    tenant_name: None,
+                    reason,
+                    record: "",
+                    alert: None,
+                },
+            }
+            .to_json();
+            letters.push(letter);
+        }
+        if !letters.is_empty() {
             keep_letters(queue, name, letters).await;
         }
     }
@@ -370,5 +424,151 @@ mod tests {
         assert_eq!(letter["destination"], "siem");
         let reason = letter["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("queue record 1 is damaged"), "{letter}");
+    }
+
+    /// Reads one RELP frame of our writer: (txnr, command).
+    async fn relp_frame(
+        r: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    ) -> Option<(u32, String)> {
+        use tokio::io::AsyncReadExt;
+        let txnr: u32 = {
+            let mut f = Vec::new();
+            r.read_until(b' ', &mut f).await.ok()?;
+            f.pop();
+            String::from_utf8(f).ok()?.parse().ok()?
+        };
+        let command = {
+            let mut f = Vec::new();
+            r.read_until(b' ', &mut f).await.ok()?;
+            f.pop();
+            String::from_utf8(f).ok()?
+        };
+        if command == "close" {
+            return Some((txnr, command));
+        }
+        let len: usize = {
+            let mut f = Vec::new();
+            r.read_until(b' ', &mut f).await.ok()?;
+            f.pop();
+            String::from_utf8(f).ok()?.parse().ok()?
+        };
+        let mut data = vec![0; len + 1];
+        r.read_exact(&mut data).await.ok()?;
+        Some((txnr, command))
+    }
+
+    /// A record whose message the RELP receiver refuses (`rsp 500`) is never delivered: it goes
+    /// to the dead letters with the receiver's answer and its alert, and the cursor moves past
+    /// it and the delivered ones.
+    #[tokio::test]
+    async fn a_record_the_receiver_refuses_is_dead_lettered() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.expect("accept");
+            let mut r = tokio::io::BufReader::new(conn);
+            let mut answered = 0;
+            while let Some((txnr, command)) = relp_frame(&mut r).await {
+                let reply = match command.as_str() {
+                    "open" => {
+                        "200 OK\nrelp_version=0\nrelp_software=test\ncommands=syslog".to_string()
+                    }
+                    "close" => break,
+                    _ => {
+                        answered += 1;
+                        // The second alert's message is refused.
+                        if answered == 2 {
+                            "500 command disabled".into()
+                        } else {
+                            "200 OK".into()
+                        }
+                    }
+                };
+                let frame = format!("{txnr} rsp {} {reply}\n", reply.len());
+                if r.get_mut().write_all(frame.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            answered
+        });
+        let queue = Queue::open(dir.path(), 1 << 20).expect("queue");
+        let destination = Destination {
+            name: "relp-siem".into(),
+            output: OutputConfig {
+                sink: SinkConfig::new(format!("relp://{addr}").parse().expect("url")),
+                format: "json".into(),
+                header: SyslogHeader::new(HeaderKind::None, 20, "h", "defender-bridge"),
+            },
+            tenants: None,
+            min_severity: None,
+        };
+        queue.attach(&["relp-siem".into()]).expect("attach");
+        let record = |id: &str| Record {
+            tenant_name: "contoso".into(),
+            tenant_id: "t".into(),
+            api: "graph".into(),
+            alert_id: id.into(),
+            last_update: chrono::Utc::now(),
+            alert: serde_json::value::RawValue::from_string(format!(
+                r#"{{"id":"{id}","title":"t","severity":"high"}}"#
+            ))
+            .expect("json"),
+            only: None,
+        };
+        let cp = Checkpoint::fresh("t", "graph", chrono::Utc::now());
+        queue
+            .append(
+                "t-graph",
+                ["da-1", "da-2", "da-3"]
+                    .map(|id| record(id).encode())
+                    .to_vec(),
+                Vec::new(),
+                &cp,
+            )
+            .await
+            .expect("append");
+        let forwarder = Forwarder {
+            output: Arc::new(Output::build(&destination.output).expect("output")),
+            destination,
+            tenants: Arc::new(HashMap::new()),
+        };
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(forwarder.run(
+            queue.clone(),
+            stop.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while queue.cursor("relp-siem").expect("cursor") < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cursor did not move"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let letters = queue.dead_letters().expect("letters");
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let letter: serde_json::Value = serde_json::from_slice(&letters[0].1).expect("JSON");
+        assert_eq!(letter["destination"], "relp-siem");
+        assert_eq!(letter["alertId"], "da-2");
+        assert_eq!(letter["alert"]["id"], "da-2");
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("rsp 500 command disabled"), "{letter}");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the loop ends")
+            .expect("task")
+            .expect("no queue error");
+        drop(queue);
+        let answered = tokio::time::timeout(Duration::from_secs(20), receiver)
+            .await
+            .expect("receiver ends")
+            .expect("receiver");
+        assert_eq!(answered, 3);
     }
 }

@@ -119,6 +119,11 @@ impl Output {
         self.sink.accepted()
     }
 
+    /// The messages the receiver refused since the last call (see [`Sink::take_refusals`]).
+    pub fn take_refusals(&self) -> Vec<sink::Refusal> {
+        self.sink.take_refusals()
+    }
+
     /// Messages the writer has delivered so far, in order (see [`Sink::done`]).
     pub fn done(&self) -> tokio::sync::watch::Receiver<u64> {
         self.sink.done()

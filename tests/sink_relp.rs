@@ -317,6 +317,16 @@ async fn a_refused_message_is_counted_and_not_sent_again() {
         (4, 1, 0)
     );
     assert_eq!(stats.reconnects, 0);
+    // Handed back, by its place in queue order (txnr 1 was the session's open), for the
+    // daemon's dead letters.
+    let refusals = sink.take_refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0].number, 3);
+    assert!(
+        refusals[0].reason.contains("rsp 500 command disabled"),
+        "{refusals:?}"
+    );
+    assert!(sink.take_refusals().is_empty());
     drop(r);
     sink.shutdown(WAIT).await.unwrap();
 }

@@ -115,6 +115,15 @@ pub enum Status {
     Down { reason: String },
 }
 
+/// A message the receiver refused (RELP `rsp 500`): done, never delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Its place in queue order: the n-th message taken by [`Sink::send`].
+    pub number: u64,
+    /// The receiver's answer.
+    pub reason: String,
+}
+
 /// Counters of one sink. `messages_sent` counts each message once, even when a broken
 /// batch was written again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -385,6 +394,8 @@ struct Shared {
     rejected: AtomicU64,
     send_errors: AtomicU64,
     refused: AtomicU64,
+    /// The refused messages not yet taken by [`Sink::take_refusals`].
+    refusals: std::sync::Mutex<Vec<Refusal>>,
     resent: AtomicU64,
     /// Messages sent or dropped so far, in queue order: [`Sink::flush`] waits on it.
     done: watch::Sender<u64>,
@@ -404,6 +415,7 @@ impl Shared {
             rejected: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            refusals: std::sync::Mutex::new(Vec::new()),
             resent: AtomicU64::new(0),
             done: watch::Sender::new(0),
             status: watch::Sender::new(Status::Idle),
@@ -423,8 +435,15 @@ impl Shared {
         self.done.send_modify(|n| *n += 1);
     }
 
-    fn refused(&self) {
+    /// The next message in queue order was refused by the receiver for `reason`. Recorded
+    /// before `done` moves past it, so whoever sees `done` at or past it finds its refusal.
+    fn refused(&self, reason: String) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        let number = *self.done.borrow() + 1;
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Refusal { number, reason });
         self.done.send_modify(|n| *n += 1);
     }
 
@@ -573,6 +592,19 @@ impl Sink {
     /// every change.
     pub fn done(&self) -> watch::Receiver<u64> {
         self.shared.done.subscribe()
+    }
+
+    /// The messages refused since the last call, in order. Each is recorded before
+    /// [`Sink::done`] moves past it: read `done` first, then take the refusals, and every
+    /// refused message up to that `done` is among them.
+    pub fn take_refusals(&self) -> Vec<Refusal> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// The connection state; `changed().await` on the receiver to follow transitions.

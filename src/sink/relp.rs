@@ -10,10 +10,10 @@
 //! message is in rsyslog's queue; with a disk queue that is on disk (delivery.md §1).
 //!
 //! An answer other than 200 (`rsp 500 …`) is the receiver refusing that message: it is counted
-//! ([`super::Stats::refused`]), logged with the receiver's reason, and treated as done. Sending
-//! it again would get the same answer (librelp sends 500 for a `syslog` command only when the
-//! command is disabled, `src/scsyslog.c`), and waiting for it would hold up the destination
-//! for good; the refusal is in the log and the counters for the operator.
+//! ([`super::Stats::refused`]), logged with the receiver's reason, treated as done and handed
+//! back ([`super::Sink::take_refusals`]: the daemon keeps it as a dead letter). Sending it again
+//! would get the same answer (librelp sends 500 for a `syslog` command only when the command is
+//! disabled, `src/scsyslog.c`), and waiting for it would hold up the destination for good.
 //!
 //! The receiver's frames are parsed by [`Parser`], strictly and within fixed bounds: a broken
 //! or hostile receiver ends its session, it cannot make the writer allocate without limit,
@@ -639,7 +639,8 @@ impl Writer {
                         tracing::warn!(%destination, code, %text, "the receiver refused a message; it is not sent again");
                     }
                     self.refusing = true;
-                    self.shared.refused();
+                    self.shared
+                        .refused(format!("the receiver refused it: rsp {code} {text}"));
                 }
             }
         }
