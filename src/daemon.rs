@@ -117,7 +117,11 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
             output,
             tenants: by_name.clone(),
         };
-        deliveries.spawn(forwarder.run(queue.clone(), deliver_stop.clone(), out_of_time.clone()));
+        deliveries.spawn(forwarder.run_supervised(
+            queue.clone(),
+            deliver_stop.clone(),
+            out_of_time.clone(),
+        ));
     }
     let stats = Arc::new(RunStats::default());
     let poll_stop = CancellationToken::new();

@@ -40,6 +40,7 @@ async fn sleep_unless(stop: &CancellationToken, delay: std::time::Duration) -> b
 const ACK_EVERY: Duration = Duration::from_millis(250);
 
 /// What a delivery loop needs besides its queue.
+#[derive(Clone)]
 pub struct Forwarder {
     pub destination: Destination,
     pub output: Arc<Output>,
@@ -47,7 +48,43 @@ pub struct Forwarder {
     pub tenants: Arc<HashMap<String, Tenant>>,
 }
 
+/// Delays before a delivery loop that panicked starts again.
+const RESTART_BASE: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(60);
+
 impl Forwarder {
+    /// [`Forwarder::run`] in its own task, started again from the destination's queue cursor
+    /// after a panic (redb may panic on a store damaged under a read), with a capped backoff:
+    /// one destination's failure never stops the others, and does not stop this one for good.
+    /// What the writer held when it panicked may go twice (at-least-once).
+    pub async fn run_supervised(
+        self,
+        queue: Queue,
+        stop: CancellationToken,
+        drain_until: Arc<tokio::sync::Notify>,
+    ) -> Result<u64, QueueError> {
+        let mut failures = 0u32;
+        loop {
+            let run = tokio::spawn(self.clone().run(
+                queue.clone(),
+                stop.clone(),
+                drain_until.clone(),
+            ));
+            let panic = match run.await {
+                Ok(r) => return r,
+                Err(e) => e,
+            };
+            failures = failures.saturating_add(1);
+            let delay = crate::source::defender::backoff(RESTART_BASE, RESTART_MAX, failures);
+            tracing::error!(destination = %self.destination.name,
+                "the delivery loop failed ({panic}); it starts again from its queue cursor in {delay:?}");
+            if !sleep_unless(&stop, delay).await {
+                // Stopping: what it had not delivered stays queued.
+                return queue.cursor(&self.destination.name);
+            }
+        }
+    }
+
     /// Delivers until `stop`, then until everything queued is delivered or `drain_until`
     /// passes (the caller bounds the whole stop with `shutdown_timeout`). Returns the last
     /// sequence number delivered.
@@ -200,6 +237,12 @@ impl Forwarder {
                 return;
             }
         };
+        #[cfg(test)]
+        if record.alert_id == "da-panics-once"
+            && !tests::PANICKED.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a delivery loop that panics (test)");
+        }
         let mut alert = match Alert::from_json(record.alert.get()) {
             Ok(a) => a,
             Err(e) => {
@@ -345,6 +388,98 @@ mod tests {
     use crate::sink::SinkConfig;
     use crate::source::Checkpoint;
     use tokio::io::AsyncBufReadExt;
+
+    pub(super) static PANICKED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// A delivery loop that panics is started again from its cursor, and delivers the record
+    /// it panicked on and the ones after it.
+    #[tokio::test]
+    async fn a_delivery_loop_that_panics_starts_again_from_its_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let receiver = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                let (conn, _) = listener.accept().await.expect("accept");
+                let mut lines = tokio::io::BufReader::new(conn).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    got.push(l);
+                    if got.len() == 2 {
+                        break;
+                    }
+                }
+            }
+            got
+        });
+        let queue = Queue::open(dir.path(), 1 << 20).expect("queue");
+        let destination = Destination {
+            name: "siem".into(),
+            output: OutputConfig {
+                sink: SinkConfig::new(format!("tcp://{addr}").parse().expect("url")),
+                format: "json".into(),
+                header: SyslogHeader::new(HeaderKind::None, 20, "h", "defender-bridge"),
+            },
+            tenants: None,
+            min_severity: None,
+        };
+        queue.attach(&["siem".into()]).expect("attach");
+        let record = |id: &str| {
+            Record {
+                tenant_name: "contoso".into(),
+                tenant_id: "t".into(),
+                api: "graph".into(),
+                alert_id: id.into(),
+                last_update: chrono::Utc::now(),
+                alert: serde_json::value::RawValue::from_string(format!(
+                    r#"{{"id":"{id}","title":"t","severity":"high"}}"#
+                ))
+                .expect("json"),
+                only: None,
+            }
+            .encode()
+        };
+        let cp = Checkpoint::fresh("t", "graph", chrono::Utc::now());
+        queue
+            .append(
+                "t-graph",
+                vec![record("da-panics-once"), record("da-after")],
+                Vec::new(),
+                &cp,
+            )
+            .await
+            .expect("append");
+        let forwarder = Forwarder {
+            output: Arc::new(Output::build(&destination.output).expect("output")),
+            destination,
+            tenants: Arc::new(HashMap::new()),
+        };
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(forwarder.run_supervised(
+            queue.clone(),
+            stop.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+        ));
+        let got = tokio::time::timeout(Duration::from_secs(20), receiver)
+            .await
+            .expect("both records arrive after the restart")
+            .expect("receiver");
+        assert!(PANICKED.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(
+            got[0].contains("da-panics-once") && got[1].contains("da-after"),
+            "{got:?}"
+        );
+        stop.cancel();
+        let acked = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the loop ends")
+            .expect("task")
+            .expect("no queue error");
+        assert_eq!(acked, 2);
+    }
 
     /// A damaged record in the queue (here: bytes that are not a record) goes to the dead
     /// letters with its sequence number, and the records behind it are delivered; the cursor moves
