@@ -88,15 +88,6 @@ pub struct LetterSelection {
     pub reason: Option<String>,
 }
 
-impl LetterSelection {
-    pub fn selection(&self) -> defender_bridge::dead_letter::Selection<'_> {
-        defender_bridge::dead_letter::Selection {
-            destination: self.destination.as_deref(),
-            reason: self.reason.as_deref(),
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct ConfigArg {
     /// Configuration file

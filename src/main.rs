@@ -529,6 +529,15 @@ fn bail_rejected(n: usize) -> Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
+impl cli::LetterSelection {
+    pub fn selection(&self) -> defender_bridge::dead_letter::Selection<'_> {
+        defender_bridge::dead_letter::Selection {
+            destination: self.destination.as_deref(),
+            reason: self.reason.as_deref(),
+        }
+    }
+}
+
 async fn dead_letters(cmd: DeadLettersCommand) -> Result<ExitCode> {
     use defender_bridge::dead_letter::{self, Selection};
     match cmd {
