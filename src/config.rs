@@ -113,13 +113,65 @@ fn duration(
 
 /// Where a secret is: an environment variable or a file (whose content, trimmed, is the
 /// secret).
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct SecretRef {
-    #[serde(default)]
     pub env: Option<String>,
-    #[serde(default)]
     pub file: Option<PathBuf>,
+}
+
+/// Said when a secret is written into the config itself. serde's own message would quote the
+/// value ("invalid type: string \"SuperSecret…\"") on stderr and, through the unit's
+/// `ExecStartPre=check`, in the journal (issue 10 §6): this one never does.
+const INLINE_SECRET: &str = "a secret cannot be written in the configuration file (it would be \
+     readable by anyone who can read the file, and shown in errors): put it in an environment \
+     variable and write { env = \"NAME\" }, or in a file readable only by the service and write \
+     { file = \"/path\" }";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            #[serde(default)]
+            env: Option<String>,
+            #[serde(default)]
+            file: Option<PathBuf>,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Table;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{ env = \"NAME\" } or { file = \"/path\" }")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Table, A::Error> {
+                Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+            // Every other kind of value is refused without repeating it.
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Table, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Table, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Table, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Table, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Table, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Table, A::Error> {
+                Err(serde::de::Error::custom(INLINE_SECRET))
+            }
+        }
+        let t = d.deserialize_any(Visitor)?;
+        Ok(SecretRef {
+            env: t.env,
+            file: t.file,
+        })
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -773,6 +825,36 @@ mod tests {
         assert_eq!(c.destinations[0].output.format, "qradar");
     }
 
+    /// A secret written into the file is refused with its line and the way to do it, and the
+    /// error never repeats it, whatever its type or where it is (issue 10 §6).
+    #[test]
+    fn an_inline_secret_is_refused_without_being_repeated() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let dest = "[[destination]]\nurl = \"udp://127.0.0.1:514\"\nformat = \"json\"\n";
+        let tenant = |secret: &str| {
+            format!("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = {secret}\n{dest}")
+        };
+        for (src, line) in [
+            (tenant("\"SuperSecretValue123\""), 5),
+            (tenant("987654321"), 5),
+            (tenant("[\"SuperSecretValue123\"]"), 5),
+            (tenant("{ value = \"SuperSecretValue123\" }"), 5),
+            (
+                format!("proxy = \"http://proxy:3128\"\nproxy_username = \"u\"\nproxy_password = \"SuperSecretValue123\"\n{TENANT}{dest}"),
+                3,
+            ),
+        ] {
+            let e = err(&src);
+            let text = e.to_string();
+            assert!(!text.contains("SuperSecretValue123") && !text.contains("987654321"), "{text}");
+            assert_eq!(e.line, Some(line), "{text}");
+            // An unknown key in the table is named, its value is not.
+            if !src.contains("value =") {
+                assert!(text.contains("{ env = \"NAME\" }"), "{text}");
+            }
+        }
+    }
+
     #[test]
     fn mistakes_name_their_line() {
         std::env::set_var("DB_TEST_SECRET_A", "x");
@@ -780,7 +862,7 @@ mod tests {
             ("polling = \"60s\"\n", 1, "unknown field `polling`"),
             ("poll_interval = \"sixty\"\n", 1, "not a duration"),
             ("update_policy = \"some\"\n", 1, "update_policy is \"some\""),
-            ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"plain\"\n", 5, "invalid type"),
+            ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"plain\"\n", 5, "a secret cannot be written in the configuration file"),
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_UNSET_VAR\" }\n", 5, "environment variable DB_TEST_UNSET_VAR is not set"),
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\n", 1, "needs client_secret"),
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\ncloud = \"azure-china\"\n", 6, "cloud is \"azure-china\""),
