@@ -109,6 +109,11 @@ pub struct CheckArgs {
     /// destination
     #[arg(long)]
     pub online: bool,
+
+    /// With --online: connect to each destination but send it no test record (a production
+    /// SIEM that must not see a synthetic alert)
+    #[arg(long, requires = "online")]
+    pub no_send: bool,
 }
 
 #[derive(Subcommand, Debug)]

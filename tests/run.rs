@@ -344,7 +344,8 @@ async fn check_online_and_tenants_verify_say_ok_or_what_is_wrong() {
     let receiver = rsyslog(RsyslogInput::Tcp).await;
     let s = setup(
         receiver.port,
-        "\n[[destination]]\nurl = \"tcp://127.0.0.1:1\"\nformat = \"qradar\"\n",
+        "\n[[destination]]\nurl = \"tcp://127.0.0.1:1\"\nformat = \"qradar\"\n\
+         [[destination]]\nurl = \"tcp://no-such-siem.invalid:514\"\nformat = \"json\"\n",
     )
     .await;
     std::fs::write(s.dir.path().join("northwind.secret"), "wrong").unwrap();
@@ -365,7 +366,13 @@ async fn check_online_and_tenants_verify_say_ok_or_what_is_wrong() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains(": OK: 3 tenant(s), 2 destination(s)"),
+        stdout.contains(": OK: 3 tenant(s), 3 destination(s)"),
+        "{stdout}"
+    );
+    // A name that does not resolve (DNS not up yet at boot) is a warning offline, not a failure
+    // that would keep the unit from starting.
+    assert!(
+        stdout.contains("destination tcp://no-such-siem.invalid:514: format json, WARNING: "),
         "{stdout}"
     );
     let resolved = format!(
@@ -373,10 +380,13 @@ async fn check_online_and_tenants_verify_say_ok_or_what_is_wrong() {
         receiver.port
     );
     assert!(stdout.contains(&resolved), "{stdout}");
+    // The tests' tenants sign in at the fake: said as it is, not as "commercial cloud".
     assert!(
-        stdout.contains("tenant northwind: mde API, commercial cloud"),
+        stdout.contains("tenant northwind: mde API, sign-in https://localhost:"),
         "{stdout}"
     );
+    assert!(stdout.contains("(custom endpoints)"), "{stdout}");
+    assert!(!stdout.contains("commercial cloud"), "{stdout}");
     let out = tokio::task::block_in_place(|| run(&["check", "--online"]));
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -416,6 +426,18 @@ async fn check_online_and_tenants_verify_say_ok_or_what_is_wrong() {
     );
     let got = receiver.wait_for_lines(1).await;
     assert!(String::from_utf8_lossy(&got[0]).contains("defender-bridge test alert"));
+    // --no-send: connected, and nothing more arrives at the SIEM.
+    let out = tokio::task::block_in_place(|| run(&["check", "--online", "--no-send"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "destination tcp://127.0.0.1:{}: OK: connected (no test record: --no-send)",
+            receiver.port
+        )),
+        "{stdout}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(support::split_lines(&receiver.output()).len(), 1);
 }
 
 /// A second `run` on the same state directory refuses to start and says why, while the first
