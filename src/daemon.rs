@@ -143,8 +143,23 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
             poll_stop.clone(),
             move || -> Result<Poller, String> {
                 let checkpoint = start_queue.checkpoint(&key).map_err(|e| e.to_string())?;
-                Poller::connect_with_checkpoint(settings.clone(), http.clone(), checkpoint)
-                    .map_err(|e| e.to_string())
+                let resume = match &checkpoint {
+                    Some(cp) => format!("resumes from {}", cp.cursor.to_rfc3339()),
+                    None => format!(
+                        "has no checkpoint yet: starts {} back",
+                        humantime::format_duration(settings.initial_lookback)
+                    ),
+                };
+                let poller =
+                    Poller::connect_with_checkpoint(settings.clone(), http.clone(), checkpoint)
+                        .map_err(|e| e.to_string())?;
+                // One line per tenant at start (issue 10 §6): where it signs in, what it polls,
+                // and where it goes on from.
+                tracing::info!(tenant = %settings.name, tenant_id = %settings.tenant_id,
+                    "polling the {} API of the {} cloud (sign-in {}, API {}) every {:?}; {resume}",
+                    settings.api, settings.cloud, settings.authority_host(), settings.api_base(),
+                    settings.poll_interval);
+                Ok(poller)
             },
             move |poller: Poller| poller.run(pages.clone(), tenant_stop.clone()),
         ));
@@ -214,7 +229,23 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
         }
     }
     let queue_stats = queue.stats();
+    let letters = queue.dead_letters().map(|l| l.len()).unwrap_or(0);
     queue.close().await;
+    // The summary at stop (issue 10 §6).
+    tracing::info!(
+        "stopped: {} alert version(s) queued this run, {} rejected, {} undecodable; {} write \
+         transaction(s); {} dead letter(s) kept",
+        stats.alerts.load(Ordering::Relaxed),
+        stats.rejected.load(Ordering::Relaxed),
+        stats.undecodable.load(Ordering::Relaxed),
+        queue_stats.commits,
+        letters
+    );
+    for (name, s) in &out {
+        tracing::info!(destination = %name,
+            "delivered {} record(s) ({} bytes), {} value(s) truncated, {} dead-lettered, {} reconnect(s)",
+            s.sink.messages_sent, s.sink.bytes_sent, s.truncated, s.dead_lettered, s.sink.reconnects);
+    }
     for e in behind {
         unflushed.push(e);
     }

@@ -24,8 +24,12 @@ use defender_bridge::sink::{Framing, SinkConfig};
 use defender_bridge::source::{build_http_client, Cloud, Poller};
 use tokio_util::sync::CancellationToken;
 
+/// `--log-format`, set once before the command runs.
+static LOG_FORMAT: std::sync::OnceLock<cli::LogFormat> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     let result = match cli.command {
         Command::Convert(args) => convert(args),
         Command::Send(args) => block_on(send(args)),
@@ -66,11 +70,16 @@ fn init_logging() {
 fn init_logging_at(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LOG_FORMAT.get() {
+        Some(cli::LogFormat::Json) => builder.json().try_init(),
+        // Colours only on a terminal: journald would store the escape codes.
+        _ => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config> {

@@ -114,8 +114,13 @@ hostname = "bridge"
 }
 
 fn start(config: &Path) -> tokio::process::Child {
+    start_with(config, &[])
+}
+
+fn start_with(config: &Path, extra: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
         .args(["run", "--config", config.to_str().unwrap()])
+        .args(extra)
         .env("CONTOSO_SECRET", "secret-one")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -266,6 +271,73 @@ async fn every_version_of_every_tenant_arrives_once_across_restarts() {
     assert_eq!(lines.len(), want.len() + want2.len());
     let every: BTreeSet<Version> = want.union(&want2).cloned().collect();
     assert_exactly(&all, &every);
+}
+
+/// The log says, per tenant at start, where it signs in and where it goes on from, and sums up
+/// at stop; `--log-format json` makes every line one JSON object; no line holds a secret
+/// (issue 10 §6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_says_where_tenants_resume_and_sums_up_at_stop_in_text_or_json() {
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(receiver.port, "").await;
+    let mut want = BTreeSet::new();
+    put(
+        &s.fake,
+        &mut want,
+        (T1, "contoso", Api::Graph, "da-log-1", ago(100), "new"),
+    );
+    let child = start(&s.config);
+    wait_lines(&receiver, 1).await;
+    let text = stop(child).await;
+    for name in ["contoso", "fabrikam", "northwind"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("tenant={name}")) && l.contains("polling the"))
+            .unwrap_or_else(|| panic!("no start line for {name}:\n{text}"));
+        assert!(line.contains("sign-in https://localhost:"), "{line}");
+        assert!(
+            line.contains("has no checkpoint yet: starts 1h back"),
+            "{line}"
+        );
+    }
+    assert!(
+        text.contains("stopped: 1 alert version(s) queued this run"),
+        "{text}"
+    );
+    assert!(text.contains("delivered 1 record(s)"), "{text}");
+
+    let child = start_with(&s.config, &["--log-format", "json"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let json = stop(child).await;
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let start_line = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["tenant"] == "contoso"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("polling the"))
+        })
+        .unwrap_or_else(|| panic!("no start line:\n{json}"));
+    assert!(
+        start_line["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("resumes from ")),
+        "{start_line}"
+    );
+    assert_eq!(start_line["level"], "INFO");
+    assert!(lines.iter().any(|l| l["fields"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("stopped: 0 alert version(s)"))));
+    for secret in ["secret-one", "secret-two", "secret-three"] {
+        assert!(
+            !text.contains(secret) && !json.contains(secret),
+            "{secret} in the log"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
