@@ -323,6 +323,7 @@ fn bench() -> anyhow::Result<ExitCode> {
         log_level: "warn".to_string(),
         shutdown_timeout: Duration::from_secs(10),
         queue_max_bytes: defender_bridge::config::DEFAULT_QUEUE_MAX_BYTES,
+        metrics_listen: None,
         tenants: (0..n)
             .map(|i| {
                 let mut s = TenantSettings::new(

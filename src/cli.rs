@@ -44,6 +44,9 @@ pub enum Command {
     /// Validate the configuration; with --online also sign in, read alerts and send a test
     /// record to every destination
     Check(CheckArgs),
+    /// Show the running daemon's tenants and destinations (read from its metrics_listen
+    /// endpoint); exits 1 when something needs attention, 2 when the daemon cannot be reached
+    Status(StatusArgs),
     /// Onboard customer tenants
     #[command(subcommand)]
     Tenants(TenantsCommand),
@@ -108,6 +111,20 @@ pub struct ConfigArg {
         default_value = "/etc/defender-bridge/config.toml"
     )]
     pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+
+    /// The daemon's endpoint, instead of metrics_listen from the configuration
+    #[arg(long, value_name = "HOST:PORT")]
+    pub endpoint: Option<String>,
+
+    /// Print the daemon's answer as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -206,6 +206,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub shutdown_timeout: Option<Spanned<String>>,
     #[serde(default)]
+    pub metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
     pub tenant: Vec<Spanned<RawTenant>>,
     #[serde(default)]
     pub destination: Vec<Spanned<RawDestination>>,
@@ -340,6 +342,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Most bytes the durable queue holds before polling pauses (issue 9 §2).
     pub queue_max_bytes: u64,
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served (`metrics_listen`;
+    /// `None`: off). Loopback by default: the endpoint has no authentication.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub tenants: Vec<Tenant>,
     pub destinations: Vec<Destination>,
     /// Warnings found while loading (a secret file readable by others, skipped TLS checks).
@@ -347,6 +352,11 @@ pub struct Config {
 }
 
 pub const DEFAULT_PATH: &str = "/etc/defender-bridge/config.toml";
+
+/// `metrics_listen` default: loopback, the port Prometheus exporters of this kind use.
+pub const DEFAULT_METRICS_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9464),
+);
 
 /// `queue_max_bytes` default: 1 GiB holds about 300,000 alerts with evidence.
 pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 1 << 30;
@@ -722,6 +732,22 @@ impl Config {
                     )
                 }
                 Some(q) => *q.get_ref(),
+            },
+            metrics_listen: match &raw.metrics_listen {
+                None => Some(DEFAULT_METRICS_LISTEN),
+                Some(m) if m.get_ref().trim().is_empty() => None,
+                Some(m) => match m.get_ref().trim().parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        return c.err(
+                            m.span(),
+                            format!(
+                                "metrics_listen is {:?}: write an address and port such as \"127.0.0.1:9464\", or \"\" for no endpoint",
+                                m.get_ref()
+                            ),
+                        )
+                    }
+                },
             },
             tenants,
             destinations,

@@ -78,6 +78,10 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
             config.state_dir.display()
         ),
     }
+    // Before anything counts: a metric handle made before the recorder is a no-op for good.
+    let recorder = config
+        .metrics_listen
+        .and_then(|_| crate::metrics::recorder());
     let queue = Queue::open(&config.state_dir, config.queue_max_bytes)?;
     for t in &config.tenants {
         let s = &t.settings;
@@ -109,13 +113,22 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
     let deliver_stop = CancellationToken::new();
     let out_of_time = Arc::new(tokio::sync::Notify::new());
     let mut deliveries = tokio::task::JoinSet::new();
+    let mut destination_views = Vec::new();
     for d in &config.destinations {
         let output = Arc::new(Output::build(&d.output)?);
         outputs.push((d.name.clone(), output.clone()));
+        let progress = Arc::new(crate::metrics::Progress::default());
+        destination_views.push(crate::metrics::DestinationView {
+            name: d.name.clone(),
+            url: d.output.sink.destination.to_string(),
+            output: output.clone(),
+            progress: progress.clone(),
+        });
         let forwarder = Forwarder {
             destination: d.clone(),
             output,
             tenants: by_name.clone(),
+            progress,
         };
         deliveries.spawn(forwarder.run_supervised(
             queue.clone(),
@@ -126,8 +139,19 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
     let stats = Arc::new(RunStats::default());
     let poll_stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut tenant_views = Vec::new();
     for tenant in &config.tenants {
         let settings = tenant.settings.clone();
+        // One status per tenant for the whole run: a restarted poller goes on with it.
+        let status = Arc::new(std::sync::Mutex::new(
+            crate::source::defender::TenantStatus::default(),
+        ));
+        tenant_views.push(crate::metrics::TenantView {
+            name: settings.name.clone(),
+            api: settings.api,
+            poll_interval: settings.poll_interval,
+            status: status.clone(),
+        });
         let key = checkpoint_key(&settings.tenant_id, settings.api);
         let (http, start_queue) = (http.clone(), queue.clone());
         let pages = TenantPages {
@@ -152,7 +176,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
                 };
                 let poller =
                     Poller::connect_with_checkpoint(settings.clone(), http.clone(), checkpoint)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| e.to_string())?
+                        .with_status(status.clone());
                 // One line per tenant at start (issue 10 §6): where it signs in, what it polls,
                 // and where it goes on from.
                 tracing::info!(tenant = %settings.name, tenant_id = %settings.tenant_id,
@@ -163,6 +188,34 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
             },
             move |poller: Poller| poller.run(pages.clone(), tenant_stop.clone()),
         ));
+    }
+    let metrics_stop = CancellationToken::new();
+    let mut metrics_task = None;
+    if let Some(addr) = config.metrics_listen {
+        let health = Arc::new(crate::metrics::Health {
+            tenants: tenant_views,
+            destinations: destination_views,
+            queue: queue.clone(),
+        });
+        // Delivery comes first: an endpoint that cannot be served is an error in the log,
+        // not a daemon that does not run.
+        match (tokio::net::TcpListener::bind(addr).await, recorder.clone()) {
+            (Ok(listener), Some(handle)) => {
+                tracing::info!("metrics, /healthz, /readyz and /status on http://{addr}");
+                metrics_task = Some(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    handle,
+                    health,
+                    metrics_stop.clone(),
+                )));
+            }
+            (Err(e), _) => tracing::error!(
+                "cannot serve metrics on {addr} (metrics_listen): {e}; running without them"
+            ),
+            (_, None) => {
+                tracing::error!("cannot install the metrics recorder; running without metrics")
+            }
+        }
     }
     let q = queue.stats();
     tracing::info!(
@@ -201,6 +254,11 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
             deliveries.abort_all();
             while deliveries.join_next().await.is_some() {}
         }
+    }
+    // The endpoint holds the writers: it ends before they are shut down.
+    metrics_stop.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
     }
     let head = queue.stats().head;
     let mut out = Vec::new();

@@ -46,6 +46,8 @@ pub struct Forwarder {
     pub output: Arc<Output>,
     /// Tenants by name, for each record's syslog host name and portal link.
     pub tenants: Arc<HashMap<String, Tenant>>,
+    /// When it last delivered, for `status`.
+    pub progress: Arc<crate::metrics::Progress>,
 }
 
 /// Delays before a delivery loop that panicked starts again.
@@ -110,8 +112,10 @@ impl Forwarder {
         let mut read = acked;
         let mut delivered = acked;
         let mut last_ack = tokio::time::Instant::now();
-        // (writer's accepted count once the record's messages are in, sequence number)
-        let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+        // (writer's accepted count once the record's messages are in, sequence number, when it
+        // was handed over)
+        let mut pending: VecDeque<(u64, u64, std::time::Instant)> = VecDeque::new();
+        let latency = metrics::histogram!("defender_bridge_delivery_latency_seconds", "destination" => name.clone());
         let mut head = queue.subscribe();
         let mut done = self.output.done();
         let stopping = stop.clone();
@@ -121,13 +125,18 @@ impl Forwarder {
             let now_done = *done.borrow_and_update();
             // Before the records they belong to leave `pending`.
             self.keep_refused(&queue, &pending).await;
+            let before = delivered;
             while pending
                 .front()
-                .is_some_and(|(target, _)| *target <= now_done)
+                .is_some_and(|(target, _, _)| *target <= now_done)
             {
-                if let Some((_, seq)) = pending.pop_front() {
+                if let Some((_, seq, handed)) = pending.pop_front() {
+                    latency.record(handed.elapsed().as_secs_f64());
                     delivered = seq;
                 }
+            }
+            if delivered > before {
+                self.progress.delivered_now();
             }
             if pending.is_empty() && read > delivered {
                 // Records that made no message (filtered out, dead-lettered) count as delivered.
@@ -179,7 +188,7 @@ impl Forwarder {
                             break;
                         }
                     }
-                    pending.push_back((self.output.accepted(), seq));
+                    pending.push_back((self.output.accepted(), seq, std::time::Instant::now()));
                     read = seq;
                 }
                 if out_of_time {
@@ -200,9 +209,9 @@ impl Forwarder {
         self.keep_refused(&queue, &pending).await;
         while pending
             .front()
-            .is_some_and(|(target, _)| *target <= now_done)
+            .is_some_and(|(target, _, _)| *target <= now_done)
         {
-            if let Some((_, seq)) = pending.pop_front() {
+            if let Some((_, seq, _)) = pending.pop_front() {
                 delivered = seq;
             }
         }
@@ -307,7 +316,11 @@ impl Forwarder {
 
     /// Keeps as dead letters the records whose messages the receiver refused (RELP `rsp 500`):
     /// the writer counts them done, so the cursor would move past them (issue 9 §5).
-    async fn keep_refused(&self, queue: &Queue, pending: &VecDeque<(u64, u64)>) {
+    async fn keep_refused(
+        &self,
+        queue: &Queue,
+        pending: &VecDeque<(u64, u64, std::time::Instant)>,
+    ) {
         let refusals = self.output.take_refusals();
         if refusals.is_empty() {
             return;
@@ -316,7 +329,8 @@ impl Forwarder {
         let mut letters = Vec::new();
         for r in refusals {
             // The record whose messages end at or after the refused one.
-            let Some(&(_, seq)) = pending.iter().find(|(target, _)| *target >= r.number) else {
+            let Some(&(_, seq, _)) = pending.iter().find(|(target, _, _)| *target >= r.number)
+            else {
                 tracing::error!(destination = %name, "a refused message belongs to no record in flight: {}", r.reason);
                 continue;
             };
@@ -367,7 +381,11 @@ impl Forwarder {
 async fn keep_letters(queue: &Queue, destination: &str, letters: Vec<Vec<u8>>) {
     loop {
         match queue.keep_dead_letters(letters.clone()).await {
-            Ok(()) => return,
+            Ok(()) => {
+                metrics::counter!("defender_bridge_dead_letters_total", "destination" => destination.to_string())
+                    .increment(letters.len() as u64);
+                return;
+            }
             Err(QueueError::Closed) => {
                 // Stopping: the cursor cannot move either; the record comes again next start.
                 std::future::pending::<()>().await;
@@ -456,6 +474,7 @@ mod tests {
             output: Arc::new(Output::build(&destination.output).expect("output")),
             destination,
             tenants: Arc::new(HashMap::new()),
+            progress: Arc::default(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run_supervised(
@@ -534,6 +553,7 @@ mod tests {
             output: Arc::new(Output::build(&destination.output).expect("output")),
             destination,
             tenants: Arc::new(HashMap::new()),
+            progress: Arc::default(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(
@@ -670,6 +690,7 @@ mod tests {
             output: Arc::new(Output::build(&destination.output).expect("output")),
             destination,
             tenants: Arc::new(HashMap::new()),
+            progress: Arc::default(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod fake_api;
 pub mod format;
 pub mod input;
+pub mod metrics;
 pub mod output;
 pub mod queue;
 pub mod sink;

@@ -340,6 +340,231 @@ async fn the_log_says_where_tenants_resume_and_sums_up_at_stop_in_text_or_json()
     }
 }
 
+/// One scrape of the daemon's endpoint: (status code, body).
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    match client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// A Prometheus text exposition as (name and sorted labels) → value.
+fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let key = match key.split_once('{') {
+                None => key.to_string(),
+                Some((name, labels)) => {
+                    let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                    labels.sort();
+                    format!("{name}{{{}}}", labels.join(","))
+                }
+            };
+            Some((key, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until `f` holds for the answer to `path`.
+async fn wait_for(port: u16, path: &str, what: &str, f: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get(port, path).await;
+        if f(code, &body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The metrics endpoint counts what was polled, forwarded and delivered, exactly; `/readyz`
+/// and `status` flip when the SIEM goes down and back; nothing on it holds a secret
+/// (issue 10 §4, §5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_readiness_and_status_follow_the_run() {
+    let mut receiver = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(receiver.port, "").await;
+    let port = support::free_port(support::Proto::Tcp);
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("metrics_listen = \"127.0.0.1:{port}\"\n{config}"),
+    )
+    .unwrap();
+    let mut want = BTreeSet::new();
+    for i in 0..3 {
+        put(
+            &s.fake,
+            &mut want,
+            (
+                T1,
+                "contoso",
+                Api::Graph,
+                &format!("da-m-{i}"),
+                ago(100 - i),
+                "new",
+            ),
+        );
+    }
+    put(
+        &s.fake,
+        &mut want,
+        (T2, "fabrikam", Api::Graph, "da-m-f", ago(90), "new"),
+    );
+    put(
+        &s.fake,
+        &mut want,
+        (T3, "northwind", Api::Mde, "da638-m-n", ago(80), "New"),
+    );
+    let child = start(&s.config);
+    wait_lines(&receiver, 5).await;
+    let dest = format!("destination=\"tcp://127.0.0.1:{}\"", receiver.port);
+    let delivered = format!("defender_bridge_records_delivered_total{{{dest}}}");
+    // Ready once every tenant has had a successful poll.
+    wait_for(port, "/readyz", "ready", |c, _| c == 200).await;
+    let metrics = wait_for(port, "/metrics", "5 delivered", |c, b| {
+        c == 200 && samples(b).get(&delivered) == Some(&5.0)
+    })
+    .await;
+    let m = samples(&metrics);
+    let at = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} in\n{metrics}"))
+    };
+    for (tenant, n) in [("contoso", 3.0), ("fabrikam", 1.0), ("northwind", 1.0)] {
+        let t = format!("tenant=\"{tenant}\"");
+        assert_eq!(
+            at(&format!(
+                "defender_bridge_alert_versions_forwarded_total{{{t}}}"
+            )),
+            n
+        );
+        assert!(at(&format!("defender_bridge_alerts_polled_total{{{t}}}")) >= n);
+        assert!(
+            at(&format!(
+                "defender_bridge_api_requests_total{{status=\"200\",{t}}}"
+            )) >= 1.0
+        );
+        assert_eq!(
+            at(&format!("defender_bridge_token_refreshes_total{{{t}}}")),
+            1.0
+        );
+        assert_eq!(
+            at(&format!(
+                "defender_bridge_tenant_consecutive_failures{{{t}}}"
+            )),
+            0.0
+        );
+        assert!(
+            at(&format!(
+                "defender_bridge_tenant_last_success_timestamp_seconds{{{t}}}"
+            )) > 1.7e9
+        );
+    }
+    assert!(at(&format!("defender_bridge_bytes_delivered_total{{{dest}}}")) > 500.0);
+    assert_eq!(at(&format!("defender_bridge_queue_depth{{{dest}}}")), 0.0);
+    assert_eq!(
+        at(&format!("defender_bridge_destination_up{{{dest}}}")),
+        1.0
+    );
+    assert_eq!(
+        at(&format!(
+            "defender_bridge_delivery_latency_seconds_count{{{dest}}}"
+        )),
+        5.0
+    );
+    assert!(
+        metrics.contains("# HELP defender_bridge_queue_depth "),
+        "{metrics}"
+    );
+    assert_eq!(get(port, "/healthz").await, (200, "ok\n".to_string()));
+    let status = |code: i32| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+            .args(["status", "--config", s.config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let table = status(0);
+    assert!(
+        table.contains("contoso") && table.contains("northwind"),
+        "{table}"
+    );
+    assert!(table.contains("all well"), "{table}");
+
+    // The SIEM goes down while an alert waits: not ready, and status says why.
+    receiver.kill();
+    put(
+        &s.fake,
+        &mut want,
+        (T1, "contoso", Api::Graph, "da-m-late", ago(10), "new"),
+    );
+    let body = wait_for(port, "/readyz", "not ready", |c, _| c == 503).await;
+    assert!(
+        body.contains(&format!(
+            "destination tcp://127.0.0.1:{}: down",
+            receiver.port
+        )),
+        "{body}"
+    );
+    let table = status(1);
+    assert!(
+        table.contains("needs attention") && table.contains("down"),
+        "{table}"
+    );
+    let m = samples(&get(port, "/metrics").await.1);
+    assert_eq!(
+        m.get(&format!("defender_bridge_destination_up{{{dest}}}")),
+        Some(&0.0)
+    );
+    // And back: ready again, and the waiting alert delivered.
+    receiver.start().await;
+    wait_for(port, "/readyz", "ready again", |c, _| c == 200).await;
+    // Every version arrives; the kill makes resend_on_reconnect send the last ones again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got: BTreeSet<Version> = received(&support::split_lines(&receiver.output()))
+            .into_iter()
+            .map(|g| g.0)
+            .collect();
+        if got.len() >= want.len() || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let metrics = get(port, "/metrics").await.1;
+    let status_json = get(port, "/status").await.1;
+    stop(child).await;
+    assert_eq!(got, want);
+    for secret in ["secret-one", "secret-two", "secret-three"] {
+        assert!(
+            !metrics.contains(secret) && !status_json.contains(secret),
+            "{secret}"
+        );
+    }
+    // Stopped: status cannot reach it, and says so with its own exit code.
+    status(2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_tenant_and_a_wrong_secret_never_hold_up_the_others() {
     let receiver = rsyslog(RsyslogInput::Tcp).await;

@@ -76,6 +76,21 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// A short name of the kind of failure, for the metric's label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthError::SecretExpired { .. } => "secret_expired",
+            AuthError::WrongSecret { .. } => "wrong_secret",
+            AuthError::AppNotConsented { .. } => "app_not_consented",
+            AuthError::UnknownTenant { .. } => "unknown_tenant",
+            AuthError::ProxyAuthRequired => "proxy_auth",
+            AuthError::Refused { .. } => "refused",
+            AuthError::Transport(_) => "transport",
+            AuthError::Certificate(_) => "certificate",
+            AuthError::Settings(_) => "settings",
+        }
+    }
+
     /// Errors that will not go away by retrying soon; the poller backs off to its maximum.
     pub fn is_permanent(&self) -> bool {
         !matches!(
@@ -97,6 +112,8 @@ pub struct EntraTokenProvider {
     settings: Arc<TenantSettings>,
     factory: Box<CredentialFactory>,
     credential: RwLock<Arc<dyn TokenCredential>>,
+    /// The expiry of the last token handed out: a different one is a refresh.
+    last_expiry: std::sync::Mutex<Option<azure_core::time::OffsetDateTime>>,
 }
 
 impl EntraTokenProvider {
@@ -161,6 +178,7 @@ impl EntraTokenProvider {
             settings,
             factory,
             credential: RwLock::new(credential),
+            last_expiry: std::sync::Mutex::new(None),
         })
     }
 
@@ -216,9 +234,25 @@ impl TokenProvider for EntraTokenProvider {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        cred.get_token(&[self.scope], None)
-            .await
-            .map_err(|e| self.map_error(e))
+        let name = &self.settings.name;
+        match cred.get_token(&[self.scope], None).await {
+            Ok(token) => {
+                // The SDK caches the token: a new expiry is a new token from Entra ID.
+                let mut last = self.last_expiry.lock().unwrap_or_else(|p| p.into_inner());
+                if *last != Some(token.expires_on) {
+                    *last = Some(token.expires_on);
+                    metrics::counter!("defender_bridge_token_refreshes_total", "tenant" => name.clone())
+                        .increment(1);
+                }
+                Ok(token)
+            }
+            Err(e) => {
+                let e = self.map_error(e);
+                metrics::counter!("defender_bridge_sign_in_failures_total", "tenant" => name.clone(), "kind" => e.kind())
+                    .increment(1);
+                Err(e)
+            }
+        }
     }
 
     fn invalidate(&self) {

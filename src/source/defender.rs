@@ -385,6 +385,13 @@ impl Poller {
         self.server.clock_offset
     }
 
+    /// Keeps the tenant's health in `status` (shared with the daemon's health endpoints, and
+    /// kept across a restart of the poller).
+    pub fn with_status(mut self, status: Arc<Mutex<TenantStatus>>) -> Self {
+        self.status = status;
+        self
+    }
+
     /// A handle on the tenant's health, updated by [`Poller::run`].
     pub fn status(&self) -> Arc<Mutex<TenantStatus>> {
         self.status.clone()
@@ -829,6 +836,8 @@ impl Poller {
             pages.accept(batch).await?;
         }
         // Accepted: only now does the state move.
+        metrics::counter!("defender_bridge_alert_versions_forwarded_total", "tenant" => self.settings.name.clone())
+            .increment(forwarded as u64);
         stats.forwarded += forwarded;
         stats.rejected += rejected_count;
         self.state = next;
@@ -847,6 +856,8 @@ impl Poller {
     /// readable lastUpdate cannot be de-duplicated or cursored: it is handed over as rejected,
     /// for the dead-letter file (issue 8 §12), never silently dropped.
     fn parse(&self, values: Vec<Box<RawValue>>) -> Parsed {
+        metrics::counter!("defender_bridge_alerts_polled_total", "tenant" => self.settings.name.clone())
+            .increment(values.len() as u64);
         let mut out = Parsed {
             alerts: Vec::with_capacity(values.len()),
             rejected: Vec::new(),
@@ -999,9 +1010,13 @@ impl Poller {
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
             let failure = match req.send().await {
-                Err(e) => describe_reqwest(&e),
+                Err(e) => {
+                    metrics::counter!("defender_bridge_api_requests_total", "tenant" => s.name.clone(), "status" => "error").increment(1);
+                    describe_reqwest(&e)
+                }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    metrics::counter!("defender_bridge_api_requests_total", "tenant" => s.name.clone(), "status" => status.to_string()).increment(1);
                     let date = resp
                         .headers()
                         .get(reqwest::header::DATE)
@@ -1045,6 +1060,7 @@ impl Poller {
                             })
                         }
                         429 => {
+                            metrics::counter!("defender_bridge_api_throttled_total", "tenant" => s.name.clone()).increment(1);
                             throttled += 1;
                             if throttled > MAX_THROTTLED {
                                 return Err(PollError::Throttled(throttled - 1));
