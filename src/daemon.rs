@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
-use crate::config::{Config, Tenant};
+use crate::config::{Config, Destination, Tenant};
 use crate::dead_letter::Letter;
 use crate::delivery::Forwarder;
 use crate::output::{Output, OutputStats};
@@ -52,6 +53,19 @@ pub struct RunStats {
 /// queued and closes them, all within the configured `shutdown_timeout`; what was not
 /// delivered by then stays queued for the next start.
 pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunReport> {
+    run_with_reload(config, stop, None).await
+}
+
+/// [`run`], taking new configurations from `reloads` while it runs (SIGHUP, issue 10 §3): new
+/// tenants and destinations start, removed ones stop, changed ones restart; the queue, the
+/// checkpoints and the cursors stay, so nothing queued is lost. Settings of the whole daemon
+/// (`state_dir`, `queue_max_bytes`, `metrics_listen`, HTTP proxy and CA, `log_level`) take
+/// effect at the next start, and the log says so.
+pub async fn run_with_reload(
+    config: Config,
+    stop: CancellationToken,
+    mut reloads: Option<mpsc::Receiver<Config>>,
+) -> anyhow::Result<RunReport> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -83,14 +97,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
         .metrics_listen
         .and_then(|_| crate::metrics::recorder());
     let queue = Queue::open(&config.state_dir, config.queue_max_bytes)?;
-    for t in &config.tenants {
-        let s = &t.settings;
-        let key = checkpoint_key(&s.tenant_id, s.api);
-        let file = Checkpoint::path(&config.state_dir, &s.tenant_id, &s.api.to_string());
-        if queue.migrate_checkpoint_file(&key, &file)? {
-            tracing::info!(tenant = %s.name, "checkpoint file {} moved into the queue", file.display());
-        }
-    }
+    migrate_checkpoints(&queue, &config)?;
     let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
     queue.attach(&names)?;
     let http = build_http_client(&config.http)?;
@@ -102,69 +109,301 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
         ),
         Err(e) => tracing::warn!("cannot import the dead-letter file of an older version: {e:#}"),
     }
-    let by_name: Arc<HashMap<String, Tenant>> = Arc::new(
-        config
+    let mut running = Running::new(queue.clone(), http, config.shutdown_timeout);
+    running.set_tenant_map(&config);
+    for d in &config.destinations {
+        running.start_destination(d)?;
+    }
+    for t in &config.tenants {
+        running.start_tenant(t);
+    }
+    let metrics_stop = CancellationToken::new();
+    let mut metrics_task = None;
+    if let Some(addr) = config.metrics_listen {
+        // Delivery comes first: an endpoint that cannot be served is an error in the log,
+        // not a daemon that does not run.
+        match (tokio::net::TcpListener::bind(addr).await, recorder.clone()) {
+            (Ok(listener), Some(handle)) => {
+                tracing::info!("metrics, /healthz, /readyz and /status on http://{addr}");
+                metrics_task = Some(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    handle,
+                    running.health.clone(),
+                    metrics_stop.clone(),
+                )));
+            }
+            (Err(e), _) => tracing::error!(
+                "cannot serve metrics on {addr} (metrics_listen): {e}; running without them"
+            ),
+            (_, None) => {
+                tracing::error!("cannot install the metrics recorder; running without metrics")
+            }
+        }
+    }
+    let q = queue.stats();
+    tracing::info!(
+        tenants = config.tenants.len(),
+        destinations = config.destinations.len(),
+        queued_bytes = q.bytes,
+        "running"
+    );
+    let mut current = config;
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break,
+            c = async {
+                match reloads.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => c,
+        };
+        let Some(next) = next else {
+            // Nobody can send a reload any more; run on.
+            reloads = None;
+            continue;
+        };
+        running.reload(&current, &next).await;
+        current = next;
+    }
+    let deadline = tokio::time::Instant::now() + current.shutdown_timeout;
+    tracing::info!("stopping: polling ends, the destinations deliver what is queued");
+    // Pollers first: a page being appended finishes its transaction or is not acknowledged,
+    // and either way its alerts and checkpoint are in the queue together or not at all.
+    running.stop_all_tenants().await;
+    let behind = running.drain_destinations(deadline).await;
+    // The endpoint holds the writers: it ends before they are shut down.
+    metrics_stop.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    let head = queue.stats().head;
+    let mut out = Vec::new();
+    let mut unflushed = Vec::new();
+    let names: Vec<String> = running.destinations.keys().cloned().collect();
+    for (name, output) in running.take_outputs() {
+        let Ok(output) = Arc::try_unwrap(output) else {
+            unflushed.push(format!("{name}: the writer is still in use at shutdown"));
+            continue;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match output.shutdown(left.max(Duration::from_millis(100))).await {
+            Ok(s) => out.push((name, s)),
+            // What the writer had not delivered is still queued (its cursor did not move).
+            Err(e) => {
+                tracing::warn!(destination = %name, "{e}; what it had not delivered stays queued")
+            }
+        }
+    }
+    for name in &names {
+        let cursor = queue.cursor(name).unwrap_or(0);
+        if cursor < head {
+            // Not an error: they are safe on disk and go first at the next start.
+            tracing::warn!(destination = %name,
+                "{} record(s) not delivered by the shutdown deadline stay queued for the next start",
+                head - cursor);
+        }
+    }
+    let stats = running.stats.clone();
+    drop(running);
+    let queue_stats = queue.stats();
+    let letters = queue.dead_letters().map(|l| l.len()).unwrap_or(0);
+    queue.close().await;
+    // The summary at stop (issue 10 §6).
+    tracing::info!(
+        "stopped: {} alert version(s) queued this run, {} rejected, {} undecodable; {} write \
+         transaction(s); {} dead letter(s) kept",
+        stats.alerts.load(Ordering::Relaxed),
+        stats.rejected.load(Ordering::Relaxed),
+        stats.undecodable.load(Ordering::Relaxed),
+        queue_stats.commits,
+        letters
+    );
+    for (name, s) in &out {
+        tracing::info!(destination = %name,
+            "delivered {} record(s) ({} bytes), {} value(s) truncated, {} dead-lettered, {} reconnect(s)",
+            s.sink.messages_sent, s.sink.bytes_sent, s.truncated, s.dead_lettered, s.sink.reconnects);
+    }
+    unflushed.extend(behind);
+    if !unflushed.is_empty() {
+        anyhow::bail!("{}", unflushed.join("; "));
+    }
+    Ok(RunReport {
+        outputs: out,
+        queue: queue_stats,
+    })
+}
+
+/// Moves checkpoint files of the days before the queue into it.
+fn migrate_checkpoints(queue: &Queue, config: &Config) -> anyhow::Result<()> {
+    for t in &config.tenants {
+        let s = &t.settings;
+        let key = checkpoint_key(&s.tenant_id, s.api);
+        let file = Checkpoint::path(&config.state_dir, &s.tenant_id, &s.api.to_string());
+        if queue.migrate_checkpoint_file(&key, &file)? {
+            tracing::info!(tenant = %s.name, "checkpoint file {} moved into the queue", file.display());
+        }
+    }
+    Ok(())
+}
+
+/// A tenant's poller, running under its supervisor.
+struct TenantTask {
+    fingerprint: u64,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A destination's delivery loop and writer.
+struct DestinationTask {
+    fingerprint: u64,
+    output: Arc<Output>,
+    /// Polling has stopped: deliver what is queued, then end (the daemon's stop).
+    stop: CancellationToken,
+    /// Deliver what the writer holds, then end (a reload took the destination out).
+    leave: CancellationToken,
+    /// The deadline has passed: keep what was delivered and end now.
+    out_of_time: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<Result<u64, crate::queue::QueueError>>,
+}
+
+/// The tenants and destinations of a running daemon, started and stopped one by one.
+struct Running {
+    queue: Queue,
+    http: reqwest::Client,
+    shutdown_timeout: Duration,
+    stats: Arc<RunStats>,
+    tenant_map: crate::delivery::TenantMap,
+    tenants: std::collections::BTreeMap<String, TenantTask>,
+    destinations: std::collections::BTreeMap<String, DestinationTask>,
+    health: Arc<crate::metrics::Health>,
+}
+
+impl Running {
+    fn new(queue: Queue, http: reqwest::Client, shutdown_timeout: Duration) -> Running {
+        Running {
+            health: Arc::new(crate::metrics::Health {
+                tenants: std::sync::Mutex::new(Vec::new()),
+                destinations: std::sync::Mutex::new(Vec::new()),
+                queue: queue.clone(),
+            }),
+            queue,
+            http,
+            shutdown_timeout,
+            stats: Arc::new(RunStats::default()),
+            tenant_map: crate::delivery::TenantMap::default(),
+            tenants: Default::default(),
+            destinations: Default::default(),
+        }
+    }
+
+    /// What the delivery loops know of the tenants (syslog host names, portal links).
+    fn set_tenant_map(&self, config: &Config) {
+        let map: HashMap<String, Tenant> = config
             .tenants
             .iter()
             .map(|t| (t.settings.name.clone(), t.clone()))
-            .collect(),
-    );
-    let mut outputs = Vec::new();
-    let deliver_stop = CancellationToken::new();
-    let out_of_time = Arc::new(tokio::sync::Notify::new());
-    let mut deliveries = tokio::task::JoinSet::new();
-    let mut destination_views = Vec::new();
-    for d in &config.destinations {
+            .collect();
+        *self.tenant_map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+    }
+
+    fn start_destination(&mut self, d: &Destination) -> anyhow::Result<()> {
         let output = Arc::new(Output::build(&d.output)?);
-        outputs.push((d.name.clone(), output.clone()));
         let progress = Arc::new(crate::metrics::Progress::default());
-        destination_views.push(crate::metrics::DestinationView {
+        lock(&self.health.destinations).push(crate::metrics::DestinationView {
             name: d.name.clone(),
             url: d.output.sink.destination.to_string(),
             output: output.clone(),
             progress: progress.clone(),
         });
+        let (stop, leave) = (CancellationToken::new(), CancellationToken::new());
+        let out_of_time = Arc::new(tokio::sync::Notify::new());
         let forwarder = Forwarder {
             destination: d.clone(),
-            output,
-            tenants: by_name.clone(),
+            output: output.clone(),
+            tenants: self.tenant_map.clone(),
             progress,
+            leave: leave.clone(),
         };
-        deliveries.spawn(forwarder.run_supervised(
-            queue.clone(),
-            deliver_stop.clone(),
+        let task = tokio::spawn(forwarder.run_supervised(
+            self.queue.clone(),
+            stop.clone(),
             out_of_time.clone(),
         ));
+        self.destinations.insert(
+            d.name.clone(),
+            DestinationTask {
+                fingerprint: destination_fingerprint(d),
+                output,
+                stop,
+                leave,
+                out_of_time,
+                task,
+            },
+        );
+        Ok(())
     }
-    let stats = Arc::new(RunStats::default());
-    let poll_stop = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut tenant_views = Vec::new();
-    for tenant in &config.tenants {
+
+    /// Takes a destination out: it delivers what its writer holds (within `shutdown_timeout`),
+    /// moves its cursor and closes; what it had not read stays queued.
+    async fn stop_destination(&mut self, name: &str) {
+        let Some(d) = self.destinations.remove(name) else {
+            return;
+        };
+        lock(&self.health.destinations).retain(|v| v.name != name);
+        d.leave.cancel();
+        let mut task = d.task;
+        if tokio::time::timeout(self.shutdown_timeout, &mut task)
+            .await
+            .is_err()
+        {
+            d.out_of_time.notify_waiters();
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        match Arc::try_unwrap(d.output) {
+            Ok(output) => {
+                if let Err(e) = output.shutdown(Duration::from_secs(5)).await {
+                    tracing::warn!(destination = %name, "{e}; what it had not delivered stays queued");
+                }
+            }
+            Err(_) => {
+                tracing::warn!(destination = %name, "its writer was still in use when it was taken out")
+            }
+        }
+    }
+
+    fn start_tenant(&mut self, tenant: &Tenant) {
         let settings = tenant.settings.clone();
-        // One status per tenant for the whole run: a restarted poller goes on with it.
+        let name = settings.name.clone();
+        // One status per tenant while it is configured: a restarted poller goes on with it.
         let status = Arc::new(std::sync::Mutex::new(
             crate::source::defender::TenantStatus::default(),
         ));
-        tenant_views.push(crate::metrics::TenantView {
-            name: settings.name.clone(),
+        lock(&self.health.tenants).push(crate::metrics::TenantView {
+            name: name.clone(),
             api: settings.api,
             poll_interval: settings.poll_interval,
             status: status.clone(),
         });
+        let stop = CancellationToken::new();
         let key = checkpoint_key(&settings.tenant_id, settings.api);
-        let (http, start_queue) = (http.clone(), queue.clone());
+        let (http, start_queue) = (self.http.clone(), self.queue.clone());
         let pages = TenantPages {
             tenant: tenant.clone(),
-            queue: queue.clone(),
-            stats: stats.clone(),
-            stop: poll_stop.clone(),
+            queue: self.queue.clone(),
+            stats: self.stats.clone(),
+            stop: stop.clone(),
         };
-        let tenant_stop = poll_stop.clone();
-        tasks.spawn(supervise(
-            tenant.settings.name.clone(),
+        let tenant_stop = stop.clone();
+        let task = tokio::spawn(supervise(
+            name.clone(),
             (settings.backoff_base, settings.backoff_max),
-            poll_stop.clone(),
+            stop.clone(),
             move || -> Result<Poller, String> {
                 let checkpoint = start_queue.checkpoint(&key).map_err(|e| e.to_string())?;
                 let resume = match &checkpoint {
@@ -188,132 +427,241 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
             },
             move |poller: Poller| poller.run(pages.clone(), tenant_stop.clone()),
         ));
+        self.tenants.insert(
+            name,
+            TenantTask {
+                fingerprint: tenant_fingerprint(tenant),
+                stop,
+                task,
+            },
+        );
     }
-    let metrics_stop = CancellationToken::new();
-    let mut metrics_task = None;
-    if let Some(addr) = config.metrics_listen {
-        let health = Arc::new(crate::metrics::Health {
-            tenants: tenant_views,
-            destinations: destination_views,
-            queue: queue.clone(),
-        });
-        // Delivery comes first: an endpoint that cannot be served is an error in the log,
-        // not a daemon that does not run.
-        match (tokio::net::TcpListener::bind(addr).await, recorder.clone()) {
-            (Ok(listener), Some(handle)) => {
-                tracing::info!("metrics, /healthz, /readyz and /status on http://{addr}");
-                metrics_task = Some(tokio::spawn(crate::metrics::serve(
-                    listener,
-                    handle,
-                    health,
-                    metrics_stop.clone(),
-                )));
+
+    /// Stops a tenant's poller between two requests or pages: a page being committed is in the
+    /// queue with its checkpoint, or neither is.
+    async fn stop_tenant(&mut self, name: &str) {
+        if let Some(t) = self.tenants.remove(name) {
+            t.stop.cancel();
+            let _ = t.task.await;
+        }
+        lock(&self.health.tenants).retain(|v| v.name != name);
+    }
+
+    async fn stop_all_tenants(&mut self) {
+        for t in self.tenants.values() {
+            t.stop.cancel();
+        }
+        let names: Vec<String> = self.tenants.keys().cloned().collect();
+        for name in names {
+            if let Some(t) = self.tenants.remove(&name) {
+                let _ = t.task.await;
             }
-            (Err(e), _) => tracing::error!(
-                "cannot serve metrics on {addr} (metrics_listen): {e}; running without them"
+        }
+    }
+
+    /// The daemon's stop: every destination delivers what is queued until `deadline`; then
+    /// each keeps what it delivered and ends. Returns the errors of the loops.
+    async fn drain_destinations(&mut self, deadline: tokio::time::Instant) -> Vec<String> {
+        for d in self.destinations.values() {
+            d.stop.cancel();
+        }
+        let mut behind = Vec::new();
+        for d in self.destinations.values_mut() {
+            let finished = tokio::time::timeout_at(deadline, &mut d.task).await;
+            match finished {
+                Ok(r) => collect_delivery(r, &mut behind),
+                Err(_) => {
+                    // Out of time: each loop keeps what was delivered; the rest stays queued.
+                    d.out_of_time.notify_waiters();
+                    match tokio::time::timeout(Duration::from_secs(5), &mut d.task).await {
+                        Ok(r) => collect_delivery(r, &mut behind),
+                        // A loop stuck in its last cursor write: what it delivered since its
+                        // last write is sent again at the next start (at-least-once).
+                        Err(_) => d.task.abort(),
+                    }
+                }
+            }
+        }
+        behind
+    }
+
+    /// The writers, once their loops have ended, for the final flush.
+    fn take_outputs(&mut self) -> Vec<(String, Arc<Output>)> {
+        lock(&self.health.destinations).clear();
+        std::mem::take(&mut self.destinations)
+            .into_iter()
+            .map(|(name, d)| (name, d.output))
+            .collect()
+    }
+
+    /// Moves from `old` to `new` (a configuration that has been validated): destinations
+    /// first, so that a new tenant's alerts have their destinations.
+    async fn reload(&mut self, old: &Config, new: &Config) {
+        for w in &new.warnings {
+            tracing::warn!("{w}");
+        }
+        for (what, changed) in [
+            ("state_dir", old.state_dir != new.state_dir),
+            (
+                "queue_max_bytes",
+                old.queue_max_bytes != new.queue_max_bytes,
             ),
-            (_, None) => {
-                tracing::error!("cannot install the metrics recorder; running without metrics")
+            ("metrics_listen", old.metrics_listen != new.metrics_listen),
+            (
+                "the HTTP settings (proxy, ca_file)",
+                format!("{:?}", old.http) != format!("{:?}", new.http),
+            ),
+            ("log_level", old.log_level != new.log_level),
+        ] {
+            if changed {
+                tracing::warn!("reload: a new {what} takes effect at the next restart");
             }
         }
-    }
-    let q = queue.stats();
-    tracing::info!(
-        tenants = config.tenants.len(),
-        destinations = config.destinations.len(),
-        queued_bytes = q.bytes,
-        "running"
-    );
-    stop.cancelled().await;
-    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
-    tracing::info!("stopping: polling ends, the destinations deliver what is queued");
-    // Pollers first: a page being appended finishes its transaction or is not acknowledged,
-    // and either way its alerts and checkpoint are in the queue together or not at all.
-    poll_stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    deliver_stop.cancel();
-    let mut behind = Vec::new();
-    let drained = tokio::time::timeout_at(deadline, async {
-        while let Some(r) = deliveries.join_next().await {
-            collect_delivery(r, &mut behind);
-        }
-    })
-    .await;
-    if drained.is_err() {
-        // Out of time: each loop keeps what was delivered; the rest stays queued.
-        out_of_time.notify_waiters();
-        let ended = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(r) = deliveries.join_next().await {
-                collect_delivery(r, &mut behind);
+        self.shutdown_timeout = new.shutdown_timeout;
+        let (mut started, mut stopped, mut restarted) = (0, 0, 0);
+        // Build the new and changed writers before anything stops: one that cannot be built
+        // (a format file that went missing) leaves the old one running.
+        let wanted: HashMap<&str, &Destination> = new
+            .destinations
+            .iter()
+            .map(|d| (d.name.as_str(), d))
+            .collect();
+        let gone: Vec<String> = self
+            .destinations
+            .iter()
+            .filter(|(name, d)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|w| destination_fingerprint(w) != d.fingerprint)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            let restart = wanted.get(name.as_str()).copied();
+            if let Some(d) = restart {
+                if let Err(e) = Output::build(&d.output) {
+                    tracing::error!(destination = %name, "reload: the changed destination cannot start, the old one goes on: {e}");
+                    continue;
+                }
             }
-        })
-        .await;
-        if ended.is_err() {
-            // A loop stuck in its last cursor write: what it delivered since its last write is
-            // sent again at the next start (at-least-once).
-            deliveries.abort_all();
-            while deliveries.join_next().await.is_some() {}
-        }
-    }
-    // The endpoint holds the writers: it ends before they are shut down.
-    metrics_stop.cancel();
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    let head = queue.stats().head;
-    let mut out = Vec::new();
-    let mut unflushed = Vec::new();
-    for (name, output) in outputs {
-        let Ok(output) = Arc::try_unwrap(output) else {
-            unflushed.push(format!("{name}: the writer is still in use at shutdown"));
-            continue;
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match output.shutdown(left.max(Duration::from_millis(100))).await {
-            Ok(s) => out.push((name, s)),
-            // What the writer had not delivered is still queued (its cursor did not move).
-            Err(e) => {
-                tracing::warn!(destination = %name, "{e}; what it had not delivered stays queued")
+            self.stop_destination(name).await;
+            if restart.is_some() {
+                restarted += 1;
+            } else {
+                stopped += 1;
+                tracing::info!(destination = %name, "reload: destination removed");
             }
         }
+        // Cursors: a new destination starts at the head, a removed one's is dropped.
+        let names: Vec<String> = new.destinations.iter().map(|d| d.name.clone()).collect();
+        if let Err(e) = self.queue.attach(&names) {
+            tracing::error!("reload: cannot update the destinations' cursors: {e}");
+        }
+        self.set_tenant_map(new);
+        for d in &new.destinations {
+            if self.destinations.contains_key(&d.name) {
+                continue;
+            }
+            match self.start_destination(d) {
+                Ok(()) if gone.contains(&d.name) => {
+                    tracing::info!(destination = %d.name, "reload: destination restarted with its new settings")
+                }
+                Ok(()) => {
+                    started += 1;
+                    tracing::info!(destination = %d.name, "reload: destination added");
+                }
+                Err(e) => {
+                    tracing::error!(destination = %d.name, "reload: the destination cannot start: {e}")
+                }
+            }
+        }
+        let wanted: HashMap<&str, &Tenant> = new
+            .tenants
+            .iter()
+            .map(|t| (t.settings.name.as_str(), t))
+            .collect();
+        let gone: Vec<String> = self
+            .tenants
+            .iter()
+            .filter(|(name, t)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|w| tenant_fingerprint(w) != t.fingerprint)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.stop_tenant(name).await;
+            if wanted.contains_key(name.as_str()) {
+                restarted += 1;
+                tracing::info!(tenant = %name, "reload: tenant restarted with its new settings");
+            } else {
+                stopped += 1;
+                tracing::info!(tenant = %name, "reload: tenant removed (its checkpoint stays in the queue)");
+            }
+        }
+        if let Err(e) = migrate_checkpoints(&self.queue, new) {
+            tracing::warn!("reload: {e:#}");
+        }
+        for t in &new.tenants {
+            if !self.tenants.contains_key(&t.settings.name) {
+                if !gone.contains(&t.settings.name) {
+                    started += 1;
+                    tracing::info!(tenant = %t.settings.name, "reload: tenant added");
+                }
+                self.start_tenant(t);
+            }
+        }
+        tracing::info!(
+            "configuration reloaded: {started} started, {stopped} stopped, {restarted} restarted; {} tenant(s), {} destination(s)",
+            self.tenants.len(),
+            self.destinations.len()
+        );
     }
-    for name in &names {
-        let cursor = queue.cursor(name).unwrap_or(0);
-        if cursor < head {
-            // Not an error: they are safe on disk and go first at the next start.
-            tracing::warn!(destination = %name,
-                "{} record(s) not delivered by the shutdown deadline stay queued for the next start",
-                head - cursor);
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What makes a tenant "changed" on reload: every setting, its secret's value and the
+/// content of its certificate files (a rotated file is a change), hashed in memory only.
+fn tenant_fingerprint(t: &Tenant) -> u64 {
+    use crate::source::Credential;
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{t:?}").hash(&mut h);
+    match &t.settings.credential {
+        Credential::Secret(s) => s.expose().hash(&mut h),
+        Credential::CertificatePem { cert, key } => {
+            std::fs::read(cert).ok().hash(&mut h);
+            key.as_ref().map(|k| std::fs::read(k).ok()).hash(&mut h);
+        }
+        Credential::CertificatePfx { path, password } => {
+            std::fs::read(path).ok().hash(&mut h);
+            password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .hash(&mut h);
         }
     }
-    let queue_stats = queue.stats();
-    let letters = queue.dead_letters().map(|l| l.len()).unwrap_or(0);
-    queue.close().await;
-    // The summary at stop (issue 10 §6).
-    tracing::info!(
-        "stopped: {} alert version(s) queued this run, {} rejected, {} undecodable; {} write \
-         transaction(s); {} dead letter(s) kept",
-        stats.alerts.load(Ordering::Relaxed),
-        stats.rejected.load(Ordering::Relaxed),
-        stats.undecodable.load(Ordering::Relaxed),
-        queue_stats.commits,
-        letters
-    );
-    for (name, s) in &out {
-        tracing::info!(destination = %name,
-            "delivered {} record(s) ({} bytes), {} value(s) truncated, {} dead-lettered, {} reconnect(s)",
-            s.sink.messages_sent, s.sink.bytes_sent, s.truncated, s.dead_lettered, s.sink.reconnects);
+    h.finish()
+}
+
+/// What makes a destination "changed" on reload: its settings, with its tenant filter in a
+/// stable order, and the content of a format file it names.
+fn destination_fingerprint(d: &Destination) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{:?}", d.output).hash(&mut h);
+    format!("{:?}", d.min_severity).hash(&mut h);
+    let mut tenants: Option<Vec<&String>> = d.tenants.as_ref().map(|t| t.iter().collect());
+    if let Some(t) = tenants.as_mut() {
+        t.sort();
     }
-    for e in behind {
-        unflushed.push(e);
-    }
-    if !unflushed.is_empty() {
-        anyhow::bail!("{}", unflushed.join("; "));
-    }
-    Ok(RunReport {
-        outputs: out,
-        queue: queue_stats,
-    })
+    tenants.hash(&mut h);
+    std::fs::read(&d.output.format).ok().hash(&mut h);
+    h.finish()
 }
 
 fn collect_delivery(

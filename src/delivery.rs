@@ -44,11 +44,19 @@ const ACK_EVERY: Duration = Duration::from_millis(250);
 pub struct Forwarder {
     pub destination: Destination,
     pub output: Arc<Output>,
-    /// Tenants by name, for each record's syslog host name and portal link.
-    pub tenants: Arc<HashMap<String, Tenant>>,
+    /// Tenants by name, for each record's syslog host name and portal link; replaced when
+    /// the configuration is reloaded.
+    pub tenants: TenantMap,
     /// When it last delivered, for `status`.
     pub progress: Arc<crate::metrics::Progress>,
+    /// Cancelled to take the destination out of a running daemon (a reload removed or changed
+    /// it): the loop reads nothing more, waits for what its writer holds, moves its cursor and
+    /// ends; the rest stays queued.
+    pub leave: CancellationToken,
 }
+
+/// The tenants by name, as the delivery loops read them.
+pub type TenantMap = Arc<std::sync::RwLock<Arc<HashMap<String, Tenant>>>>;
 
 /// Delays before a delivery loop that panicked starts again.
 const RESTART_BASE: Duration = Duration::from_secs(1);
@@ -155,10 +163,11 @@ impl Forwarder {
                 last_ack = tokio::time::Instant::now();
             }
             let head_now = *head.borrow_and_update();
-            if stopping.is_cancelled() && pending.is_empty() && read >= head_now {
+            let leaving = self.leave.is_cancelled();
+            if pending.is_empty() && (leaving || (stopping.is_cancelled() && read >= head_now)) {
                 return Ok(acked);
             }
-            if pending.len() < IN_FLIGHT && read < head_now {
+            if !leaving && pending.len() < IN_FLIGHT && read < head_now {
                 let batch = match queue.read(read, READ_BATCH) {
                     Ok(b) => b,
                     Err(QueueError::Closed) => return Err(QueueError::Closed),
@@ -201,6 +210,7 @@ impl Forwarder {
                 _ = done.changed() => {}
                 _ = tokio::time::sleep(ACK_EVERY) => {}
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                _ = self.leave.cancelled(), if !self.leave.is_cancelled() => {}
                 _ = &mut drained => break,
             }
         }
@@ -278,7 +288,12 @@ impl Forwarder {
         if !mine || !self.destination.wants(&record.tenant_name, &alert.severity) {
             return;
         }
-        let tenant = self.tenants.get(&record.tenant_name);
+        let tenants = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let tenant = tenants.get(&record.tenant_name);
         if alert.alert_web_url.is_none() {
             // The MDE API has no alert link; Graph's alertWebUrl has this form.
             if let Some(t) = tenant {
@@ -473,8 +488,9 @@ mod tests {
         let forwarder = Forwarder {
             output: Arc::new(Output::build(&destination.output).expect("output")),
             destination,
-            tenants: Arc::new(HashMap::new()),
+            tenants: TenantMap::default(),
             progress: Arc::default(),
+            leave: CancellationToken::new(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run_supervised(
@@ -552,8 +568,9 @@ mod tests {
         let forwarder = Forwarder {
             output: Arc::new(Output::build(&destination.output).expect("output")),
             destination,
-            tenants: Arc::new(HashMap::new()),
+            tenants: TenantMap::default(),
             progress: Arc::default(),
+            leave: CancellationToken::new(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(
@@ -689,8 +706,9 @@ mod tests {
         let forwarder = Forwarder {
             output: Arc::new(Output::build(&destination.output).expect("output")),
             destination,
-            tenants: Arc::new(HashMap::new()),
+            tenants: TenantMap::default(),
             progress: Arc::default(),
+            leave: CancellationToken::new(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(

@@ -107,8 +107,43 @@ async fn run_daemon(args: ConfigArg) -> Result<ExitCode> {
         tracing::info!("signal received");
         signal.cancel();
     });
-    daemon::run(config, stop).await?;
+    let (reloads, reload_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(reload_on_sighup(args.config.clone(), reloads));
+    daemon::run_with_reload(config, stop, Some(reload_rx)).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP (`systemctl reload`): reads and validates the configuration file again and hands it
+/// to the daemon; a file that does not validate is refused, with its errors in the log, and the
+/// running configuration stays (issue 10 §3).
+async fn reload_on_sighup(path: std::path::PathBuf, reloads: tokio::sync::mpsc::Sender<Config>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reloading needs a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading {}", path.display());
+            match Config::load(&path) {
+                Ok(c) if c.tenants.is_empty() || c.destinations.is_empty() => tracing::error!(
+                    "reload refused: {} needs at least one [[tenant]] and one [[destination]]; the running configuration stays",
+                    path.display()
+                ),
+                Ok(c) => {
+                    if reloads.send(c).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    "reload refused, the running configuration stays: {e:#}"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, reloads);
 }
 
 async fn demo(args: DemoArgs) -> Result<ExitCode> {

@@ -122,8 +122,9 @@ impl Progress {
 
 /// The running daemon's parts that health is read from.
 pub struct Health {
-    pub tenants: Vec<TenantView>,
-    pub destinations: Vec<DestinationView>,
+    /// Changed when a reload starts or stops tenants and destinations.
+    pub tenants: Mutex<Vec<TenantView>>,
+    pub destinations: Mutex<Vec<DestinationView>>,
     pub queue: Queue,
 }
 
@@ -175,7 +176,8 @@ impl Health {
         let now = Utc::now();
         let mut problems = Vec::new();
         let mut tenants = Vec::new();
-        for t in &self.tenants {
+        let views = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        for t in views.iter() {
             let s = t.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let labels = [("tenant", t.name.clone())];
             metrics::gauge!("defender_bridge_tenant_behind_seconds", &labels)
@@ -223,7 +225,9 @@ impl Health {
         }
         let head = self.queue.stats().head;
         let mut destinations = Vec::new();
-        for d in &self.destinations {
+        drop(views);
+        let views = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        for d in views.iter() {
             let labels = [("destination", d.name.clone())];
             let stats = d.output.stats();
             metrics::counter!("defender_bridge_records_delivered_total", &labels)
@@ -274,6 +278,7 @@ impl Health {
                 last_delivery: d.progress.last_delivery(),
             });
         }
+        drop(views);
         let q = self.queue.stats();
         let dead_letters = self.queue.dead_letters().map(|l| l.len()).unwrap_or(0);
         metrics::gauge!("defender_bridge_queue_bytes").set(q.bytes as f64);
