@@ -241,6 +241,9 @@ pub struct RawTenant {
     pub poll_interval: Option<Spanned<String>>,
     #[serde(default)]
     pub update_policy: Option<Spanned<String>>,
+    /// "2027-03-31" or an RFC 3339 time: when the client secret expires (issue 10 §7).
+    #[serde(default)]
+    pub secret_expires: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -547,6 +550,33 @@ impl Config {
             };
             if let Some(p) = duration(&c, &t.poll_interval, POLL_INTERVAL)?.or(poll_interval) {
                 s.poll_interval = p;
+            }
+            if let Some(e) = &t.secret_expires {
+                let text = e.get_ref().trim();
+                let parsed = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|d| d.and_utc())
+                    .or_else(|| {
+                        chrono::DateTime::parse_from_rfc3339(text)
+                            .ok()
+                            .map(|d| d.with_timezone(&chrono::Utc))
+                    });
+                match parsed {
+                    Some(d) if t.client_secret.is_some() => s.secret_expires = Some(d),
+                    Some(_) => {
+                        return c.err(
+                            e.span(),
+                            "secret_expires is for a client_secret; a certificate's expiry is read from the certificate".to_string(),
+                        )
+                    }
+                    None => {
+                        return c.err(
+                            e.span(),
+                            format!("secret_expires is {text:?}: write a date such as \"2027-03-31\""),
+                        )
+                    }
+                }
             }
             if let Some(o) = overlap {
                 s.overlap = o;
@@ -896,6 +926,7 @@ mod tests {
             ("[[tenant]]\nname = \"a\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n[[tenant]]\nname = \"a\"\ntenant_id = \"u\"\nclient_id = \"c\"\nclient_secret = { env = \"DB_TEST_SECRET_A\" }\n", 7, "two tenants are named \"a\""),
             (&format!("{TENANT}[[tenant]]\nname = \"b\"\ntenant_id = \" T \"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\n"), 8, "polls the same tenant_id and api as the [[tenant]] block at line 1"),
             (&format!("{TENANT}api = \"mde\"\n[[tenant]]\nname = \"b\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\napi = \"mde\"\n"), 9, "polls the same tenant_id and api"),
+            (&format!("{TENANT}secret_expires = \"soon\"\n"), 6, "secret_expires is \"soon\": write a date"),
             ("[[destination]]\nurl = \"ftp://x\"\nformat = \"json\"\n", 2, "invalid destination"),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"qradr\"\n", 3, "no built-in format of that name"),
             ("[[destination]]\nurl = \"tcp://x:514\"\nformat = \"json\"\nframing = \"nul\"\n", 4, "unknown framing"),

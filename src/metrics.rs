@@ -42,6 +42,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("defender_bridge_tenant_behind_seconds", "gauge", "Now minus the tenant's cursor after its last successful poll"),
     ("defender_bridge_tenant_last_success_timestamp_seconds", "gauge", "Unix time of the tenant's last successful poll (0: none yet)"),
     ("defender_bridge_tenant_consecutive_failures", "gauge", "Polls of the tenant that failed in a row"),
+    ("defender_bridge_credential_expiry_timestamp_seconds", "gauge", "Unix time the tenant's certificate or client secret (secret_expires) expires, where known"),
     ("defender_bridge_records_delivered_total", "counter", "Records delivered, per destination (TCP/TLS: acknowledged by the receiver's TCP; RELP: rsp 200; UDP: sent)"),
     ("defender_bridge_bytes_delivered_total", "counter", "Bytes of the delivered records, framing included, per destination"),
     ("defender_bridge_values_truncated_total", "counter", "Values cut to fit a key's length or the message size, per destination"),

@@ -949,3 +949,100 @@ async fn a_tenant_whose_certificate_appears_later_starts_polling() {
         "{stderr}"
     );
 }
+
+/// A certificate (its notAfter) or a client secret (`secret_expires`) that expires within 30
+/// days is warned in the log and kept as a metric; one further off is not (issue 10 §7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_about_to_expire_are_warned() {
+    use chrono::Datelike;
+    const T4: &str = "aaaaaaaa-0000-4000-8000-000000000004";
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let pem = tempfile::tempdir().unwrap();
+    let cert_path = pem.path().join("app.pem");
+    let extra = format!(
+        "\n[[tenant]]\nname = \"expiring-cert\"\ntenant_id = \"{T4}\"\nclient_id = \"{CLIENT}\"\ncertificate = {{ pem = \"{}\" }}\nauthority_host = \"{{BASE}}\"\napi_base_url = \"{{BASE}}\"\n",
+        cert_path.display()
+    );
+    let s = setup(receiver.port, &extra).await;
+    let day = |days: i64| {
+        (Utc::now() + chrono::Duration::days(days))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let port = support::free_port(support::Proto::Tcp);
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("{BASE}", s.fake.base_url().as_str())
+        .replacen(
+            "client_secret = { env = \"CONTOSO_SECRET\" }",
+            &format!(
+                "client_secret = {{ env = \"CONTOSO_SECRET\" }}\nsecret_expires = \"{}\"",
+                day(5)
+            ),
+            1,
+        )
+        .replacen(
+            "syslog_hostname = \"fabrikam-collector\"",
+            &format!(
+                "syslog_hostname = \"fabrikam-collector\"\nsecret_expires = \"{}\"",
+                day(100)
+            ),
+            1,
+        );
+    std::fs::write(
+        &s.config,
+        format!("metrics_listen = \"127.0.0.1:{port}\"\n{config}"),
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "defender-bridge test app");
+    let expires = Utc::now() + chrono::Duration::days(10);
+    params.not_after =
+        rcgen::date_time_ymd(expires.year(), expires.month() as u8, expires.day() as u8);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(&cert_path, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+    s.fake
+        .add_tenant(T4, CLIENT, FakeCredential::Certificate(cert.pem()));
+    let child = start(&s.config);
+    let metrics = wait_for(port, "/metrics", "the expiry gauge", |c, b| {
+        c == 200
+            && b.contains(
+                "defender_bridge_credential_expiry_timestamp_seconds{tenant=\"expiring-cert\"}",
+            )
+    })
+    .await;
+    let stderr = stop(child).await;
+    let line = |tenant: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(&format!("tenant={tenant}")) && l.contains("expires in"))
+            .map(str::to_string)
+    };
+    let cert_line = line("expiring-cert").unwrap_or_else(|| panic!("no warning:\n{stderr}"));
+    assert!(
+        cert_line.contains("WARN") && cert_line.contains("the certificate of app"),
+        "{cert_line}"
+    );
+    let secret_line = line("contoso").unwrap_or_else(|| panic!("no warning:\n{stderr}"));
+    assert!(
+        secret_line.contains("the client secret of app"),
+        "{secret_line}"
+    );
+    assert!(line("fabrikam").is_none(), "{stderr}");
+    let m = samples(&metrics);
+    let at = |t: &str| {
+        m.get(&format!(
+            "defender_bridge_credential_expiry_timestamp_seconds{{tenant=\"{t}\"}}"
+        ))
+        .copied()
+    };
+    let cert_at = at("expiring-cert").expect("cert gauge");
+    assert!(
+        (cert_at - expires.timestamp() as f64).abs() < 2.0 * 86_400.0,
+        "{cert_at}"
+    );
+    assert!(at("fabrikam").is_some() && at("northwind").is_none());
+}

@@ -33,6 +33,11 @@ pub trait TokenProvider: Send + Sync {
     async fn token(&self) -> Result<AccessToken, AuthError>;
     /// Drops the cached token: the API answered 401, so the next `token()` signs in again.
     fn invalidate(&self);
+    /// When the credential stops working, where that can be known: a certificate's notAfter,
+    /// or the `secret_expires` date of the configuration.
+    fn credential_expiry(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
 }
 
 /// Sign-in failures, by meaning (issue 4 §2; codes from the Entra error reference and
@@ -114,6 +119,7 @@ pub struct EntraTokenProvider {
     credential: RwLock<Arc<dyn TokenCredential>>,
     /// The expiry of the last token handed out: a different one is a refresh.
     last_expiry: std::sync::Mutex<Option<azure_core::time::OffsetDateTime>>,
+    credential_expiry: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl EntraTokenProvider {
@@ -146,6 +152,7 @@ impl EntraTokenProvider {
         };
         let tenant_id = settings.tenant_id.trim().to_string();
         let client_id = settings.client_id.trim().to_string();
+        let mut not_after = None;
         let factory: Box<CredentialFactory> = match &settings.credential {
             Credential::Secret(secret) => {
                 let secret = secret.clone();
@@ -164,21 +171,25 @@ impl EntraTokenProvider {
             }
             Credential::CertificatePem { cert, key } => {
                 let signer = CertificateSigner::from_pem_files(cert, key.as_deref())?;
+                not_after = signer.not_after;
                 cert_factory(signer, tenant_id, client_id, token_url, client_options)
             }
             Credential::CertificatePfx { path, password } => {
                 let pw = password.as_ref().map(|p| p.expose()).unwrap_or("");
                 let signer = CertificateSigner::from_pfx_file(path, pw)?;
+                not_after = signer.not_after;
                 cert_factory(signer, tenant_id, client_id, token_url, client_options)
             }
         };
         let credential = factory()?;
+        let credential_expiry = not_after.or(settings.secret_expires);
         Ok(EntraTokenProvider {
             scope: settings.scope(),
             settings,
             factory,
             credential: RwLock::new(credential),
             last_expiry: std::sync::Mutex::new(None),
+            credential_expiry,
         })
     }
 
@@ -253,6 +264,10 @@ impl TokenProvider for EntraTokenProvider {
                 Err(e)
             }
         }
+    }
+
+    fn credential_expiry(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.credential_expiry
     }
 
     fn invalidate(&self) {
@@ -437,11 +452,13 @@ mod tests {
     }
 }
 
-/// An RS256 key and its certificate's thumbprint.
+/// An RS256 key, its certificate's thumbprint and expiry.
 pub struct CertificateSigner {
     key: EncodingKey,
     /// base64url(SHA-1(certificate DER)), the JWT `x5t` header (rust-stack.md §1.5).
     x5t: String,
+    /// The certificate's notAfter, for the expiry warning (issue 10 §7).
+    not_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl std::fmt::Debug for CertificateSigner {
@@ -468,7 +485,16 @@ impl CertificateSigner {
             AuthError::Certificate(format!("the private key is not a usable RSA key: {e}"))
         })?;
         let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha1::digest(cert_der));
-        Ok(CertificateSigner { key, x5t })
+        let not_after = x509_parser::parse_x509_certificate(cert_der)
+            .ok()
+            .and_then(|(_, c)| {
+                chrono::DateTime::from_timestamp(c.validity().not_after.timestamp(), 0)
+            });
+        Ok(CertificateSigner {
+            key,
+            x5t,
+            not_after,
+        })
     }
 
     /// `cert` holds the certificate (and the key if `key` is `None`), PEM.

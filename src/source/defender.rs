@@ -228,7 +228,12 @@ pub struct Poller {
     /// The next request's rate-limiter token was taken already (see `poll_once`).
     prepaid: AtomicBool,
     status: Arc<Mutex<TenantStatus>>,
+    /// When the credential's expiry was last looked at (once a day).
+    expiry_checked: Option<tokio::time::Instant>,
 }
+
+/// How long before a certificate or secret expires the log starts warning (issue 10 §7).
+const EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(30);
 
 /// Who keeps the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,6 +373,7 @@ impl Poller {
             poll_started_at: 0,
             prepaid: AtomicBool::new(false),
             status: Arc::default(),
+            expiry_checked: None,
         }
     }
 
@@ -406,6 +412,13 @@ impl Poller {
         let mut failures: u32 = 0;
         loop {
             let started = tokio::time::Instant::now();
+            if self
+                .expiry_checked
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(24 * 3600))
+            {
+                self.expiry_checked = Some(started);
+                self.check_expiry();
+            }
             let result = tokio::select! {
                 r = self.poll_once(&pages) => r,
                 _ = shutdown.cancelled() => return,
@@ -452,6 +465,27 @@ impl Poller {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    /// Warns, from 30 days before, that the tenant's certificate or client secret expires
+    /// (an error once it has), and keeps the expiry as a metric.
+    fn check_expiry(&self) {
+        let Some(expires) = self.tokens.credential_expiry() else {
+            return;
+        };
+        let s = &self.settings;
+        metrics::gauge!("defender_bridge_credential_expiry_timestamp_seconds", "tenant" => s.name.clone())
+            .set(expires.timestamp() as f64);
+        let what = match s.credential {
+            super::tenant::Credential::Secret(_) => "client secret",
+            _ => "certificate",
+        };
+        let left = expires - Utc::now();
+        if left <= chrono::Duration::zero() {
+            tracing::error!(tenant = %s.name, "the {what} of app {} expired on {}: sign-in will fail until it is replaced", s.client_id, expires.to_rfc3339());
+        } else if left <= EXPIRY_WARNING {
+            tracing::warn!(tenant = %s.name, "the {what} of app {} expires in {} days ({}): replace it before then", s.client_id, left.num_days(), expires.to_rfc3339());
         }
     }
 

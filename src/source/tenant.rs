@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use url::Url;
 
 /// A secret held in memory. It has no `Display`, and `Debug` prints `***`, so it cannot end up
@@ -255,6 +256,9 @@ pub struct TenantSettings {
     /// Largest response body read for a page (issue 8 §11). A larger page is an error and the
     /// next request asks for half as many alerts.
     pub max_page_bytes: usize,
+    /// When the client secret expires, if the operator wrote it down (`secret_expires`): Entra
+    /// does not say until it has expired (AADSTS7000222).
+    pub secret_expires: Option<DateTime<Utc>>,
 }
 
 impl TenantSettings {
@@ -286,6 +290,7 @@ impl TenantSettings {
             backoff_max: Duration::from_secs(5 * 60),
             // 10,000 MDE alerts with evidence are some tens of MB.
             max_page_bytes: 256 * 1024 * 1024,
+            secret_expires: None,
         }
     }
 
