@@ -1046,3 +1046,99 @@ async fn credentials_about_to_expire_are_warned() {
     );
     assert!(at("fabrikam").is_some() && at("northwind").is_none());
 }
+
+/// Secrets in the environment, in files, a proxy password, and one (wrongly) written inline:
+/// through a failing sign-in, a proxy, debug logging, the metrics and status endpoints and the
+/// config error, none of them appears anywhere, nor any access token (issue 10 §6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_line_a_metric_or_an_error() {
+    let receiver = rsyslog(RsyslogInput::Tcp).await;
+    let s = setup(receiver.port, "").await;
+    // fabrikam's file holds a wrong secret: its sign-in fails, again and again.
+    std::fs::write(s.dir.path().join("fabrikam.secret"), "wrong-file-S3cret\n").unwrap();
+    let (proxy, seen) =
+        support::proxy::start_proxy(s.fake.local_addr(), "user", "pr0xy-S3cret").await;
+    let port = support::free_port(support::Proto::Tcp);
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!(
+            "metrics_listen = \"127.0.0.1:{port}\"\nproxy = \"http://{proxy}\"\nproxy_username = \"user\"\nproxy_password = {{ env = \"PROXY_PASSWORD\" }}\n{config}"
+        ),
+    )
+    .unwrap();
+    let mut want = BTreeSet::new();
+    put(
+        &s.fake,
+        &mut want,
+        (T1, "contoso", Api::Graph, "da-s-1", ago(50), "new"),
+    );
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+        .args(["run", "--config", s.config.to_str().unwrap()])
+        .env("CONTOSO_SECRET", "secret-one")
+        .env("PROXY_PASSWORD", "pr0xy-S3cret")
+        // Every crate's debug lines: the widest net for a leak.
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_lines(&receiver, 1).await;
+    let status_body = wait_for(port, "/status", "fabrikam failing", |c, b| {
+        c == 200 && b.contains("wrong client secret")
+    })
+    .await;
+    let metrics = get(port, "/metrics").await.1;
+    let stderr = stop(child).await;
+    assert!(
+        !seen.lock().unwrap().is_empty(),
+        "nothing went through the proxy"
+    );
+    assert!(stderr.contains("wrong client secret"), "{stderr}");
+    // Inline: refused by check, without repeating it.
+    let inline = s.dir.path().join("inline.toml");
+    std::fs::write(
+        &inline,
+        config.replacen(
+            "client_secret = { env = \"CONTOSO_SECRET\" }",
+            "client_secret = \"inline-S3cret\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
+        .args(["check", "--config", inline.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!checked.status.success());
+    let check_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        check_out.contains("cannot be written in the configuration file"),
+        "{check_out}"
+    );
+    for (what, text) in [
+        ("the log", &stderr),
+        ("the metrics", &metrics),
+        ("the status", &status_body),
+        ("check", &check_out),
+    ] {
+        for secret in [
+            "secret-one",
+            "wrong-file-S3cret",
+            "secret-three",
+            "pr0xy-S3cret",
+            "pr0xy%2DS3cret",
+            "inline-S3cret",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {what}");
+        }
+        // The fake's tokens are JWTs: a header of one starts so.
+        assert!(!text.contains("eyJ"), "a token in {what}");
+    }
+}

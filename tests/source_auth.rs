@@ -1,10 +1,11 @@
 //! Sign-in through azure_identity against the fake Entra endpoint over HTTPS: certificates
 //! (PEM and PFX, assertions signed in pure Rust), token caching and early refresh, errors by
 //! meaning, and the proxy setting (CONNECT tunnel with basic auth, and its 407).
+#[path = "support/proxy.rs"]
+mod proxy;
 mod source_support;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,7 +16,6 @@ use defender_bridge::source::{
     SecretString, TokenProvider,
 };
 use source_support::{ago, assert_exactly, Harness, Received};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T1: &str = "5cde185e-a083-4b0a-8c28-8fdd2f2c0c5b";
 const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
@@ -186,60 +186,6 @@ async fn unknown_tenant_and_missing_consent() {
     assert!(err.to_string().contains("consent-url"), "{err}");
 }
 
-/// A minimal HTTP CONNECT proxy on loopback that wants basic auth `user:pa ss`, tunnels to the
-/// fake, and records the CONNECT targets.
-async fn start_proxy(target: std::net::SocketAddr) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let expected = format!(
-        "proxy-authorization: basic {}",
-        base64::engine::general_purpose::STANDARD.encode("user:pa ss")
-    );
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let (log, expected) = (log.clone(), expected.clone());
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_lowercase();
-                log.lock()
-                    .expect("lock")
-                    .push(head.lines().next().unwrap_or("").to_string());
-                if !head.lines().any(|l| l.trim() == expected.to_lowercase()) {
-                    let _ = client
-                        .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"corp\"\r\nContent-Length: 0\r\n\r\n")
-                        .await;
-                    return;
-                }
-                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                if client
-                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                    .await
-                    .is_ok()
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-            });
-        }
-    });
-    (format!("127.0.0.1:{port}"), seen)
-}
-
 /// Through the proxy with the right credentials, sign-in and polling work and every request
 /// went through the tunnel; with wrong ones the error says "proxy authentication required".
 #[tokio::test]
@@ -249,7 +195,7 @@ async fn proxy_setting_is_used_and_407_is_explained() {
     let t = ago(10.0);
     h.fake
         .upsert_alert(T1, Api::Graph, graph_alert(T1, "da-proxy", t, "new", 0));
-    let (proxy, seen) = start_proxy(h.fake.local_addr()).await;
+    let (proxy, seen) = proxy::start_proxy(h.fake.local_addr(), "user", "pa ss").await;
     let ca = h.fake.write_ca_file(h.dir.path()).expect("ca");
     let client = |proxy_url: String| {
         build_http_client(&HttpSettings {

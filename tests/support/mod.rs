@@ -7,6 +7,8 @@
 //! `dpkg -x` root of syslog-ng-core). A missing daemon fails the test; it is never skipped.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod proxy;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
