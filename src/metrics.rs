@@ -42,6 +42,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("defender_bridge_tenant_behind_seconds", "gauge", "Now minus the tenant's cursor after its last successful poll"),
     ("defender_bridge_tenant_last_success_timestamp_seconds", "gauge", "Unix time of the tenant's last successful poll (0: none yet)"),
     ("defender_bridge_tenant_consecutive_failures", "gauge", "Polls of the tenant that failed in a row"),
+    ("defender_bridge_tenant_poll_interval_seconds", "gauge", "The tenant's poll_interval"),
     ("defender_bridge_credential_expiry_timestamp_seconds", "gauge", "Unix time the tenant's certificate or client secret (secret_expires) expires, where known"),
     ("defender_bridge_records_delivered_total", "counter", "Records delivered, per destination (TCP/TLS: acknowledged by the receiver's TCP; RELP: rsp 200; UDP: sent)"),
     ("defender_bridge_bytes_delivered_total", "counter", "Bytes of the delivered records, framing included, per destination"),
@@ -190,6 +191,8 @@ impl Health {
             .set(s.last_success.map_or(0.0, |t| t.timestamp() as f64));
             metrics::gauge!("defender_bridge_tenant_consecutive_failures", &labels)
                 .set(f64::from(s.consecutive_failures));
+            metrics::gauge!("defender_bridge_tenant_poll_interval_seconds", &labels)
+                .set(t.poll_interval.as_secs_f64());
             let allowed =
                 chrono::Duration::from_std(t.poll_interval * 3).unwrap_or(chrono::Duration::MAX);
             let since = s.last_success.unwrap_or(started);
@@ -447,6 +450,34 @@ mod tests {
                         && l.contains(&format!("| {kind} |"))),
                 "{name} is not in the README's table"
             );
+        }
+    }
+
+    /// The example alert rules and dashboard (packaging/monitoring/) use only metrics that
+    /// exist, and the dashboard is valid JSON.
+    #[test]
+    fn the_packaged_rules_and_dashboard_use_real_metrics() {
+        let rules = include_str!("../packaging/monitoring/prometheus-alerts.yml");
+        let dashboard = include_str!("../packaging/monitoring/grafana-dashboard.json");
+        serde_json::from_str::<serde_json::Value>(dashboard).expect("the dashboard is JSON");
+        for (file, text) in [("rules", rules), ("dashboard", dashboard)] {
+            let mut used = 0;
+            for (i, _) in text.match_indices("defender_bridge_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                assert!(
+                    METRICS.iter().any(|(m, _, _)| *m == base || *m == name),
+                    "the {file} use {name}, which is no metric"
+                );
+                used += 1;
+            }
+            assert!(used > 5, "the {file} use {used} metrics");
         }
     }
 
