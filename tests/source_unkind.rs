@@ -228,6 +228,52 @@ async fn a_tenant_held_by_its_rate_limiter_says_so() {
     assert!(!status.lock().expect("lock").lagging);
 }
 
+/// issue 10 §6: a tenant paused by its own rate limiter for much of its interval, though not
+/// behind, says so in the log once.
+#[tokio::test]
+async fn a_tenant_paused_by_its_rate_limiter_says_so_though_not_behind() {
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let h = Harness::new().await;
+    let mut settings = h.tenant("contoso", T1, Api::Graph);
+    settings.page_size = Some(1);
+    settings.poll_interval = Duration::from_secs(8);
+    // About 40 requests at 10 a second: some 3 s of waiting, more than a quarter of the
+    // interval, while the poll still ends well within it.
+    settings.rate_limits = Some(vec![(10, Duration::from_secs(1))]);
+    let expected = seed(&h, 20, |i| 1000.0 - i as f64);
+    let got = Received::default();
+    let poller = h.poller(settings);
+    let status = poller.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(poller.run(got.channel(), stop.clone()));
+    wait_until("the first poll", || got.len() >= expected.len()).await;
+    wait_until("the pause warning", || {
+        log.text().contains("for the tenant's rate limiter")
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("poller task");
+    assert_exactly(&got.all(), &expected);
+    let text = log.text();
+    assert!(
+        !text.contains("behind (more than the poll interval"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("for the tenant's rate limiter").count(),
+        1,
+        "{text}"
+    );
+    assert!(status.lock().expect("lock").rate_limited);
+}
+
 /// issue 8 §12: alert objects the poller cannot forward (no id; no readable lastUpdate) are
 /// handed over as rejected, for the dead-letter file, once each although the overlap serves
 /// them again; the cursor moves past them only once the batch is accepted.

@@ -200,6 +200,8 @@ pub struct TenantStatus {
     pub behind: Duration,
     /// `behind` is more than one poll interval.
     pub lagging: bool,
+    /// The last poll waited more than a quarter of the interval for the rate limiter.
+    pub rate_limited: bool,
     /// API clock minus local clock, as the last `Date` header said.
     pub clock_offset: Option<chrono::Duration>,
     /// Responses refused for their size.
@@ -514,6 +516,23 @@ impl Poller {
             ),
             _ => {}
         }
+        // Paused by its own rate limiter for more than a quarter of the interval: not behind
+        // yet, but the API's budget is what sets this tenant's pace (a catch-up, a burst).
+        let limited = stats.rate_limited > self.settings.poll_interval / 4;
+        if limited && !s.rate_limited && !lagging {
+            tracing::warn!(
+                tenant = %self.settings.name,
+                "polling waited {:.1}s for the tenant's rate limiter ({} requests in the last poll; {} allows {}): alerts come in at the API's pace",
+                stats.rate_limited.as_secs_f64(),
+                stats.requests,
+                self.settings.api,
+                match self.settings.api {
+                    Api::Graph => "150 a minute",
+                    Api::Mde => "100 a minute and 1,500 an hour",
+                }
+            );
+        }
+        s.rate_limited = limited;
         s.lagging = lagging;
         s.behind = behind;
         s.clock_offset = self.server.clock_offset;
