@@ -25,13 +25,15 @@ pub use time::Timestamp;
 /// from the text it borrows.
 pub type Text<'a> = Cow<'a, str>;
 
-/// Which API an alert came from (recognised by its shape).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Which alert API: the one a tenant is polled through (defender-api.md §0), and the one an
+/// alert came from (recognised by its shape).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Api {
-    /// Microsoft Graph `security/alerts_v2`.
+    /// Microsoft Graph `security/alerts_v2`, Microsoft's recommended API (defender-api.md §3.5).
+    #[default]
     Graph,
-    /// Defender for Endpoint `/api/alerts` (including the 2018/2019 shapes).
+    /// Defender for Endpoint `/api/alerts` (defender-api.md §1; including the 2018/2019 shapes).
     Mde,
 }
 
@@ -41,6 +43,12 @@ impl Api {
             Api::Graph => "graph",
             Api::Mde => "mde",
         }
+    }
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -56,6 +64,14 @@ pub enum Severity {
     High,
     Other(String),
 }
+
+/// The levels a minimum-severity filter may name, lowest first.
+pub static LEVELS: [Severity; 4] = [
+    Severity::Informational,
+    Severity::Low,
+    Severity::Medium,
+    Severity::High,
+];
 
 impl Severity {
     pub fn parse(s: &str) -> Severity {
@@ -86,6 +102,24 @@ impl Severity {
             Severity::Medium => "medium",
             Severity::High => "high",
             Severity::Other(s) => s,
+        }
+    }
+
+    /// This level and every higher one of [`LEVELS`] (for a minimum-severity filter).
+    pub fn and_above(&self) -> impl Iterator<Item = &'static Severity> + '_ {
+        LEVELS.iter().filter(move |s| s.rank() >= self.rank())
+    }
+
+    /// The enum member as `api` spells it: Graph camelCase (defender-api.md §3.2), MDE
+    /// PascalCase (§1.6).
+    pub fn api_name(&self, api: Api) -> &str {
+        match (api, self) {
+            (Api::Mde, Severity::Unknown) => "UnSpecified",
+            (Api::Mde, Severity::Informational) => "Informational",
+            (Api::Mde, Severity::Low) => "Low",
+            (Api::Mde, Severity::Medium) => "Medium",
+            (Api::Mde, Severity::High) => "High",
+            _ => self.as_str(),
         }
     }
 

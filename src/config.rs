@@ -327,8 +327,8 @@ impl Destination {
         self.tenants.as_ref().is_none_or(|t| t.contains(tenant))
             && self
                 .min_severity
-                // alert::Severity ranks informational as 1; source::Severity counts from 0.
-                .is_none_or(|min| severity.rank() > min as u8)
+                .as_ref()
+                .is_none_or(|min| severity.rank() >= min.rank())
     }
 }
 

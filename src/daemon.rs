@@ -23,12 +23,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Alert;
+use crate::backoff::backoff;
 use crate::config::{Config, Destination, Tenant};
 use crate::dead_letter::Letter;
 use crate::delivery::Forwarder;
 use crate::output::{Output, OutputStats};
 use crate::queue::{checkpoint_key, Queue, QueueStats, Record};
-use crate::source::defender::backoff;
 use crate::source::{build_http_client, AlertBatch, Checkpoint, PageSink, Poller, Refused};
 
 /// What a run did, once it has stopped.

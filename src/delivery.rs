@@ -85,7 +85,7 @@ impl Forwarder {
                 Err(e) => e,
             };
             failures = failures.saturating_add(1);
-            let delay = crate::source::defender::backoff(RESTART_BASE, RESTART_MAX, failures);
+            let delay = crate::backoff::backoff(RESTART_BASE, RESTART_MAX, failures);
             tracing::error!(destination = %self.destination.name,
                 "the delivery loop failed ({panic}); it starts again from its queue cursor in {delay:?}");
             if !sleep_unless(&stop, delay).await {

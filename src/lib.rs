@@ -5,6 +5,7 @@
 //! ([`format::Formatter`], from `formats/*.toml`) → record bytes → a sink (UDP, TCP, TLS).
 
 pub mod alert;
+pub mod backoff;
 pub mod config;
 pub mod convert;
 pub mod daemon;

@@ -47,7 +47,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -171,10 +170,7 @@ impl Default for Backoff {
 
 impl Backoff {
     fn delay(&self, failures: u32) -> Duration {
-        let exp = failures.saturating_sub(1).min(31);
-        let base = self.initial.saturating_mul(1 << exp).min(self.max);
-        let half = base / 2;
-        half + rand::rng().random_range(Duration::ZERO..=half)
+        crate::backoff::backoff(self.initial, self.max, failures)
     }
 }
 

@@ -41,6 +41,7 @@ use super::auth::{AuthError, EntraTokenProvider, TokenProvider};
 use super::checkpoint::{AlertState, Checkpoint, CheckpointError};
 use super::ratelimit::RateLimiter;
 use super::tenant::{Api, TenantSettings, UpdatePolicy};
+use crate::backoff::backoff;
 
 /// Transient failures (5xx, timeouts, resets) retried inside one request before the poll fails
 /// and the poll-level backoff takes over.
@@ -980,7 +981,7 @@ impl Poller {
             odata_time(lo),
             odata_time(hi)
         );
-        if let Some(min) = s.filters.min_severity {
+        if let Some(min) = &s.filters.min_severity {
             filter.push_str(&or_group(
                 "severity",
                 min.and_above().map(|v| v.api_name(Api::Graph)),
@@ -1007,7 +1008,7 @@ impl Poller {
             odata_time(lo),
             odata_time(hi)
         );
-        if let Some(min) = s.filters.min_severity {
+        if let Some(min) = &s.filters.min_severity {
             filter.push_str(&or_group(
                 "severity",
                 min.and_above().map(|v| v.api_name(Api::Mde)),
@@ -1250,15 +1251,6 @@ fn digest(json: &str) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Capped exponential backoff with "equal jitter": a random delay in [d/2, d] where
-/// d = min(base * 2^(attempt-1), max), so many tenants failing together do not retry in step.
-pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let d = exp.min(max);
-    let half = d / 2;
-    half + d.mul_f64(rand::random::<f64>() * 0.5)
-}
-
 /// OData DateTimeOffset literal with 7 fraction digits, the APIs' own precision
 /// (defender-api.md §1.4: Elastic's `2006-01-02T15:04:05.9999999Z`).
 fn odata_time(t: DateTime<Utc>) -> String {
@@ -1319,16 +1311,5 @@ mod tests {
         // A huge value is capped.
         assert_eq!(parse_retry_after("999999999", None), Some(MAX_RETRY_AFTER));
         assert_eq!(before(Utc::now(), Duration::MAX), DateTime::<Utc>::MIN_UTC);
-    }
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for attempt in 1..40 {
-            let d = backoff(base, max, attempt);
-            let cap = base.saturating_mul(1 << (attempt - 1).min(20)).min(max);
-            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?}");
-        }
     }
 }

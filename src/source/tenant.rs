@@ -56,24 +56,7 @@ pub enum Credential {
     },
 }
 
-/// Which alert API a tenant is polled through (defender-api.md §0).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Api {
-    /// Microsoft Graph `security/alerts_v2`, Microsoft's recommended API (defender-api.md §3.5).
-    #[default]
-    Graph,
-    /// Defender for Endpoint `/api/alerts` (defender-api.md §1).
-    Mde,
-}
-
-impl fmt::Display for Api {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Api::Graph => "graph",
-            Api::Mde => "mde",
-        })
-    }
-}
+pub use crate::alert::Api;
 
 /// The national cloud a tenant lives in (defender-api.md §1.1 and §3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -155,43 +138,7 @@ impl fmt::Display for Cloud {
     }
 }
 
-/// Alert severity, ordered, for the minimum-severity filter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Severity {
-    Informational,
-    Low,
-    Medium,
-    High,
-}
-
-impl Severity {
-    const ALL: [Severity; 4] = [
-        Severity::Informational,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-    ];
-
-    /// This severity and every higher one.
-    pub fn and_above(self) -> impl Iterator<Item = Severity> {
-        Self::ALL.into_iter().filter(move |s| *s >= self)
-    }
-
-    /// The enum member as `api` spells it: Graph camelCase (defender-api.md §3.2), MDE PascalCase
-    /// (§1.6).
-    pub fn api_name(self, api: Api) -> &'static str {
-        match (api, self) {
-            (Api::Graph, Severity::Informational) => "informational",
-            (Api::Graph, Severity::Low) => "low",
-            (Api::Graph, Severity::Medium) => "medium",
-            (Api::Graph, Severity::High) => "high",
-            (Api::Mde, Severity::Informational) => "Informational",
-            (Api::Mde, Severity::Low) => "Low",
-            (Api::Mde, Severity::Medium) => "Medium",
-            (Api::Mde, Severity::High) => "High",
-        }
-    }
-}
+pub use crate::alert::Severity;
 
 /// Server-side filters, pushed into `$filter` (defender-api.md §1.4, §3.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -370,7 +317,13 @@ mod tests {
 
     #[test]
     fn severity_and_above() {
-        let v: Vec<_> = Severity::Medium.and_above().collect();
+        let v: Vec<_> = Severity::Medium.and_above().cloned().collect();
         assert_eq!(v, [Severity::Medium, Severity::High]);
+        let names: Vec<_> = Severity::Low
+            .and_above()
+            .map(|s| s.api_name(Api::Mde))
+            .collect();
+        assert_eq!(names, ["Low", "Medium", "High"]);
+        assert_eq!(Severity::Informational.and_above().count(), 4);
     }
 }
