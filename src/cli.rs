@@ -30,6 +30,7 @@ pub enum Command {
     Run(ConfigArg),
     /// The whole pipeline on sample alerts from a built-in fake of Entra ID and the Graph API
     /// (no Azure account needed)
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Validate the configuration; with --online also sign in, read alerts and send a test
     /// record to every destination
@@ -141,6 +142,7 @@ pub enum CloudArg {
     Dod,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Built-in format name or the path of a format file

@@ -10,7 +10,9 @@ pub mod convert;
 pub mod daemon;
 pub mod dead_letter;
 pub mod delivery;
+#[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "demo")]
 pub mod fake_api;
 pub mod format;
 pub mod input;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
+#[cfg(feature = "demo")]
+use cli::DemoArgs;
 use cli::{
-    CheckArgs, Cli, CloudArg, Command, ConfigArg, ConvertArgs, DeadLettersCommand, DemoArgs,
-    DestinationArgs, FormatsCommand, FramingArg, HeaderArgs, SendArgs, SendTestArgs, SyslogArg,
-    TenantsCommand,
+    CheckArgs, Cli, CloudArg, Command, ConfigArg, ConvertArgs, DeadLettersCommand, DestinationArgs,
+    FormatsCommand, FramingArg, HeaderArgs, SendArgs, SendTestArgs, SyslogArg, TenantsCommand,
 };
 use defender_bridge::alert::Alert;
 use defender_bridge::config::Config;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Command::Send(args) => block_on(send(args)),
         Command::SendTest(args) => block_on(send_test(args)),
         Command::Run(args) => block_on(run_daemon(args)),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => block_on(demo(args)),
         Command::Check(args) => block_on(check(args)),
         Command::Tenants(cmd) => block_on(tenants(cmd)),
@@ -101,6 +103,7 @@ async fn run_daemon(args: ConfigArg) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "demo")]
 async fn demo(args: DemoArgs) -> Result<ExitCode> {
     init_logging_at("warn");
     Formatter::load(&args.format)?;
