@@ -44,6 +44,28 @@ pub enum Command {
     /// Show the dead letters (what could not be forwarded or sent) and replay them
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Write the man pages or a shell completion script (for packagers: packaging/build.sh)
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// What to write: man pages go into --dir, one per command; a completion script goes to
+    /// stdout
+    #[arg(value_enum)]
+    pub kind: GenerateKind,
+    /// Directory for the man pages
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerateKind {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,6 +1,7 @@
 //! defender-bridge: the command line. Parsing and wiring only; the work is in the library.
 
 mod cli;
+mod generate;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Tenants(cmd) => block_on(tenants(cmd)),
         Command::Formats(cmd) => formats(cmd),
         Command::DeadLetters(cmd) => block_on(dead_letters(cmd)),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(code) => code,
