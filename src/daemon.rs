@@ -156,6 +156,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<RunR
         queued_bytes = q.bytes,
         "running"
     );
+    // Config valid, store open, every task started: systemd (Type=notify) may go on.
+    let _watchdog = crate::systemd::ready();
     stop.cancelled().await;
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     tracing::info!("stopping: polling ends, the destinations deliver what is queued");

@@ -20,4 +20,5 @@ pub mod output;
 pub mod queue;
 pub mod sink;
 pub mod source;
+pub mod systemd;
 pub mod tenants;
