@@ -40,6 +40,7 @@ pub enum Command {
     Run(ConfigArg),
     /// The whole pipeline on sample alerts from a built-in fake of Entra ID and the Graph API
     /// (no Azure account needed)
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Validate the configuration; with --online also sign in, read alerts and send a test
     /// record to every destination
@@ -56,6 +57,28 @@ pub enum Command {
     /// Show the dead letters (what could not be forwarded or sent) and replay them
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Write the man pages or a shell completion script (for packagers: packaging/build.sh)
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// What to write: man pages go into --dir, one per command; a completion script goes to
+    /// stdout
+    #[arg(value_enum)]
+    pub kind: GenerateKind,
+    /// Directory for the man pages
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerateKind {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +196,7 @@ pub enum CloudArg {
     Dod,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Built-in format name or the path of a format file

@@ -147,6 +147,8 @@ pub async fn run_with_reload(
         queued_bytes = q.bytes,
         "running"
     );
+    // Config valid, store open, every task started: systemd (Type=notify) may go on.
+    let _watchdog = crate::systemd::ready();
     let mut current = config;
     loop {
         let next = tokio::select! {

@@ -11,7 +11,9 @@ pub mod convert;
 pub mod daemon;
 pub mod dead_letter;
 pub mod delivery;
+#[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "demo")]
 pub mod fake_api;
 pub mod format;
 pub mod input;
@@ -20,4 +22,5 @@ pub mod output;
 pub mod queue;
 pub mod sink;
 pub mod source;
+pub mod systemd;
 pub mod tenants;

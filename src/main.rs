@@ -1,6 +1,7 @@
 //! defender-bridge: the command line. Parsing and wiring only; the work is in the library.
 
 mod cli;
+mod generate;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -9,10 +10,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
+#[cfg(feature = "demo")]
+use cli::DemoArgs;
 use cli::{
-    CheckArgs, Cli, CloudArg, Command, ConfigArg, ConvertArgs, DeadLettersCommand, DemoArgs,
-    DestinationArgs, FormatsCommand, FramingArg, HeaderArgs, SendArgs, SendTestArgs, SyslogArg,
-    TenantsCommand,
+    CheckArgs, Cli, CloudArg, Command, ConfigArg, ConvertArgs, DeadLettersCommand, DestinationArgs,
+    FormatsCommand, FramingArg, HeaderArgs, SendArgs, SendTestArgs, SyslogArg, TenantsCommand,
 };
 use defender_bridge::alert::Alert;
 use defender_bridge::config::Config;
@@ -35,12 +37,14 @@ fn main() -> ExitCode {
         Command::Send(args) => block_on(send(args)),
         Command::SendTest(args) => block_on(send_test(args)),
         Command::Run(args) => block_on(run_daemon(args)),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => block_on(demo(args)),
         Command::Check(args) => block_on(check(args)),
         Command::Status(args) => block_on(status(args)),
         Command::Tenants(cmd) => block_on(tenants(cmd)),
         Command::Formats(cmd) => formats(cmd),
         Command::DeadLetters(cmd) => block_on(dead_letters(cmd)),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(code) => code,
@@ -146,6 +150,7 @@ async fn reload_on_sighup(path: std::path::PathBuf, reloads: tokio::sync::mpsc::
     let _ = (path, reloads);
 }
 
+#[cfg(feature = "demo")]
 async fn demo(args: DemoArgs) -> Result<ExitCode> {
     init_logging_at("warn");
     Formatter::load(&args.format)?;
@@ -181,10 +186,13 @@ async fn status(args: cli::StatusArgs) -> Result<ExitCode> {
         .timeout(std::time::Duration::from_secs(10))
         .build()?;
     let report: StatusReport = match client.get(&url).send().await {
-        Ok(r) => r
-            .json()
-            .await
-            .with_context(|| format!("{url} did not answer a status"))?,
+        Ok(r) => {
+            let body = r
+                .text()
+                .await
+                .with_context(|| format!("reading the answer of {url}"))?;
+            serde_json::from_str(&body).with_context(|| format!("{url} did not answer a status"))?
+        }
         Err(e) => {
             eprintln!(
                 "defender-bridge: cannot reach the daemon at {url}: {e} (is it running? is \
