@@ -76,6 +76,42 @@ impl Filter {
             .iter()
             .all(|group| group.iter().any(|c| c.matches(alert, known)))
     }
+
+    /// `[from, until)`, `None` for no bound: the instants outside which `field`, read as a
+    /// time, cannot match, from the `and`ed terms that are one time comparison on it. It may be
+    /// wider than the filter, never narrower, so the store can range-scan its time index and
+    /// still check each candidate with [`Filter::matches_at`].
+    pub fn time_range(&self, field: &str) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+        // Times have nanosecond resolution: `t < next(t)` is `t <= x`. At the end of chrono's
+        // range there is no next instant; no bound then is wider, hence still right.
+        let next = |t: DateTime<Utc>| t.checked_add_signed(chrono::Duration::nanoseconds(1));
+        let (mut from, mut until): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
+        for group in &self.0 {
+            let [c] = group.as_slice() else {
+                continue;
+            };
+            let Literal::Time(t) = c.value else {
+                continue;
+            };
+            if c.field != field {
+                continue;
+            }
+            let (lo, hi) = match c.op {
+                Op::Ge => (Some(t), None),
+                Op::Gt => (next(t), None),
+                Op::Lt => (None, Some(t)),
+                Op::Le => (None, next(t)),
+                Op::Eq => (Some(t), next(t)),
+            };
+            if let Some(lo) = lo {
+                from = Some(from.map_or(lo, |f| f.max(lo)));
+            }
+            if let Some(hi) = hi {
+                until = Some(until.map_or(hi, |u| u.min(hi)));
+            }
+        }
+        (from, until)
+    }
 }
 
 impl Cmp {

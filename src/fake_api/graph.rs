@@ -7,11 +7,10 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{json, Value};
 
 use super::{
-    bad_request, json_response, list_request, offset, param, parse_query, query_alerts,
-    record_served, Api, Shared,
+    bad_request, json_response, list_request, offset, param, parse_query, query_page,
+    record_served, serve_faults, Api, ListBody, Order, Page, Shared,
 };
 
 const PATH: &str = "/v1.0/security/alerts_v2";
@@ -51,7 +50,7 @@ pub(super) async fn list(
         Ok(n) => n,
         Err(resp) => return resp,
     };
-    let (mut alerts, faults) = query_alerts(&shared, &tenant, Api::Graph, &filter);
+    let faults = serve_faults(&shared, &tenant);
     let offset = if faults.ignore_skip { 0 } else { offset };
     let top = faults.page_cap.map_or(top, |cap| top.min(cap));
     let orderby = if faults.ignore_orderby {
@@ -59,34 +58,36 @@ pub(super) async fn list(
     } else {
         param(&query, "$orderby")
     };
-    match orderby {
+    let order = match orderby {
         // Without $orderby the order is the service's own; here, by id.
-        None => alerts.sort_by(|a, b| a.1.cmp(&b.1)),
-        Some("lastUpdateDateTime asc") | Some("lastUpdateDateTime") => {
-            alerts.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
-        }
-        Some("lastUpdateDateTime desc") => alerts.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1))),
+        None => Order::Id,
+        Some("lastUpdateDateTime asc") | Some("lastUpdateDateTime") => Order::TimeAsc,
+        Some("lastUpdateDateTime desc") => Order::TimeDesc,
         Some(other) => {
             return bad_request(&shared, record, &format!("Unsupported $orderby '{other}'"))
         }
-    }
-    let total = alerts.len();
-    let page: Vec<_> = alerts.into_iter().skip(offset).take(top).collect();
+    };
+    let Page { alerts: page, more } =
+        query_page(&shared, &tenant, Api::Graph, &filter, order, (offset, top));
     record_served(&shared, &tenant, Api::Graph, &page);
-    let mut body = json!({
-        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2",
-        "value": page.iter().map(|(_, _, v)| Value::clone(v)).collect::<Vec<Value>>(),
-    });
+    let mut body = ListBody {
+        context: "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2",
+        next_link: None,
+        value: page.iter().map(|(_, _, v)| &**v).collect(),
+    };
     // With `ignore_skip` the link never advances: a server that repeats its nextLink.
-    let next_offset = if faults.ignore_skip { 0 } else { offset + top };
-    if offset + top < total {
+    let next_offset = if faults.ignore_skip {
+        0
+    } else {
+        offset.saturating_add(top)
+    };
+    if more {
         let mut next = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in query.iter().filter(|(k, _)| k != "$skiptoken") {
             next.append_pair(k, v);
         }
         next.append_pair("$skiptoken", &next_offset.to_string());
-        body["@odata.nextLink"] =
-            Value::String(format!("{}{PATH}?{}", shared.base_url, next.finish()));
+        body.next_link = Some(format!("{}{PATH}?{}", shared.base_url, next.finish()));
     }
     json_response(200, body)
 }

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{json, Value};
 
 use super::{
-    json_response, list_request, offset, param, parse_query, query_alerts, record_served, Api,
-    Shared,
+    json_response, list_request, offset, param, parse_query, query_page, record_served,
+    serve_faults, Api, ListBody, Order, Shared,
 };
 
 const PATH: &str = "/api/alerts";
@@ -55,15 +54,14 @@ pub(super) async fn list(
         Err(resp) => return resp,
     };
     let expand = param(&query, "$expand") == Some("evidence");
-    let (mut alerts, faults) = query_alerts(&shared, &tenant, Api::Mde, &filter);
-    alerts.sort_by(|a, b| a.1.cmp(&b.1));
+    let faults = serve_faults(&shared, &tenant);
     let skip = if faults.ignore_skip { 0 } else { skip };
     let top = faults.page_cap.map_or(top, |cap| top.min(cap));
-    let mut page: Vec<_> = alerts.into_iter().skip(skip).take(top).collect();
+    let mut page = query_page(&shared, &tenant, Api::Mde, &filter, Order::Id, (skip, top)).alerts;
     record_served(&shared, &tenant, Api::Mde, &page);
     if !expand {
         for (_, _, v) in &mut page {
-            let v = std::sync::Arc::make_mut(v);
+            let v = Arc::make_mut(v);
             if let Some(o) = v.as_object_mut() {
                 o.remove("evidence");
             }
@@ -71,9 +69,10 @@ pub(super) async fn list(
     }
     json_response(
         200,
-        json!({
-            "@odata.context": "https://api.security.microsoft.com/api/$metadata#Alerts",
-            "value": page.iter().map(|(_, _, v)| Value::clone(v)).collect::<Vec<Value>>(),
-        }),
+        ListBody {
+            context: "https://api.security.microsoft.com/api/$metadata#Alerts",
+            next_link: None,
+            value: page.iter().map(|(_, _, v)| &**v).collect(),
+        },
     )
 }

@@ -97,13 +97,44 @@ type Stored = (DateTime<Utc>, Arc<Value>);
 /// An alert a list request matched: lastUpdate, id, JSON.
 type Matched = (DateTime<Utc>, String, Arc<Value>);
 
+/// The body of a list answer, the alerts borrowed from the store rather than copied for each
+/// page. The fields are in the order `json!` wrote them (sorted).
+#[derive(serde::Serialize)]
+struct ListBody<'a> {
+    #[serde(rename = "@odata.context")]
+    context: &'static str,
+    #[serde(rename = "@odata.nextLink", skip_serializing_if = "Option::is_none")]
+    next_link: Option<String>,
+    value: Vec<&'a Value>,
+}
+
+/// One API's alerts of a tenant, current versions only, indexed twice: by id (the services'
+/// own order) and by (lastUpdate, id), so that a page of a time window in time order is a range
+/// scan. Copying and sorting every match for each page made a run of 100,000 versions
+/// quadratic.
+#[derive(Default)]
+struct AlertStore {
+    by_id: BTreeMap<String, Stored>,
+    by_time: BTreeMap<(DateTime<Utc>, String), Arc<Value>>,
+}
+
+impl AlertStore {
+    /// Adds or replaces (by id) an alert; the version it replaces leaves both indexes.
+    fn upsert(&mut self, id: String, last_update: DateTime<Utc>, alert: Arc<Value>) {
+        if let Some((old, _)) = self.by_id.insert(id.clone(), (last_update, alert.clone())) {
+            self.by_time.remove(&(old, id.clone()));
+        }
+        self.by_time.insert((last_update, id), alert);
+    }
+}
+
 struct FakeTenant {
     client_id: String,
     credential: FakeCredential,
     secret_expired: bool,
-    /// Per API: id -> (lastUpdate, current alert JSON). Shared, so that a list request copies
-    /// only the page it returns.
-    alerts: HashMap<Api, BTreeMap<String, Stored>>,
+    /// Per API: the current alerts. Their JSON is shared, so that a list request copies only
+    /// the page it returns.
+    alerts: HashMap<Api, AlertStore>,
     /// Per API: objects served as they are (no id, a bad time), matched as if at that time.
     raw: HashMap<Api, Vec<(DateTime<Utc>, Value)>>,
     faults: Faults,
@@ -304,7 +335,7 @@ impl FakeApi {
             t.alerts
                 .entry(api)
                 .or_default()
-                .insert(id, (lu, Arc::new(alert)));
+                .upsert(id, lu, Arc::new(alert));
         });
     }
 
@@ -316,6 +347,7 @@ impl FakeApi {
             .get(tenant_id)?
             .alerts
             .get(&api)?
+            .by_id
             .get(id)
             .map(|(_, v)| Value::clone(v))
     }
@@ -527,7 +559,7 @@ enum Gate {
     Respond(axum::response::Response),
 }
 
-fn json_response(status: u16, body: Value) -> axum::response::Response {
+fn json_response(status: u16, body: impl serde::Serialize) -> axum::response::Response {
     let mut resp = axum::response::IntoResponse::into_response(axum::Json(body));
     *resp.status_mut() = axum::http::StatusCode::from_u16(status)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -769,45 +801,141 @@ async fn date_header(
     resp
 }
 
-/// The alerts of `tenant` for `api` matching `filter`, in the API's order (by id), plus the
-/// raw objects whose time matches, with the tenant's faults.
-fn query_alerts(
+/// The order a list is served in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// The service's own order; here, by id.
+    Id,
+    /// By (lastUpdate, id), ascending.
+    TimeAsc,
+    /// By (lastUpdate, id), descending.
+    TimeDesc,
+}
+
+impl Order {
+    /// True when `a` (lastUpdate, id) is served before `b`.
+    fn before(self, a: (DateTime<Utc>, &str), b: (DateTime<Utc>, &str)) -> bool {
+        match self {
+            Order::Id => a.1 < b.1,
+            Order::TimeAsc => a < b,
+            Order::TimeDesc => a > b,
+        }
+    }
+}
+
+/// One page of a list: the matches after the first `offset`, at most `top` of them, and
+/// whether more match after it.
+struct Page {
+    alerts: Vec<Matched>,
+    more: bool,
+}
+
+/// The faults of `tenant` that change how a list is served.
+fn serve_faults(shared: &Shared, tenant_id: &str) -> ServeFaults {
+    let inner = shared.lock();
+    let Some(tenant) = inner.tenants.get(tenant_id) else {
+        return ServeFaults::default();
+    };
+    ServeFaults {
+        page_cap: tenant.faults.page_cap,
+        ignore_orderby: tenant.faults.ignore_orderby,
+        ignore_skip: tenant.faults.ignore_skip,
+    }
+}
+
+/// A page of the alerts of `tenant` for `api` matching `filter`, and of the raw objects whose
+/// time matches, in `order` (on a tie of the order's key the alert comes before the raw object).
+///
+/// Only the page is copied. In time order the alerts come from a range scan of the time index,
+/// bounded by the filter's time range, and the scan stops one match after the page; in id order
+/// every alert is checked, in the id index's order, until then.
+fn query_page(
     shared: &Shared,
     tenant_id: &str,
     api: Api,
     filter: &filter::Filter,
-) -> (Vec<Matched>, ServeFaults) {
+    order: Order,
+    (offset, top): (usize, usize),
+) -> Page {
+    use std::ops::Bound;
     let inner = shared.lock();
     let Some(tenant) = inner.tenants.get(tenant_id) else {
-        return (Vec::new(), ServeFaults::default());
-    };
-    let faults = ServeFaults {
-        page_cap: tenant.faults.page_cap,
-        ignore_orderby: tenant.faults.ignore_orderby,
-        ignore_skip: tenant.faults.ignore_skip,
+        return Page {
+            alerts: Vec::new(),
+            more: false,
+        };
     };
     let field = match api {
         Api::Graph => "lastUpdateDateTime",
         Api::Mde => "lastUpdateTime",
     };
-    let mut out: Vec<_> = tenant
-        .alerts
-        .get(&api)
-        .into_iter()
-        .flatten()
-        .filter(|(_, (lu, v))| filter.matches_at(v, Some((field, *lu))))
-        .map(|(id, (lu, v))| (*lu, id.clone(), v.clone()))
-        .collect();
+    let mut raw: Vec<Matched> = Vec::new();
     for (i, (at, v)) in tenant.raw.get(&api).into_iter().flatten().enumerate() {
         let mut probe = v.clone();
         if let Some(o) = probe.as_object_mut() {
             o.insert(field.into(), Value::String(at.to_rfc3339()));
         }
         if filter.matches(&probe) {
-            out.push((*at, format!("~raw{i:04}"), Arc::new(v.clone())));
+            raw.push((*at, format!("~raw{i:04}"), Arc::new(v.clone())));
         }
     }
-    (out, faults)
+    raw.sort_by(|a, b| match order {
+        Order::Id => a.1.cmp(&b.1),
+        Order::TimeAsc => (a.0, &a.1).cmp(&(b.0, &b.1)),
+        Order::TimeDesc => (b.0, &b.1).cmp(&(a.0, &a.1)),
+    });
+    let empty = AlertStore::default();
+    let store = tenant.alerts.get(&api).unwrap_or(&empty);
+    type Item<'a> = (DateTime<Utc>, &'a str, &'a Arc<Value>);
+    let alerts: Box<dyn Iterator<Item = Item<'_>>> = match order {
+        Order::Id => Box::new(
+            store
+                .by_id
+                .iter()
+                .map(|(id, (lu, v))| (*lu, id.as_str(), v)),
+        ),
+        Order::TimeAsc | Order::TimeDesc => match filter.time_range(field) {
+            // BTreeMap::range panics on a start after its end; nothing matches then.
+            (Some(from), Some(until)) if from > until => Box::new(std::iter::empty()),
+            (from, until) => {
+                // `(t, "")` is the smallest key at instant t: from it (included) to
+                // `(until, "")` (excluded) is every key in [from, until).
+                let lower = from.map_or(Bound::Unbounded, |t| Bound::Included((t, String::new())));
+                let upper = until.map_or(Bound::Unbounded, |t| Bound::Excluded((t, String::new())));
+                let range = store
+                    .by_time
+                    .range((lower, upper))
+                    .map(|((lu, id), v)| (*lu, id.as_str(), v));
+                if order == Order::TimeAsc {
+                    Box::new(range)
+                } else {
+                    Box::new(range.rev())
+                }
+            }
+        },
+    };
+    let mut alerts = alerts
+        .filter(|(lu, _, v)| filter.matches_at(v, Some((field, *lu))))
+        .peekable();
+    let mut raw = raw
+        .iter()
+        .map(|(at, id, v)| (*at, id.as_str(), v))
+        .peekable();
+    let mut merged = std::iter::from_fn(move || match (alerts.peek(), raw.peek()) {
+        (Some(a), Some(r)) if order.before((r.0, r.1), (a.0, a.1)) => raw.next(),
+        (Some(_), _) => alerts.next(),
+        (None, _) => raw.next(),
+    });
+    let page: Vec<Matched> = merged
+        .by_ref()
+        .skip(offset)
+        .take(top)
+        .map(|(lu, id, v)| (lu, id.to_string(), v.clone()))
+        .collect();
+    Page {
+        more: merged.next().is_some(),
+        alerts: page,
+    }
 }
 
 /// The faults that change how a list is served.
@@ -827,5 +955,169 @@ fn record_served(shared: &Shared, tenant_id: &str, api: Api, page: &[Matched]) {
             id: id.clone(),
             last_update: *lu,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The tenant's alerts and raw objects matching `filter` as the fake served them before it
+    /// had a time index: everything copied, then sorted.
+    fn copy_and_sort(
+        tenant: &FakeTenant,
+        api: Api,
+        filter: &filter::Filter,
+        order: Order,
+        (offset, top): (usize, usize),
+    ) -> (Vec<(DateTime<Utc>, String)>, bool) {
+        let field = match api {
+            Api::Graph => "lastUpdateDateTime",
+            Api::Mde => "lastUpdateTime",
+        };
+        let mut out: Vec<Matched> = tenant
+            .alerts
+            .get(&api)
+            .into_iter()
+            .flat_map(|s| s.by_id.iter())
+            .filter(|(_, (lu, v))| filter.matches_at(v, Some((field, *lu))))
+            .map(|(id, (lu, v))| (*lu, id.clone(), v.clone()))
+            .collect();
+        for (i, (at, v)) in tenant.raw.get(&api).into_iter().flatten().enumerate() {
+            let mut probe = v.clone();
+            if let Some(o) = probe.as_object_mut() {
+                o.insert(field.into(), Value::String(at.to_rfc3339()));
+            }
+            if filter.matches(&probe) {
+                out.push((*at, format!("~raw{i:04}"), Arc::new(v.clone())));
+            }
+        }
+        match order {
+            Order::Id => out.sort_by(|a, b| a.1.cmp(&b.1)),
+            Order::TimeAsc => out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1))),
+            Order::TimeDesc => out.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1))),
+        }
+        let total = out.len();
+        let page = out
+            .into_iter()
+            .skip(offset)
+            .take(top)
+            .map(|(lu, id, _)| (lu, id))
+            .collect();
+        (page, offset + top < total)
+    }
+
+    /// Pages from the time index are the pages the copy-and-sort fake served, for time windows
+    /// with every operator, other terms, `or` groups, empty windows, ties of lastUpdate, updated
+    /// alerts and raw objects.
+    #[test]
+    fn indexed_pages_are_the_copied_and_sorted_ones() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let base = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        // Few instants, so that many alerts share one.
+        let at = |s: i64| base + chrono::Duration::seconds(s);
+        let mut tenant = FakeTenant {
+            client_id: String::new(),
+            credential: FakeCredential::Secret(String::new()),
+            secret_expired: false,
+            alerts: HashMap::new(),
+            raw: HashMap::new(),
+            faults: Faults::default(),
+            tokens_valid_after: None,
+            roles: None,
+        };
+        let severities = ["high", "medium", "low"];
+        for n in 0..400 {
+            // Ids repeat: later versions replace earlier ones, often at another time.
+            let id = format!(
+                "{}-{:03}",
+                ["da", "zz", "~q"][n % 3],
+                rng.random_range(0..150)
+            );
+            let lu = at(rng.random_range(0..40));
+            let alert = serde_json::json!({
+                "id": id,
+                "lastUpdateDateTime": lu.to_rfc3339(),
+                "severity": severities[n % 3],
+            });
+            tenant
+                .alerts
+                .entry(Api::Graph)
+                .or_default()
+                .upsert(id, lu, Arc::new(alert));
+        }
+        let store = &tenant.alerts[&Api::Graph];
+        assert_eq!(store.by_id.len(), store.by_time.len());
+        for _ in 0..6 {
+            let object = serde_json::json!({"title": "no id", "severity": "high"});
+            tenant
+                .raw
+                .entry(Api::Graph)
+                .or_default()
+                .push((at(rng.random_range(0..40)), object));
+        }
+        let shared = Shared {
+            inner: Mutex::new(Inner::default()),
+            base_url: String::new(),
+            token_lifetime: Mutex::new(Duration::ZERO),
+            latency: Mutex::new(Duration::ZERO),
+            clock_offset: Mutex::new(chrono::Duration::zero()),
+        };
+        shared.lock().tenants.insert("t".into(), tenant);
+        let field = "lastUpdateDateTime";
+        let time = |s: i64| at(s).to_rfc3339();
+        let mut filters = vec![String::new()];
+        for _ in 0..60 {
+            let (a, b) = (rng.random_range(-2..42), rng.random_range(-2..42));
+            let ops = ["ge", "gt", "le", "lt", "eq"];
+            let mut f = format!("{field} {} {}", ops[rng.random_range(0..5)], time(a));
+            if rng.random_bool(0.7) {
+                f.push_str(&format!(
+                    " and {field} {} {}",
+                    ops[rng.random_range(0..5)],
+                    time(b)
+                ));
+            }
+            match rng.random_range(0..4) {
+                0 => f.push_str(" and (severity eq 'high' or severity eq 'low')"),
+                1 => f.push_str(&format!(
+                    " and ({field} lt {} or {field} gt {})",
+                    time(a),
+                    time(b)
+                )),
+                _ => {}
+            }
+            filters.push(f);
+        }
+        let fields = ["lastUpdateDateTime", "severity"];
+        let mut pages = 0;
+        for text in &filters {
+            let filter = filter::Filter::parse(text, &fields).expect("parses");
+            for order in [Order::Id, Order::TimeAsc, Order::TimeDesc] {
+                for (offset, top) in [(0, 1), (0, 7), (3, 5), (10, 1000), (0, 1000), (500, 3)] {
+                    let page = query_page(&shared, "t", Api::Graph, &filter, order, (offset, top));
+                    let got: Vec<_> = page
+                        .alerts
+                        .iter()
+                        .map(|(lu, id, _)| (*lu, id.clone()))
+                        .collect();
+                    let got = (got, page.more);
+                    let inner = shared.lock();
+                    let want = copy_and_sort(
+                        &inner.tenants["t"],
+                        Api::Graph,
+                        &filter,
+                        order,
+                        (offset, top),
+                    );
+                    assert_eq!(got, want, "{text} {order:?} skip {offset} top {top}");
+                    pages += usize::from(!got.0.is_empty());
+                }
+            }
+        }
+        assert!(pages > 500, "only {pages} pages were not empty");
     }
 }
