@@ -44,4 +44,4 @@ fi
 python3 -m ziglang version
 cargo deb --version
 cargo generate-rpm --version
-cargo zigbuild --version
+cargo-zigbuild --version
