@@ -1,0 +1,165 @@
+//! One module per command; what several share (logging, the config, the destination flags)
+//! is here. `main.rs` only parses and dispatches.
+
+pub(crate) mod check;
+pub(crate) mod convert;
+pub(crate) mod dead_letters;
+#[cfg(feature = "demo")]
+pub(crate) mod demo;
+pub(crate) mod formats;
+pub(crate) mod run;
+pub(crate) mod send;
+pub(crate) mod status;
+pub(crate) mod tenants;
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cli::{DestinationArgs, FramingArg, HeaderArgs, SyslogArg};
+use defender_bridge::config::Config;
+use defender_bridge::format::{self, syslog, Formatter, SyslogHeader};
+use defender_bridge::output::{self, OutputConfig};
+use defender_bridge::sink::{Framing, SinkConfig};
+
+/// `--log-format`, set once before the command runs.
+pub(crate) static LOG_FORMAT: std::sync::OnceLock<crate::cli::LogFormat> =
+    std::sync::OnceLock::new();
+
+pub(crate) fn init_logging() {
+    init_logging_at("info")
+}
+
+/// Logs to stderr (journald takes it from there); `RUST_LOG` overrides `level`.
+pub(crate) fn init_logging_at(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match LOG_FORMAT.get() {
+        Some(crate::cli::LogFormat::Json) => builder.json().try_init(),
+        // Colours only on a terminal: journald would store the escape codes.
+        _ => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+}
+
+pub(crate) fn load_config(path: &std::path::Path) -> Result<Config> {
+    let config = Config::load(path)?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(config)
+}
+
+/// `--to` and its options → one output config per destination.
+pub(crate) fn output_configs(d: &DestinationArgs) -> Result<Vec<OutputConfig>> {
+    // Load the format once, up front, so a mistake in it is reported before anything connects.
+    Formatter::load(&d.format)?;
+    let header = syslog_header(d.syslog, &d.header)?;
+    d.to.iter()
+        .map(|url| {
+            let mut sink = SinkConfig::new(url.parse()?);
+            sink.framing = d.framing.map(|f| match f {
+                FramingArg::Lf => Framing::Lf,
+                FramingArg::OctetCounting => Framing::OctetCounting,
+            });
+            sink.max_message_size = d.max_size;
+            sink.tls.ca_file = d.ca.clone();
+            sink.tls.client_cert = d.client_cert.clone();
+            sink.tls.client_key = d.client_key.clone();
+            sink.tls.server_name = d.server_name.clone();
+            sink.tls.insecure_skip_verify = d.insecure_skip_verify;
+            Ok(OutputConfig {
+                sink,
+                format: d.format.clone(),
+                header: header.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub(crate) fn input_names(files: &[std::path::PathBuf]) -> Vec<String> {
+    if files.is_empty() {
+        vec!["-".to_string()]
+    } else {
+        files
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+/// Reads one input; a file that cannot be read is reported and counted, not fatal.
+pub(crate) fn read_input(name: &str, rejected: &mut usize) -> Result<Option<(String, Vec<u8>)>> {
+    if name == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read stdin")?;
+        return Ok(Some(("<stdin>".to_string(), buf)));
+    }
+    match std::fs::read(name) {
+        Ok(b) => Ok(Some((name.to_string(), b))),
+        Err(e) => {
+            eprintln!("{name}: cannot read: {e}");
+            *rejected += 1;
+            Ok(None)
+        }
+    }
+}
+
+pub(crate) fn syslog_header(kind: SyslogArg, h: &HeaderArgs) -> Result<SyslogHeader> {
+    let facility = syslog::facility_from_name(&h.facility)
+        .with_context(|| format!("unknown syslog facility {:?}", h.facility))?;
+    let hostname = match &h.hostname {
+        Some(name) => name.clone(),
+        None => hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "-".to_string()),
+    };
+    let kind = match kind {
+        SyslogArg::None => format::HeaderKind::None,
+        SyslogArg::Rfc5424 => format::HeaderKind::Rfc5424,
+        SyslogArg::Rfc3164 => format::HeaderKind::Rfc3164,
+    };
+    let clock = if h.utc {
+        syslog::Clock::Utc
+    } else {
+        syslog::Clock::Local
+    };
+    Ok(SyslogHeader::new(kind, facility, &hostname, &h.app_name).with_clock(clock))
+}
+
+/// The test alert was queued whole: a destination whose size limit cannot hold it fails the
+/// check rather than reporting a record that was never sent.
+pub(crate) fn fits(sent: output::Sent) -> Result<()> {
+    match sent.refused.first() {
+        Some(r) => bail!("the test alert does not fit: {}", r.reason),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn bail_rejected(n: usize) -> Result<ExitCode> {
+    eprintln!("defender-bridge: {n} input(s) rejected");
+    Ok(ExitCode::from(1))
+}
