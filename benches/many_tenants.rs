@@ -355,6 +355,7 @@ fn bench() -> anyhow::Result<ExitCode> {
             tenants: None,
             min_severity: None,
         }],
+        notifications: Default::default(),
         warnings: Vec::new(),
     };
 

@@ -48,6 +48,9 @@ pub enum Command {
     /// Show the running daemon's tenants and destinations (read from its metrics_listen
     /// endpoint); exits 1 when something needs attention, 2 when the daemon cannot be reached
     Status(StatusArgs),
+    /// Send a clearly marked test message through every action (e-mail, webhook) of a
+    /// notification rule, and say exactly what went wrong if one fails
+    NotifyTest(NotifyTestArgs),
     /// Onboard customer tenants
     #[command(subcommand)]
     Tenants(TenantsCommand),
@@ -134,6 +137,14 @@ pub struct ConfigArg {
         default_value = "/etc/defender-bridge/config.toml"
     )]
     pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct NotifyTestArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The rule's name (its `name` in [[notification]])
+    pub rule: String,
 }
 
 #[derive(Args, Debug)]

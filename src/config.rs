@@ -78,7 +78,7 @@ fn short(d: Duration) -> String {
 }
 
 /// A duration key's value: parsed ("60s", "5m"), checked against its range, errors at its line.
-fn duration(
+pub(crate) fn duration(
     c: &Ctx,
     value: &Option<Spanned<String>>,
     r: DurationRange,
@@ -211,6 +211,11 @@ pub struct RawConfig {
     pub tenant: Vec<Spanned<RawTenant>>,
     #[serde(default)]
     pub destination: Vec<Spanned<RawDestination>>,
+    /// The mail server of the notification rules' e-mail.
+    #[serde(default)]
+    pub smtp: Option<Spanned<crate::notify::config::RawSmtp>>,
+    #[serde(default)]
+    pub notification: Vec<Spanned<crate::notify::config::RawRule>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -350,6 +355,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub tenants: Vec<Tenant>,
     pub destinations: Vec<Destination>,
+    /// `[smtp]` and the `[[notification]]` rules (src/notify/).
+    pub notifications: crate::notify::Notifications,
     /// Warnings found while loading (a secret file readable by others, skipped TLS checks).
     pub warnings: Vec<String>,
 }
@@ -365,13 +372,13 @@ pub const DEFAULT_METRICS_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V
 pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 1 << 30;
 const MIN_QUEUE_MAX_BYTES: u64 = 1 << 20;
 
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     origin: &'a str,
     src: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err<T>(
+    pub(crate) fn err<T>(
         &self,
         span: std::ops::Range<usize>,
         message: impl Into<String>,
@@ -383,7 +390,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn line(&self, span: &std::ops::Range<usize>) -> usize {
+    pub(crate) fn line(&self, span: &std::ops::Range<usize>) -> usize {
         self.src[..span.start.min(self.src.len())]
             .matches('\n')
             .count()
@@ -698,6 +705,9 @@ impl Config {
                 Some(n) if n.get_ref().trim().is_empty() => {
                     return c.err(n.span(), "a destination name cannot be empty")
                 }
+                Some(n) if n.get_ref().trim().starts_with('@') => {
+                    return c.err(n.span(), "a destination name cannot start with @ (the queue keeps such names for itself)")
+                }
                 Some(n) => n.get_ref().trim().to_string(),
                 None => sink.destination.to_string(),
             };
@@ -742,6 +752,8 @@ impl Config {
             }
             proxy = Some(url.to_string());
         }
+        let notifications =
+            crate::notify::config::load(&c, &raw.smtp, &raw.notification, &names, &mut warnings)?;
         let http = HttpSettings {
             proxy: proxy.map(SecretString::new),
             extra_ca_file: raw.ca_file.clone(),
@@ -781,12 +793,16 @@ impl Config {
             },
             tenants,
             destinations,
+            notifications,
             warnings,
         })
     }
 }
 
-fn severity(c: &Ctx, s: &Option<Spanned<String>>) -> Result<Option<Severity>, ConfigError> {
+pub(crate) fn severity(
+    c: &Ctx,
+    s: &Option<Spanned<String>>,
+) -> Result<Option<Severity>, ConfigError> {
     match s
         .as_ref()
         .map(|s| (s.get_ref().to_ascii_lowercase(), s.span()))
@@ -807,7 +823,7 @@ fn severity(c: &Ctx, s: &Option<Spanned<String>>) -> Result<Option<Severity>, Co
 
 /// Reads a secret from the environment or a file. Errors name the variable or file, never the
 /// secret.
-fn resolve_secret(
+pub(crate) fn resolve_secret(
     c: &Ctx,
     r: &SecretRef,
     span: std::ops::Range<usize>,

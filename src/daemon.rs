@@ -98,8 +98,7 @@ pub async fn run_with_reload(
         .and_then(|_| crate::metrics::recorder());
     let queue = Queue::open(&config.state_dir, config.queue_max_bytes)?;
     migrate_checkpoints(&queue, &config)?;
-    let names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
-    queue.attach(&names)?;
+    queue.attach(&cursor_names(&config))?;
     let http = build_http_client(&config.http)?;
     match crate::dead_letter::import_file(&queue, &config.dead_letter).await {
         Ok(0) => {}
@@ -111,6 +110,8 @@ pub async fn run_with_reload(
     }
     let mut running = Running::new(queue.clone(), http, config.shutdown_timeout);
     running.set_tenant_map(&config);
+    // Before the tenants and destinations: it hears their first events.
+    running.start_notifier(&config);
     for d in &config.destinations {
         running.start_destination(d)?;
     }
@@ -173,6 +174,7 @@ pub async fn run_with_reload(
     // Pollers first: a page being appended finishes its transaction or is not acknowledged,
     // and either way its alerts and checkpoint are in the queue together or not at all.
     running.stop_all_tenants().await;
+    running.stop_notifier().await;
     let behind = running.drain_destinations(deadline).await;
     // The endpoint holds the writers: it ends before they are shut down.
     metrics_stop.cancel();
@@ -249,6 +251,22 @@ fn migrate_checkpoints(queue: &Queue, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The queue cursors to keep: every destination's, and the notifier's when there are rules.
+fn cursor_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config.destinations.iter().map(|d| d.name.clone()).collect();
+    if !config.notifications.is_empty() {
+        names.push(crate::notify::CURSOR.to_string());
+    }
+    names
+}
+
+/// The notifier, running under its supervisor.
+struct NotifierTask {
+    fingerprint: u64,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// A tenant's poller, running under its supervisor.
 struct TenantTask {
     fingerprint: u64,
@@ -279,6 +297,9 @@ struct Running {
     tenants: std::collections::BTreeMap<String, TenantTask>,
     destinations: std::collections::BTreeMap<String, DestinationTask>,
     health: Arc<crate::metrics::Health>,
+    /// Health events: the log, and the notifier.
+    events: crate::event::Events,
+    notifier: Option<NotifierTask>,
 }
 
 impl Running {
@@ -296,6 +317,84 @@ impl Running {
             tenant_map: crate::delivery::TenantMap::default(),
             tenants: Default::default(),
             destinations: Default::default(),
+            events: crate::event::Events::new(),
+            notifier: None,
+        }
+    }
+
+    /// Starts the notifier when the configuration has rules. It restarts after a panic: its
+    /// cursor holds queued records until it has matched them.
+    fn start_notifier(&mut self, config: &Config) {
+        if config.notifications.is_empty() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let clouds: HashMap<String, crate::source::Cloud> = config
+            .tenants
+            .iter()
+            .map(|t| (t.settings.name.clone(), t.settings.cloud))
+            .collect();
+        let (notifications, queue, http, events) = (
+            config.notifications.clone(),
+            self.queue.clone(),
+            self.http.clone(),
+            self.events.clone(),
+        );
+        tracing::info!(
+            "notifications: {} rule(s): {}",
+            notifications.rules.len(),
+            notifications
+                .rules
+                .iter()
+                .map(|r| format!(
+                    "{} → {}",
+                    r.name,
+                    r.actions
+                        .iter()
+                        .map(|a| format!("{} {}", a.kind(), a.target()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        // Made here, so that it hears every event from now on, also across restarts.
+        let mut notifier = Some(crate::notify::Notifier::new(
+            notifications.clone(),
+            queue.clone(),
+            http.clone(),
+            events.clone(),
+            clouds.clone(),
+        ));
+        let task_stop = stop.clone();
+        let task = tokio::spawn(supervise(
+            "notifications".to_string(),
+            (Duration::from_secs(1), Duration::from_secs(60)),
+            stop.clone(),
+            move || -> Result<crate::notify::Notifier, String> {
+                Ok(notifier.take().unwrap_or_else(|| {
+                    crate::notify::Notifier::new(
+                        notifications.clone(),
+                        queue.clone(),
+                        http.clone(),
+                        events.clone(),
+                        clouds.clone(),
+                    )
+                }))
+            },
+            move |n: crate::notify::Notifier| n.run(task_stop.clone()),
+        ));
+        self.notifier = Some(NotifierTask {
+            fingerprint: config.notifications.fingerprint(),
+            stop,
+            task,
+        });
+    }
+
+    async fn stop_notifier(&mut self) {
+        if let Some(n) = self.notifier.take() {
+            n.stop.cancel();
+            let _ = n.task.await;
         }
     }
 
@@ -326,7 +425,42 @@ impl Running {
             tenants: self.tenant_map.clone(),
             progress,
             leave: leave.clone(),
+            events: self.events.clone(),
         };
+        // Down and up, as health events (issue 11 §5).
+        {
+            let (mut status, events, name) = (output.status(), self.events.clone(), d.name.clone());
+            let (stop, leave) = (stop.clone(), leave.clone());
+            tokio::spawn(async move {
+                let mut down_since: Option<tokio::time::Instant> = None;
+                loop {
+                    tokio::select! {
+                        changed = status.changed() => if changed.is_err() { return },
+                        _ = stop.cancelled() => return,
+                        _ = leave.cancelled() => return,
+                    }
+                    let now = status.borrow_and_update().clone();
+                    match now {
+                        crate::sink::Status::Down { reason } if down_since.is_none() => {
+                            down_since = Some(tokio::time::Instant::now());
+                            events.emit(crate::event::Event::DestinationDown {
+                                destination: name.clone(),
+                                reason,
+                            });
+                        }
+                        crate::sink::Status::Up { .. } => {
+                            if let Some(since) = down_since.take() {
+                                events.emit(crate::event::Event::DestinationUp {
+                                    destination: name.clone(),
+                                    down_secs: since.elapsed().as_secs(),
+                                });
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
         let task = tokio::spawn(forwarder.run_supervised(
             self.queue.clone(),
             stop.clone(),
@@ -395,11 +529,13 @@ impl Running {
         let stop = CancellationToken::new();
         let key = checkpoint_key(&settings.tenant_id, settings.api);
         let (http, start_queue) = (self.http.clone(), self.queue.clone());
+        let events = self.events.clone();
         let pages = TenantPages {
             tenant: tenant.clone(),
             queue: self.queue.clone(),
             stats: self.stats.clone(),
             stop: stop.clone(),
+            events: self.events.clone(),
         };
         let tenant_stop = stop.clone();
         let task = tokio::spawn(supervise(
@@ -418,7 +554,8 @@ impl Running {
                 let poller =
                     Poller::connect_with_checkpoint(settings.clone(), http.clone(), checkpoint)
                         .map_err(|e| e.to_string())?
-                        .with_status(status.clone());
+                        .with_status(status.clone())
+                        .with_events(events.clone());
                 // One line per tenant at start (issue 10 §6): where it signs in, what it polls,
                 // and where it goes on from.
                 tracing::info!(tenant = %settings.name, tenant_id = %settings.tenant_id,
@@ -555,8 +692,7 @@ impl Running {
             }
         }
         // Cursors: a new destination starts at the head, a removed one's is dropped.
-        let names: Vec<String> = new.destinations.iter().map(|d| d.name.clone()).collect();
-        if let Err(e) = self.queue.attach(&names) {
+        if let Err(e) = self.queue.attach(&cursor_names(new)) {
             tracing::error!("reload: cannot update the destinations' cursors: {e}");
         }
         self.set_tenant_map(new);
@@ -613,6 +749,13 @@ impl Running {
                 }
                 self.start_tenant(t);
             }
+        }
+        let notify_changed = self.notifier.as_ref().map(|n| n.fingerprint)
+            != (!new.notifications.is_empty()).then(|| new.notifications.fingerprint());
+        if notify_changed {
+            self.stop_notifier().await;
+            self.start_notifier(new);
+            tracing::info!("reload: notification rules changed; their pending digests stay");
         }
         tracing::info!(
             "configuration reloaded: {started} started, {stopped} stopped, {restarted} restarted; {} tenant(s), {} destination(s)",
@@ -775,11 +918,21 @@ pub(crate) struct TenantPages {
     queue: Queue,
     stats: Arc<RunStats>,
     stop: CancellationToken,
+    events: crate::event::Events,
 }
 
 impl PageSink for TenantPages {
     async fn accept(&self, batch: AlertBatch) -> Result<(), Refused> {
-        match handle_page(&self.tenant, batch, &self.queue, &self.stats, &self.stop).await {
+        match handle_page(
+            &self.tenant,
+            batch,
+            &self.queue,
+            &self.stats,
+            &self.stop,
+            &self.events,
+        )
+        .await
+        {
             Page::Done => Ok(()),
             Page::Again => Err(Refused::Again),
             Page::Stopped => Err(Refused::Closed),
@@ -808,6 +961,7 @@ async fn handle_page(
     queue: &Queue,
     stats: &RunStats,
     stop: &CancellationToken,
+    events: &crate::event::Events,
 ) -> Page {
     let name = &tenant.settings.name;
     // The cursor moves past every alert of the page, so what cannot be forwarded is committed
@@ -864,6 +1018,7 @@ async fn handle_page(
             })
             .collect()
     };
+    let first_reason = dead.first().map(|l| l.reason.clone());
     let dead: Vec<Vec<u8>> = dead.iter().map(Letter::to_json).collect();
     let Some(checkpoint) = &batch.checkpoint else {
         tracing::error!(tenant = %name, "a page came without its checkpoint; not acknowledged");
@@ -889,6 +1044,13 @@ async fn handle_page(
                 stats
                     .rejected
                     .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
+                if !dead.is_empty() {
+                    events.emit(crate::event::Event::DeadLettered {
+                        source: format!("tenant {name}"),
+                        count: dead.len() as u64,
+                        reason: first_reason.clone().unwrap_or_default(),
+                    });
+                }
                 return Page::Done;
             }
             Err(crate::queue::QueueError::Closed) => return Page::Stopped,
@@ -963,7 +1125,15 @@ mod tests {
         let stats = RunStats::default();
         let stop = CancellationToken::new();
         let queue = Queue::open(dir.path(), 1 << 20).unwrap();
-        let page = handle_page(&tenant(), page(), &queue, &stats, &stop).await;
+        let page = handle_page(
+            &tenant(),
+            page(),
+            &queue,
+            &stats,
+            &stop,
+            &crate::event::Events::new(),
+        )
+        .await;
         assert_eq!(page, Page::Done);
         // Neither went into the queue; the page's checkpoint did.
         assert_eq!(queue.stats().head, 0);

@@ -53,6 +53,8 @@ pub struct Forwarder {
     /// it): the loop reads nothing more, waits for what its writer holds, moves its cursor and
     /// ends; the rest stays queued.
     pub leave: CancellationToken,
+    /// Where "records went to the dead letters" is said (the log and the notifier).
+    pub events: crate::event::Events,
 }
 
 /// The tenants by name, as the delivery loops read them.
@@ -252,7 +254,7 @@ impl Forwarder {
                     record: &text,
                     alert: None,
                 };
-                keep_letters(queue, name, vec![letter.to_json()]).await;
+                keep_letters(queue, &self.events, name, vec![letter.to_json()]).await;
                 return;
             }
         };
@@ -276,7 +278,7 @@ impl Forwarder {
                     record: record.alert.get(),
                     alert: Some(&record.alert),
                 };
-                keep_letters(queue, name, vec![letter.to_json()]).await;
+                keep_letters(queue, &self.events, name, vec![letter.to_json()]).await;
                 return;
             }
         };
@@ -325,7 +327,7 @@ impl Forwarder {
                 .iter()
                 .map(|r| r.letter(name, &alert, Some(&record.alert), &ctx).to_json())
                 .collect();
-            keep_letters(queue, name, letters).await;
+            keep_letters(queue, &self.events, name, letters).await;
         }
     }
 
@@ -381,7 +383,7 @@ impl Forwarder {
             letters.push(letter);
         }
         if !letters.is_empty() {
-            keep_letters(queue, name, letters).await;
+            keep_letters(queue, &self.events, name, letters).await;
         }
     }
 
@@ -393,12 +395,27 @@ impl Forwarder {
 
 /// Commits dead letters, trying again while the store cannot be written (a full disk): the
 /// record is not counted as delivered, and the cursor does not move past it, until they are.
-async fn keep_letters(queue: &Queue, destination: &str, letters: Vec<Vec<u8>>) {
+async fn keep_letters(
+    queue: &Queue,
+    events: &crate::event::Events,
+    destination: &str,
+    letters: Vec<Vec<u8>>,
+) {
     loop {
         match queue.keep_dead_letters(letters.clone()).await {
             Ok(()) => {
                 metrics::counter!("defender_bridge_dead_letters_total", "destination" => destination.to_string())
                     .increment(letters.len() as u64);
+                let reason = letters
+                    .first()
+                    .and_then(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+                    .and_then(|v| v["reason"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                events.emit(crate::event::Event::DeadLettered {
+                    source: format!("destination {destination}"),
+                    count: letters.len() as u64,
+                    reason,
+                });
                 return;
             }
             Err(QueueError::Closed) => {
@@ -491,6 +508,7 @@ mod tests {
             tenants: TenantMap::default(),
             progress: Arc::default(),
             leave: CancellationToken::new(),
+            events: crate::event::Events::new(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run_supervised(
@@ -571,6 +589,7 @@ mod tests {
             tenants: TenantMap::default(),
             progress: Arc::default(),
             leave: CancellationToken::new(),
+            events: crate::event::Events::new(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(
@@ -709,6 +728,7 @@ mod tests {
             tenants: TenantMap::default(),
             progress: Arc::default(),
             leave: CancellationToken::new(),
+            events: crate::event::Events::new(),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(

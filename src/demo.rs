@@ -127,6 +127,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<(
             tenants: None,
             min_severity: None,
         }],
+        notifications: Default::default(),
         warnings: Vec::new(),
     };
     eprintln!(

@@ -13,11 +13,13 @@ pub mod dead_letter;
 pub mod delivery;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod event;
 #[cfg(feature = "demo")]
 pub mod fake_api;
 pub mod format;
 pub mod input;
 pub mod metrics;
+pub mod notify;
 pub mod output;
 pub mod queue;
 pub mod sink;

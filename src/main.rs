@@ -14,8 +14,9 @@ use cli::{Cli, Command};
 #[cfg(feature = "demo")]
 use cmd::demo::demo;
 use cmd::{
-    check::check, convert::convert, dead_letters::dead_letters, formats::formats, run::run_daemon,
-    send::send, send::send_test, status::status, tenants::tenants, LOG_FORMAT,
+    check::check, convert::convert, dead_letters::dead_letters, formats::formats,
+    notify_test::notify_test, run::run_daemon, send::send, send::send_test, status::status,
+    tenants::tenants, LOG_FORMAT,
 };
 
 fn main() -> ExitCode {
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => block_on(demo(args)),
         Command::Check(args) => block_on(check(args)),
         Command::Status(args) => block_on(status(args)),
+        Command::NotifyTest(args) => block_on(notify_test(args)),
         Command::Tenants(cmd) => block_on(tenants(cmd)),
         Command::Formats(cmd) => formats(cmd),
         Command::DeadLetters(cmd) => block_on(dead_letters(cmd)),

@@ -57,6 +57,10 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("defender_bridge_queue_max_bytes", "gauge", "queue_max_bytes: polling pauses when the queue reaches it"),
     ("defender_bridge_queue_commits_total", "counter", "Write transactions of the queue since start (each two fsyncs)"),
     ("defender_bridge_dead_letters", "gauge", "Dead letters kept in the queue (`dead-letters list`)"),
+    ("defender_bridge_notification_alerts_total", "counter", "Alert versions a notification rule matched, per rule"),
+    ("defender_bridge_notifications_sent_total", "counter", "Notification messages delivered (SMTP accepted, webhook 2xx), per rule and action"),
+    ("defender_bridge_notification_failures_total", "counter", "Notification messages that failed and wait to be tried again, per rule and action"),
+    ("defender_bridge_notifications_pending", "gauge", "Alerts and health events waiting in a rule's digest (sent after its window), per rule and action"),
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -7,6 +7,7 @@ pub(crate) mod dead_letters;
 #[cfg(feature = "demo")]
 pub(crate) mod demo;
 pub(crate) mod formats;
+pub(crate) mod notify_test;
 pub(crate) mod run;
 pub(crate) mod send;
 pub(crate) mod status;

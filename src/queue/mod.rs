@@ -40,6 +40,8 @@ const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoi
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// The notifier's state (src/notify/): pending digests and the alerts it has seen, by key.
+const NOTIFY: TableDefinition<&str, &[u8]> = TableDefinition::new("notify");
 
 /// Most requests folded into one transaction.
 const GROUP_MAX: usize = 256;
@@ -77,6 +79,7 @@ fn open_and_prepare(path: &Path) -> Result<(Database, u64, u64), QueueError> {
         txn.open_table(CHECKPOINTS).map_err(|e| err(&e))?;
         txn.open_table(CURSORS).map_err(|e| err(&e))?;
         txn.open_table(DEAD_LETTERS).map_err(|e| err(&e))?;
+        txn.open_table(NOTIFY).map_err(|e| err(&e))?;
         let meta = txn.open_table(META).map_err(|e| err(&e))?;
         let next = meta
             .get("next_seq")
@@ -161,8 +164,24 @@ enum Request {
         seq: u64,
         reply: oneshot::Sender<Result<(), QueueError>>,
     },
+    /// The notifier's changes, with its cursor when it has read records (src/notify/).
+    Notify {
+        change: NotifyChange,
+        reply: oneshot::Sender<Result<(), QueueError>>,
+    },
     /// Commit what came before, then end the thread.
     Stop,
+}
+
+/// One write of the notifier's state: keys put, key ranges deleted, and its queue cursor moved,
+/// all in one transaction (so a crash neither loses a matched alert nor matches it twice).
+#[derive(Debug, Default)]
+pub struct NotifyChange {
+    /// The cursor's name and the last record read.
+    pub cursor: Option<(String, u64)>,
+    pub put: Vec<(String, Vec<u8>)>,
+    /// Half-open key ranges `[start, end)` to delete.
+    pub delete: Vec<(String, String)>,
 }
 
 /// Counters of the queue, for logs, `status` and metrics.
@@ -547,6 +566,47 @@ impl Queue {
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
+    /// Commits the notifier's `change`; returns once it is on disk.
+    pub async fn notify_commit(&self, change: NotifyChange) -> Result<(), QueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Notify { change, reply })
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// The notifier's keys starting with `prefix`, in key order, with their values.
+    pub fn notify_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, QueueError> {
+        let txn = self
+            .shared
+            .db()?
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
+        let table = txn.open_table(NOTIFY).map_err(|e| self.store_err(&e))?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..).map_err(|e| self.store_err(&e))? {
+            let (k, v) = entry.map_err(|e| self.store_err(&e))?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The notifier's value under `key`.
+    pub fn notify_get(&self, key: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        let txn = self
+            .shared
+            .db()?
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
+        let table = txn.open_table(NOTIFY).map_err(|e| self.store_err(&e))?;
+        let v = table.get(key).map_err(|e| self.store_err(&e))?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
     /// Follows the head: `changed().await` wakes when records are appended.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.head.subscribe()
@@ -656,7 +716,9 @@ fn commit_loop(shared: &Shared, mut rx: mpsc::Receiver<Request>) {
         }
         for request in group {
             let reply = match request {
-                Request::Append { reply, .. } | Request::Ack { reply, .. } => reply,
+                Request::Append { reply, .. }
+                | Request::Ack { reply, .. }
+                | Request::Notify { reply, .. } => reply,
                 Request::Stop => continue,
             };
             let _ = reply.send(result.clone().map(|_| ()));
@@ -679,6 +741,7 @@ fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
         let mut cursors = txn.open_table(CURSORS).map_err(|e| err(&e))?;
         let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
         let mut dead = txn.open_table(DEAD_LETTERS).map_err(|e| err(&e))?;
+        let mut notify = txn.open_table(NOTIFY).map_err(|e| err(&e))?;
         let mut next = meta
             .get("next_seq")
             .map_err(|e| err(&e))?
@@ -731,6 +794,28 @@ fn commit_group(shared: &Shared, group: &[Request]) -> Result<u64, QueueError> {
                             .insert(destination.as_str(), *seq)
                             .map_err(|e| err(&e))?;
                         acked = true;
+                    }
+                }
+                Request::Notify { change, .. } => {
+                    for (start, end) in &change.delete {
+                        notify
+                            .retain_in(start.as_str()..end.as_str(), |_, _| false)
+                            .map_err(|e| err(&e))?;
+                    }
+                    for (k, v) in &change.put {
+                        notify
+                            .insert(k.as_str(), v.as_slice())
+                            .map_err(|e| err(&e))?;
+                    }
+                    if let Some((name, seq)) = &change.cursor {
+                        let current = cursors
+                            .get(name.as_str())
+                            .map_err(|e| err(&e))?
+                            .map(|v| v.value());
+                        if current.is_some_and(|c| c < *seq) {
+                            cursors.insert(name.as_str(), *seq).map_err(|e| err(&e))?;
+                            acked = true;
+                        }
                     }
                 }
                 Request::Ack { .. } | Request::Stop => {}

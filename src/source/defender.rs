@@ -233,6 +233,8 @@ pub struct Poller {
     status: Arc<Mutex<TenantStatus>>,
     /// When the credential's expiry was last looked at (once a day).
     expiry_checked: Option<tokio::time::Instant>,
+    /// Where poll failures, recoveries and expiry warnings go (the log and the notifier).
+    events: crate::event::Events,
 }
 
 /// How long before a certificate or secret expires the log starts warning (issue 10 §7).
@@ -377,6 +379,7 @@ impl Poller {
             prepaid: AtomicBool::new(false),
             status: Arc::default(),
             expiry_checked: None,
+            events: crate::event::Events::new(),
         }
     }
 
@@ -398,6 +401,13 @@ impl Poller {
     /// kept across a restart of the poller).
     pub fn with_status(mut self, status: Arc<Mutex<TenantStatus>>) -> Self {
         self.status = status;
+        self
+    }
+
+    /// Sends the tenant's health events (poll failures, recoveries, expiring credentials) to
+    /// `events` rather than only to the log.
+    pub fn with_events(mut self, events: crate::event::Events) -> Self {
+        self.events = events;
         self
     }
 
@@ -428,6 +438,12 @@ impl Poller {
             };
             let delay = match result {
                 Ok(stats) => {
+                    if failures > 0 {
+                        self.events.emit(crate::event::Event::PollRecovered {
+                            tenant: name.clone(),
+                            failures,
+                        });
+                    }
                     failures = 0;
                     tracing::debug!(tenant = %name, ?stats, "poll done");
                     self.report_lag(&stats);
@@ -453,8 +469,12 @@ impl Poller {
                             failures,
                         )
                     };
-                    tracing::error!(tenant = %name, tenant_id = %self.settings.tenant_id,
-                        "poll failed ({failures} in a row), retrying in {delay:?}: {e}");
+                    self.events.emit(crate::event::Event::PollFailed {
+                        tenant: name.clone(),
+                        failures,
+                        retry_in_secs: delay.as_secs(),
+                        reason: e.to_string(),
+                    });
                     let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
                     s.last_error = Some(e.to_string());
                     s.consecutive_failures = failures;
@@ -484,11 +504,13 @@ impl Poller {
             super::tenant::Credential::Secret(_) => "client secret",
             _ => "certificate",
         };
-        let left = expires - Utc::now();
-        if left <= chrono::Duration::zero() {
-            tracing::error!(tenant = %s.name, "the {what} of app {} expired on {}: sign-in will fail until it is replaced", s.client_id, expires.to_rfc3339());
-        } else if left <= EXPIRY_WARNING {
-            tracing::warn!(tenant = %s.name, "the {what} of app {} expires in {} days ({}): replace it before then", s.client_id, left.num_days(), expires.to_rfc3339());
+        if expires - Utc::now() <= EXPIRY_WARNING {
+            self.events.emit(crate::event::Event::CredentialExpiring {
+                tenant: s.name.clone(),
+                what: what.to_string(),
+                client_id: s.client_id.clone(),
+                expires,
+            });
         }
     }
 
