@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod proxy;
+pub mod schemas;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
