@@ -9,6 +9,7 @@
 
 pub mod proxy;
 pub mod schemas;
+pub mod smtp;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
