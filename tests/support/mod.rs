@@ -10,6 +10,7 @@
 pub mod proxy;
 pub mod schemas;
 pub mod smtp;
+pub mod webhook;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
