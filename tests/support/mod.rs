@@ -8,6 +8,9 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod proxy;
+pub mod schemas;
+pub mod smtp;
+pub mod webhook;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
