@@ -18,7 +18,7 @@ use crate::event::Event;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Item {
-    Alert(AlertFacts),
+    Alert(Box<AlertFacts>),
     Health { at: DateTime<Utc>, event: Event },
 }
 
@@ -26,6 +26,9 @@ pub enum Item {
 pub const LIST_MAX: usize = 50;
 /// Listed in a Slack message (50 blocks at most, two per alert) and a Teams card (about 28 KB).
 const CHAT_LIST_MAX: usize = 10;
+
+/// (tenant, alerts, [(severity, alerts)] from the highest severity).
+type TenantCount = (String, u64, Vec<(String, u64)>);
 
 /// A rule's digest, as it is sent.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,6 +51,7 @@ impl Digest {
     pub fn add(&mut self, item: Item) {
         match item {
             Item::Alert(a) => {
+                let a = *a;
                 self.alert_count += 1;
                 *self
                     .counts
@@ -89,7 +93,7 @@ impl Digest {
     }
 
     /// Counts by tenant: (tenant, total, [(severity, n)] from the highest severity).
-    fn by_tenant(&self) -> Vec<(String, u64, Vec<(String, u64)>)> {
+    fn by_tenant(&self) -> Vec<TenantCount> {
         let mut out: BTreeMap<&str, Vec<(String, u64)>> = BTreeMap::new();
         for ((t, s), n) in &self.counts {
             out.entry(t).or_default().push((s.clone(), *n));
@@ -377,7 +381,6 @@ impl Digest {
                     "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
                     "type": "AdaptiveCard",
                     "version": "1.4",
-                    "msteams": {"width": "Full"},
                     "body": body
                 }
             }]
@@ -580,11 +583,11 @@ mod tests {
             ..Digest::default()
         };
         for i in 0..(LIST_MAX + 5) {
-            d.add(Item::Alert(alert(
+            d.add(Item::Alert(Box::new(alert(
                 if i % 2 == 0 { "contoso" } else { "fabrikam" },
                 if i % 3 == 0 { "high" } else { "medium" },
                 &format!("a{i}"),
-            )));
+            ))));
         }
         assert_eq!(d.alert_count, 55);
         assert_eq!(d.alerts.len(), LIST_MAX);
@@ -607,7 +610,7 @@ mod tests {
     #[test]
     fn a_subject_is_one_line_whatever_the_title_holds() {
         let mut d = Digest::default();
-        d.add(Item::Alert(alert("contoso", "high", "evil\r\nBcc: x@y")));
+        d.add(Item::Alert(Box::new(alert("contoso", "high", "evil\r\nBcc: x@y"))));
         assert_eq!(
             d.subject(),
             "[defender-bridge] High alert at contoso: evil  Bcc: x@y"
@@ -617,11 +620,11 @@ mod tests {
     #[test]
     fn slack_text_is_escaped_and_within_limits() {
         let mut d = Digest::default();
-        d.add(Item::Alert(alert(
+        d.add(Item::Alert(Box::new(alert(
             "contoso",
             "high",
             &format!("<!channel> & {}", "x".repeat(5000)),
-        )));
+        ))));
         let v = d.slack();
         // header, summary, divider, the alert's section.
         let s = v["blocks"][3]["text"]["text"].as_str().unwrap();

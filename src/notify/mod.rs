@@ -528,6 +528,20 @@ impl Notifier {
         cursor: u64,
         wants_alerts: bool,
     ) -> Result<Option<u64>, QueueError> {
+        if !wants_alerts {
+            // Rules of health events only: nothing to match, the cursor follows the head.
+            let head = self.queue.stats().head;
+            if head <= cursor {
+                return Ok(None);
+            }
+            self.queue
+                .notify_commit(NotifyChange {
+                    cursor: Some((CURSOR.to_string(), head)),
+                    ..NotifyChange::default()
+                })
+                .await?;
+            return Ok(Some(head));
+        }
         let records = self.queue.read(cursor, READ_BATCH)?;
         let Some(last) = records.last().map(|(s, _)| *s) else {
             return Ok(None);
@@ -537,66 +551,64 @@ impl Notifier {
             ..NotifyChange::default()
         };
         let mut items: Vec<(usize, Item)> = Vec::new();
-        if wants_alerts {
-            let now = Utc::now();
-            // Statuses seen in this batch, before the store has them.
-            let mut batch: HashMap<String, String> = HashMap::new();
-            for (_, bytes) in &records {
-                let Ok(record) = Record::decode(bytes) else {
-                    continue;
-                };
-                if record.only.is_some() {
-                    // A dead letter replayed for one destination: it notified when it came.
-                    continue;
-                }
-                let Ok(alert) = Alert::from_json(record.alert.get()) else {
-                    continue;
-                };
-                let key = seen_key(&record.tenant_id, &record.alert_id);
-                let status = alert.status.as_deref().unwrap_or("").to_string();
-                let before = match batch.get(&key) {
-                    Some(s) => Some(s.clone()),
-                    None => self
-                        .queue
-                        .notify_get(&key)?
-                        .and_then(|v| serde_json::from_slice::<Seen>(&v).ok())
-                        .map(|s| s.status),
-                };
-                let change_kind = match &before {
-                    None => Change::New,
-                    Some(b) if !b.eq_ignore_ascii_case(&status) => Change::Status,
-                    Some(_) => Change::Update,
-                };
-                batch.insert(key.clone(), status.clone());
-                change.put.push((
-                    key,
-                    serde_json::to_vec(&Seen {
-                        status,
-                        t: now.timestamp(),
-                    })
-                    .unwrap_or_default(),
-                ));
-                let cloud = self
-                    .clouds
-                    .get(&record.tenant_name)
-                    .copied()
-                    .unwrap_or(Cloud::Commercial);
-                let mut facts =
-                    AlertFacts::of(&alert, &record.tenant_name, &record.tenant_id, cloud);
-                facts.change = change_kind;
-                if change_kind == Change::Status {
-                    facts.previous_status = before;
-                }
-                for (i, r) in self.notifications.rules.iter().enumerate() {
-                    if r.takes_alert(&facts, now) {
-                        metrics::counter!("defender_bridge_notification_alerts_total", "rule" => r.name.clone()).increment(1);
-                        let f = if r.include_device_user {
-                            facts.clone()
-                        } else {
-                            facts.clone().without_device_user()
-                        };
-                        items.push((i, Item::Alert(f)));
-                    }
+        let now = Utc::now();
+        let decoded: Vec<Record> = records
+            .iter()
+            .filter_map(|(_, bytes)| Record::decode(bytes).ok())
+            // A dead letter replayed for one destination notified when it first came.
+            .filter(|r| r.only.is_none())
+            .collect();
+        let keys: Vec<String> = decoded
+            .iter()
+            .map(|r| seen_key(&r.tenant_id, &r.alert_id))
+            .collect();
+        let stored = self.queue.notify_get(&keys)?;
+        // Statuses seen in this batch, before the store has them.
+        let mut batch: HashMap<&str, String> = HashMap::new();
+        for ((record, key), stored) in decoded.iter().zip(&keys).zip(stored) {
+            let Ok(alert) = Alert::from_json(record.alert.get()) else {
+                continue;
+            };
+            let status = alert.status.as_deref().unwrap_or("").to_string();
+            let before = match batch.get(key.as_str()) {
+                Some(s) => Some(s.clone()),
+                None => stored
+                    .and_then(|v| serde_json::from_slice::<Seen>(&v).ok())
+                    .map(|s| s.status),
+            };
+            let change_kind = match &before {
+                None => Change::New,
+                Some(b) if !b.eq_ignore_ascii_case(&status) => Change::Status,
+                Some(_) => Change::Update,
+            };
+            batch.insert(key, status.clone());
+            change.put.push((
+                key.clone(),
+                serde_json::to_vec(&Seen {
+                    status,
+                    t: now.timestamp(),
+                })
+                .unwrap_or_default(),
+            ));
+            let cloud = self
+                .clouds
+                .get(&record.tenant_name)
+                .copied()
+                .unwrap_or(Cloud::Commercial);
+            let mut facts = AlertFacts::of(&alert, &record.tenant_name, &record.tenant_id, cloud);
+            facts.change = change_kind;
+            if change_kind == Change::Status {
+                facts.previous_status = before;
+            }
+            for (i, r) in self.notifications.rules.iter().enumerate() {
+                if r.takes_alert(&facts, now) {
+                    metrics::counter!("defender_bridge_notification_alerts_total", "rule" => r.name.clone()).increment(1);
+                    let f = if r.include_device_user {
+                        facts.clone()
+                    } else {
+                        facts.clone().without_device_user()
+                    };
+                    items.push((i, Item::Alert(Box::new(f))));
                 }
             }
         }
@@ -849,7 +861,7 @@ pub async fn test(
             .alert_link("da-test-0000", "00000000-0000-0000-0000-000000000000"),
         incident_url: None,
     };
-    digest.add(Item::Alert(sample));
+    digest.add(Item::Alert(Box::new(sample)));
     let mut out = Vec::new();
     for a in &r.actions {
         out.push(TestResult {

@@ -595,16 +595,20 @@ impl Queue {
         Ok(out)
     }
 
-    /// The notifier's value under `key`.
-    pub fn notify_get(&self, key: &str) -> Result<Option<Vec<u8>>, QueueError> {
+    /// The notifier's values under `keys`, in one read transaction.
+    pub fn notify_get(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, QueueError> {
         let txn = self
             .shared
             .db()?
             .begin_read()
             .map_err(|e| self.store_err(&e))?;
         let table = txn.open_table(NOTIFY).map_err(|e| self.store_err(&e))?;
-        let v = table.get(key).map_err(|e| self.store_err(&e))?;
-        Ok(v.map(|v| v.value().to_vec()))
+        keys.iter()
+            .map(|k| {
+                let v = table.get(k.as_str()).map_err(|e| self.store_err(&e))?;
+                Ok(v.map(|v| v.value().to_vec()))
+            })
+            .collect()
     }
 
     /// Follows the head: `changed().await` wakes when records are appended.
@@ -878,6 +882,55 @@ mod tests {
             .into_iter()
             .map(|(_, b)| Record::decode(&b).expect("record").alert_id)
             .collect()
+    }
+
+    /// The notifier's changes commit with its cursor, which holds records like a destination's;
+    /// deleted ranges go, put keys stay across a reopen.
+    #[tokio::test]
+    async fn the_notifiers_state_commits_with_its_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = Checkpoint::fresh("t", "graph", Utc::now());
+        {
+            let q = Queue::open(dir.path(), 1 << 20).expect("open");
+            q.attach(&["siem".into(), "@notifications".into()])
+                .expect("attach");
+            q.append("t-graph", (1..=4).map(record).collect(), Vec::new(), &cp)
+                .await
+                .expect("append");
+            q.ack("siem", 4).await.expect("ack");
+            // The notifier has not read them: they stay.
+            assert_eq!(ids(&q, 0).len(), 4);
+            let put = |k: &str| (k.to_string(), k.as_bytes().to_vec());
+            q.notify_commit(NotifyChange {
+                cursor: Some(("@notifications".into(), 3)),
+                put: vec![put("p/r/0/01"), put("p/r/0/02"), put("p/r/0/10"), put("s/t/da1")],
+                delete: Vec::new(),
+            })
+            .await
+            .expect("commit");
+            assert_eq!(ids(&q, 0), ["da4"]);
+            q.notify_commit(NotifyChange {
+                cursor: None,
+                put: Vec::new(),
+                delete: vec![("p/r/0/".into(), "p/r/0/03".into())],
+            })
+            .await
+            .expect("delete");
+            q.close().await;
+        }
+        let q = Queue::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(q.cursor("@notifications").expect("cursor"), 3);
+        let left: Vec<String> = q
+            .notify_scan("p/")
+            .expect("scan")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, ["p/r/0/10"]);
+        assert_eq!(
+            q.notify_get(&["s/t/da1".into(), "s/t/da9".into()]).expect("get"),
+            [Some(b"s/t/da1".to_vec()), None]
+        );
     }
 
     #[tokio::test]
