@@ -331,6 +331,18 @@ async fn multipart_alternative_parts_come_back_exactly() {
         Some("Défender Bridge <bridge@mssp.example>")
     );
     assert_eq!(parsed.part_types, ["text/plain", "text/html"]);
+    // Both parts went encoded (non-ASCII, long lines), so the decoders were exercised.
+    let encodings: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("Content-Transfer-Encoding: "))
+        .collect();
+    assert_eq!(encodings.len(), 2, "{raw}");
+    assert!(
+        encodings
+            .iter()
+            .all(|e| *e == "quoted-printable" || *e == "base64"),
+        "{encodings:?}"
+    );
     assert_eq!(parsed.text.as_deref(), Some(text.as_str()), "{raw}");
     assert_eq!(parsed.html.as_deref(), Some(html.as_str()), "{raw}");
     assert!(parsed

@@ -185,15 +185,11 @@ fn chars(s: &str) -> usize {
 /// An optional string field no longer than `max` characters.
 fn check_str(errors: &mut Vec<String>, object: &Value, at: &str, name: &str, max: usize) {
     match object.get(name) {
-        None => {}
-        Some(Value::String(s)) => {
-            if chars(s) > max {
-                errors.push(format!(
-                    "{at}.{name}: {} characters, the limit is {max}",
-                    chars(s)
-                ));
-            }
-        }
+        Some(Value::String(s)) if chars(s) > max => errors.push(format!(
+            "{at}.{name}: {} characters, the limit is {max}",
+            chars(s)
+        )),
+        None | Some(Value::String(_)) => {}
         Some(other) => errors.push(format!("{at}.{name}: not a string but {other}")),
     }
 }
