@@ -569,6 +569,7 @@ async fn pending_digests_survive_a_kill_9() {
         log.contains("30 pending alert(s) and event(s) from before the restart"),
         "{log}"
     );
+    receiver.kill();
 }
 
 /// The Teams body is a Workflows message whose card validates against the Adaptive Card

@@ -610,7 +610,11 @@ mod tests {
     #[test]
     fn a_subject_is_one_line_whatever_the_title_holds() {
         let mut d = Digest::default();
-        d.add(Item::Alert(Box::new(alert("contoso", "high", "evil\r\nBcc: x@y"))));
+        d.add(Item::Alert(Box::new(alert(
+            "contoso",
+            "high",
+            "evil\r\nBcc: x@y",
+        ))));
         assert_eq!(
             d.subject(),
             "[defender-bridge] High alert at contoso: evil  Bcc: x@y"

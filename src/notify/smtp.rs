@@ -115,7 +115,11 @@ fn classify(s: &SmtpSettings, e: &lettre::transport::smtp::Error) -> NotifyError
     }
     let code = e.status().map(|c| c.to_string());
     let lower = text.to_ascii_lowercase();
-    if e.is_tls() || lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+    if e.is_tls()
+        || lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+    {
         return NotifyError::Tls(format!("with {}:{}: {text}", s.host, s.port));
     }
     if code.as_deref().is_some_and(|c| c.starts_with("53")) {

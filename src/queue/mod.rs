@@ -903,7 +903,12 @@ mod tests {
             let put = |k: &str| (k.to_string(), k.as_bytes().to_vec());
             q.notify_commit(NotifyChange {
                 cursor: Some(("@notifications".into(), 3)),
-                put: vec![put("p/r/0/01"), put("p/r/0/02"), put("p/r/0/10"), put("s/t/da1")],
+                put: vec![
+                    put("p/r/0/01"),
+                    put("p/r/0/02"),
+                    put("p/r/0/10"),
+                    put("s/t/da1"),
+                ],
                 delete: Vec::new(),
             })
             .await
@@ -928,7 +933,8 @@ mod tests {
             .collect();
         assert_eq!(left, ["p/r/0/10"]);
         assert_eq!(
-            q.notify_get(&["s/t/da1".into(), "s/t/da9".into()]).expect("get"),
+            q.notify_get(&["s/t/da1".into(), "s/t/da9".into()])
+                .expect("get"),
             [Some(b"s/t/da1".to_vec()), None]
         );
     }
