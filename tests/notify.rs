@@ -779,6 +779,30 @@ async fn notify_test_sends_a_marked_message_and_says_what_went_wrong() {
         "{out}"
     );
 
+    // Implicit TLS (port 465 style): the same message through a server that speaks TLS
+    // from the first byte.
+    let implicit = SmtpServer::start(SmtpOptions {
+        tls: SmtpTls::Implicit(&pki),
+        auth: Some(("bridge".into(), SMTP_PASSWORD.into())),
+        require_tls_before_auth: true,
+    });
+    let starttls_config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        starttls_config
+            .replace(
+                &format!("port = {}", smtp.port()),
+                &format!("port = {}", implicit.port()),
+            )
+            .replace("tls = \"starttls\"", "tls = \"tls\""),
+    )
+    .unwrap();
+    let (code, out) = run(s.config.clone(), "soc", SMTP_PASSWORD).await;
+    assert_eq!(code, Some(0), "{out}");
+    let m = implicit.wait_for(1, Duration::from_secs(10)).await;
+    assert!(m[0].tls && m[0].authenticated_as.as_deref() == Some("bridge"));
+    std::fs::write(&s.config, starttls_config).unwrap();
+
     // A mail server whose certificate is from a CA we do not trust: TLS.
     std::fs::write(
         &s.config,
@@ -811,4 +835,62 @@ async fn notify_test_sends_a_marked_message_and_says_what_went_wrong() {
     );
     assert_no_secret("notify-test's output", &out);
     drop(s.dir);
+}
+
+/// SIGHUP with changed rules: the notifier starts again with the new ones (a new webhook URL
+/// gets the next digest, the old one nothing more), and rules removed stop notifying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_rules() {
+    let old = WebhookServer::start(vec![Reply::Status(200, "ok")]);
+    let new = WebhookServer::start(vec![Reply::Status(200, "ok")]);
+    let mut receiver = rsyslog(RsyslogInput::Tcp).await;
+    let rule = |url: &str| {
+        format!(
+            "[[notification]]\nname = \"r\"\nwindow = \"1s\"\nwebhook = {{ url = \"{url}\" }}\n"
+        )
+    };
+    let s = setup(receiver.port, &rule(&old.url("/old"))).await;
+    put(&s.fake, T1, "da-before", "high", "before");
+    let child = start(&s.config);
+    receiver.wait_for_lines(1).await;
+    old.wait_for(1, Duration::from_secs(30)).await;
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        config.replace(&old.url("/old"), &new.url("/new")),
+    )
+    .unwrap();
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    // Let the reload happen before the next alert comes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    put(&s.fake, T2, "da-after", "high", "after");
+    receiver.wait_for_lines(2).await;
+    let got = new.wait_for(1, Duration::from_secs(30)).await;
+    let ids: Vec<String> = got[0].json()["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["da-after"]);
+    assert_eq!(old.requests().len(), 1, "the old URL got nothing more");
+    // Rules removed: nothing more is sent anywhere.
+    std::fs::write(&s.config, config.split("[[notification]]").next().unwrap()).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    put(&s.fake, T1, "da-none", "high", "none");
+    receiver.wait_for_lines(3).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = stop(child).await;
+    assert_eq!(new.requests().len(), 1);
+    assert_eq!(old.requests().len(), 1);
+    assert!(log.contains("reload: notification rules changed"), "{log}");
+    receiver.kill();
 }

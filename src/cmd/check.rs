@@ -37,6 +37,19 @@ pub(crate) async fn check(args: CheckArgs) -> Result<ExitCode> {
     for t in &config.tenants {
         println!("tenant {}: {}", t.settings.name, endpoints(&t.settings));
     }
+    for r in &config.notifications.rules {
+        let actions: Vec<String> = r
+            .actions
+            .iter()
+            .map(|a| format!("{} to {}", a.kind(), a.target()))
+            .collect();
+        println!(
+            "notification {}: {} (`notify-test {}` sends a test message)",
+            r.name,
+            actions.join(", "),
+            r.name
+        );
+    }
     if !args.online {
         for d in &config.destinations {
             let dest = &d.output.sink.destination;
