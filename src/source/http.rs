@@ -81,5 +81,14 @@ pub fn build_http_client(settings: &HttpSettings) -> Result<reqwest::Client, Htt
     if let Some(proxy) = &settings.proxy {
         builder = builder.proxy(reqwest::Proxy::all(proxy.expose()).map_err(|_| HttpError::Proxy)?);
     }
-    builder.build().map_err(|e| HttpError::Build(e.to_string()))
+    // reqwest's own text is only "builder error": the cause is in its sources.
+    builder.build().map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        HttpError::Build(text)
+    })
 }
