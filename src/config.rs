@@ -305,7 +305,24 @@ pub struct RawDestination {
     pub tenants: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub min_severity: Option<Spanned<String>>,
+    /// Splunk HEC (hec+https://): the token, from env or file.
+    #[serde(default)]
+    pub hec_token: Option<Spanned<SecretRef>>,
+    #[serde(default)]
+    pub sourcetype: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub index: Option<String>,
+    #[serde(default)]
+    pub indexer_ack: Option<bool>,
+    #[serde(default)]
+    pub ack_timeout: Option<Spanned<String>>,
 }
+
+/// `ack_timeout`: HEC acks come within seconds; Splunk advises five minutes before taking one
+/// as lost; an hour is far past any.
+pub const ACK_TIMEOUT: DurationRange = range("ack_timeout", Duration::from_secs(1), HOUR);
 
 /// One tenant, validated.
 #[derive(Debug, Clone)]
@@ -631,10 +648,48 @@ impl Config {
                     format!("format {:?}: {e}", d.format.get_ref()),
                 );
             }
+            let hec = sink.destination.transport.is_hec();
             let kind = match d.syslog.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+                // A HEC event carries its own time and host: no syslog header in it.
+                None if hec => HeaderKind::None,
                 None => HeaderKind::Rfc5424,
-                Some((s, span)) => s.parse().or_else(|e: String| c.err(span, e))?,
+                Some((s, span)) => {
+                    let k: HeaderKind = s.parse().or_else(|e: String| c.err(span.clone(), e))?;
+                    if hec && k != HeaderKind::None {
+                        return c.err(span, "a HEC event has no syslog header: leave syslog out (or \"none\")");
+                    }
+                    k
+                }
             };
+            if hec {
+                let Some(t) = &d.hec_token else {
+                    return c.err(d.url.span(), "a HEC destination needs hec_token = { env = \"SPLUNK_HEC_TOKEN\" } or { file = \"/path\" }");
+                };
+                sink.hec.token = Some(resolve_secret(&c, t.get_ref(), t.span(), &mut warnings)?);
+                if let Some(v) = &d.sourcetype {
+                    sink.hec.sourcetype = v.clone();
+                }
+                if let Some(v) = &d.source {
+                    sink.hec.source = v.clone();
+                }
+                sink.hec.index = d.index.clone();
+                sink.hec.indexer_ack = d.indexer_ack.unwrap_or(false);
+                if let Some(t) = duration(&c, &d.ack_timeout, ACK_TIMEOUT)? {
+                    sink.hec.ack_timeout = t;
+                }
+            } else if let Some(key) = [
+                ("hec_token", d.hec_token.is_some()),
+                ("sourcetype", d.sourcetype.is_some()),
+                ("source", d.source.is_some()),
+                ("index", d.index.is_some()),
+                ("indexer_ack", d.indexer_ack.is_some()),
+                ("ack_timeout", d.ack_timeout.is_some()),
+            ]
+            .iter()
+            .find_map(|(k, set)| set.then_some(*k))
+            {
+                return c.err(d.url.span(), format!("{key} applies to hec+https:// destinations only"));
+            }
             sink.framing = match d.framing.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
                 None => None,
                 Some((s, span)) => Some(

@@ -113,7 +113,7 @@ pub async fn run_with_reload(
     // Before the tenants and destinations: it hears their first events.
     running.start_notifier(&config);
     for d in &config.destinations {
-        running.start_destination(d)?;
+        running.start_destination(d).await?;
     }
     for t in &config.tenants {
         running.start_tenant(t);
@@ -391,6 +391,26 @@ impl Running {
         });
     }
 
+    /// A HEC destination's channel: kept in the state store, so that after a restart the
+    /// collector's acks for what was sent before still answer on the same channel.
+    async fn hec_channel(&self, destination: &str) -> anyhow::Result<String> {
+        let key = format!("hec/channel/{destination}");
+        if let Some(v) = self.queue.notify_get(std::slice::from_ref(&key))?.pop().flatten() {
+            if let Ok(channel) = String::from_utf8(v) {
+                return Ok(channel);
+            }
+        }
+        let channel = uuid::Uuid::new_v4().to_string();
+        self.queue
+            .notify_commit(crate::queue::NotifyChange {
+                put: vec![(key, channel.clone().into_bytes())],
+                ..Default::default()
+            })
+            .await?;
+        tracing::info!(destination = %destination, "HEC channel {channel} (kept in the state store)");
+        Ok(channel)
+    }
+
     async fn stop_notifier(&mut self) {
         if let Some(n) = self.notifier.take() {
             n.stop.cancel();
@@ -408,7 +428,13 @@ impl Running {
         *self.tenant_map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
     }
 
-    fn start_destination(&mut self, d: &Destination) -> anyhow::Result<()> {
+    async fn start_destination(&mut self, d: &Destination) -> anyhow::Result<()> {
+        let mut d = d.clone();
+        let hec = &mut d.output.sink.hec;
+        if d.output.sink.destination.transport.is_hec() && hec.indexer_ack && hec.channel.is_none() {
+            hec.channel = Some(self.hec_channel(&d.name).await?);
+        }
+        let d = &d;
         let output = Arc::new(Output::build(&d.output)?);
         let progress = Arc::new(crate::metrics::Progress::default());
         lock(&self.health.destinations).push(crate::metrics::DestinationView {
@@ -700,7 +726,7 @@ impl Running {
             if self.destinations.contains_key(&d.name) {
                 continue;
             }
-            match self.start_destination(d) {
+            match self.start_destination(d).await {
                 Ok(()) if gone.contains(&d.name) => {
                     tracing::info!(destination = %d.name, "reload: destination restarted with its new settings")
                 }

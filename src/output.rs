@@ -84,9 +84,15 @@ impl Refused {
     }
 }
 
+/// Bytes a HEC event object takes around its record (time, host, source, sourcetype, index,
+/// fields; a string record's escaping can take more, and a record is cut to leave this).
+const HEC_ENVELOPE_ROOM: usize = 4096;
+
 /// A running output.
 pub struct Output {
     encoder: MessageEncoder,
+    /// A HEC destination's event object around each record.
+    hec: Option<crate::format::hec::HecEnvelope>,
     sink: Sink,
     truncated: AtomicU64,
     dead_lettered: AtomicU64,
@@ -97,11 +103,26 @@ impl Output {
     pub fn build(cfg: &OutputConfig) -> Result<Output, Error> {
         let formatter = Formatter::load(&cfg.format)?;
         let sink = cfg.sink.build()?;
+        let hec = cfg.sink.destination.transport.is_hec().then(|| {
+            let h = &cfg.sink.hec;
+            crate::format::hec::HecEnvelope {
+                source: h.source.clone(),
+                sourcetype: h.sourcetype.clone(),
+                index: h.index.clone(),
+                host: cfg.header.hostname().to_string(),
+            }
+        });
+        // A HEC event is the record in its object: the record leaves room for the rest.
+        let max_message = match &hec {
+            Some(_) => sink.max_message_size().saturating_sub(HEC_ENVELOPE_ROOM),
+            None => sink.max_message_size(),
+        };
         Ok(Output {
+            hec,
             encoder: MessageEncoder {
                 formatter: Arc::new(formatter),
                 header: cfg.header.clone(),
-                max_message: Some(sink.max_message_size()),
+                max_message: Some(max_message),
             },
             sink,
             truncated: AtomicU64::new(0),
@@ -147,6 +168,20 @@ impl Output {
                     // Exactly the record's size: the writer's queue holds up to `queue_capacity`
                     // records, and a Vec with spare capacity would also cost `Bytes` a second
                     // allocation for its shared header (a full-length one becomes a boxed slice).
+                    if let Some(env) = &self.hec {
+                        let mut event = Vec::with_capacity(buf.len() + HEC_ENVELOPE_ROOM);
+                        env.wrap(alert, ctx, &buf, self.encoder.formatter.is_json(), &mut event);
+                        if event.len() > self.sink.max_message_size() {
+                            // A string record whose escaping grew it past the event limit.
+                            let e = EncodeError::TooLarge {
+                                size: event.len(),
+                                limit: self.sink.max_message_size(),
+                            };
+                            sent.refused.push(self.refuse(alert, ctx, index, &e));
+                            continue;
+                        }
+                        buf = event;
+                    }
                     buf.shrink_to_fit();
                     self.sink.send(Bytes::from(buf)).await?;
                     sent.queued += 1;

@@ -6,6 +6,7 @@
 //! framing is the transport's business (`sink`).
 
 pub mod cef;
+pub mod hec;
 #[cfg(test)]
 mod fuzz;
 pub mod json;
@@ -117,6 +118,11 @@ impl Formatter {
             Syntax::Json => Some("defender-bridge"),
             _ => None,
         }
+    }
+
+    /// Whether its records are JSON (a HEC event takes them as objects, others as strings).
+    pub fn is_json(&self) -> bool {
+        matches!(self.plan.syntax, Syntax::Json)
     }
 
     /// Appends record `index` (see [`record_count`](Self::record_count)) of `alert` to `out`.

@@ -24,6 +24,10 @@ pub enum Transport {
     Relp,
     /// RELP over TLS (imrelp's `tls="on"`: TLS from the first byte, not `starttls`).
     RelpTls,
+    /// Splunk's HTTP Event Collector over HTTPS (`hec+https://splunk:8088`).
+    Hec,
+    /// HEC over plain HTTP (`hec+http://`): a collector on this machine or a test.
+    HecHttp,
 }
 
 impl Transport {
@@ -35,12 +39,19 @@ impl Transport {
             Transport::Tls => "tls",
             Transport::Relp => "relp",
             Transport::RelpTls => "relp+tls",
+            Transport::Hec => "hec+https",
+            Transport::HecHttp => "hec+http",
         }
     }
 
     /// Whether the connection is TLS.
     pub fn is_tls(self) -> bool {
-        matches!(self, Transport::Tls | Transport::RelpTls)
+        matches!(self, Transport::Tls | Transport::RelpTls | Transport::Hec)
+    }
+
+    /// Whether the destination is a Splunk HTTP Event Collector.
+    pub fn is_hec(self) -> bool {
+        matches!(self, Transport::Hec | Transport::HecHttp)
     }
 
     /// Whether the protocol is RELP.
@@ -56,6 +67,8 @@ impl Transport {
             Transport::Udp | Transport::Tcp => 514,
             Transport::Tls => 6514,
             Transport::Relp | Transport::RelpTls => 2514,
+            // Splunk's default HEC port (docs.splunk.com "Set up and use HTTP Event Collector").
+            Transport::Hec | Transport::HecHttp => 8088,
         }
     }
 }
@@ -138,7 +151,13 @@ impl FromStr for Destination {
             "tls" => Transport::Tls,
             "relp" => Transport::Relp,
             "relp+tls" => Transport::RelpTls,
-            _ => return Err(bad("the scheme must be udp, tcp, tls, relp or relp+tls")),
+            "hec+https" => Transport::Hec,
+            "hec+http" => Transport::HecHttp,
+            _ => {
+                return Err(bad(
+                    "the scheme must be udp, tcp, tls, relp, relp+tls, hec+https or hec+http",
+                ))
+            }
         };
         if !url.username().is_empty() || url.password().is_some() {
             return Err(bad("a user name or password has no meaning here"));

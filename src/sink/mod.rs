@@ -28,6 +28,7 @@
 
 mod destination;
 mod framing;
+mod hec;
 mod relp;
 mod socket;
 mod tcp;
@@ -36,6 +37,7 @@ mod udp;
 
 pub use destination::{Destination, Host, Transport};
 pub use framing::Framing;
+pub use hec::{HecOptions, DEFAULT_ACK_TIMEOUT};
 pub use relp::{DEFAULT_WINDOW, MAX_WINDOW};
 pub use socket::Liveness;
 pub use tls::TlsOptions;
@@ -81,6 +83,8 @@ pub enum Error {
     },
     #[error("connecting to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("HEC {destination}: {reason}")]
+    Hec { destination: String, reason: String },
     #[error("RELP session with {addr}: {reason}")]
     Relp { addr: SocketAddr, reason: String },
     #[error("TLS handshake with {addr} failed: {source}")]
@@ -208,6 +212,8 @@ pub struct SinkConfig {
     /// TCP and TLS: keepalive and `TCP_USER_TIMEOUT`.
     pub liveness: Liveness,
     pub backoff: Backoff,
+    /// Splunk HEC: token, indexer acknowledgement, channel (hec+https:// and hec+http://).
+    pub hec: HecOptions,
 }
 
 /// `resend_on_reconnect` default, 1 MiB. What a receiver's TCP acknowledged but its program had
@@ -236,6 +242,7 @@ impl SinkConfig {
             close_timeout: Duration::from_secs(5),
             liveness: Liveness::default(),
             backoff: Backoff::default(),
+            hec: HecOptions::default(),
         }
     }
 
@@ -243,7 +250,11 @@ impl SinkConfig {
     pub fn effective_framing(&self) -> Option<Framing> {
         match self.destination.transport {
             // RELP frames carry their length: any bytes, no syslog framing.
-            Transport::Udp | Transport::Relp | Transport::RelpTls => None,
+            Transport::Udp
+            | Transport::Relp
+            | Transport::RelpTls
+            | Transport::Hec
+            | Transport::HecHttp => None,
             Transport::Tcp => Some(self.framing.unwrap_or(Framing::Lf)),
             Transport::Tls => Some(self.framing.unwrap_or(Framing::OctetCounting)),
         }
@@ -257,6 +268,9 @@ impl SinkConfig {
                 // RELP: imrelp's maxDataSize defaults to rsyslog's maxMessageSize, 8k
                 // (delivery.md §1).
                 Transport::Tcp | Transport::Tls | Transport::Relp | Transport::RelpTls => 8192,
+                // One event of a batch; HEC's own limit is per request (limits.conf
+                // `max_content_length`, 1 MB on older versions), and batches stay under it.
+                Transport::Hec | Transport::HecHttp => hec::MAX_EVENT,
             })
     }
 
@@ -277,6 +291,18 @@ impl SinkConfig {
             return Err(Error::Config(format!(
                 "{dest}: maximum message size {max} exceeds the largest UDP datagram ({MAX_UDP_PAYLOAD})"
             )));
+        }
+        if dest.transport.is_hec() {
+            if self.hec.token.is_none() {
+                return Err(Error::Config(format!(
+                    "{dest}: a HEC destination needs hec_token = {{ env = \"…\" }} or {{ file = \"…\" }}"
+                )));
+            }
+            if self.tls.client_cert.is_some() || self.tls.server_name.is_some() {
+                return Err(Error::Config(format!(
+                    "{dest}: client_cert and server_name are not supported for HEC (ca_file and insecure_skip_verify are)"
+                )));
+            }
         }
         if !dest.transport.is_tls() && self.tls != TlsOptions::default() {
             return Err(Error::Config(format!(
@@ -331,6 +357,12 @@ impl SinkConfig {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let shared = Arc::new(Shared::new(self.destination.to_string()));
         let task = match (self.destination.transport, self.effective_framing()) {
+            (Transport::Hec | Transport::HecHttp, _) => tokio::spawn(hec::run(
+                hec::Endpoint::new(self)?,
+                self.backoff,
+                rx,
+                shared.clone(),
+            )),
             (Transport::Relp | Transport::RelpTls, _) => tokio::spawn(relp::run(
                 self.connector()?,
                 self.window,
@@ -376,6 +408,7 @@ impl SinkConfig {
                 Ok(peer)
             }
             Transport::Relp | Transport::RelpTls => relp::probe(&self.connector()?).await,
+            Transport::Hec | Transport::HecHttp => hec::Endpoint::new(self)?.probe().await,
         }
     }
 }
