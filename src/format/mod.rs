@@ -7,6 +7,8 @@
 
 pub mod cef;
 #[cfg(test)]
+mod edges;
+#[cfg(test)]
 mod fuzz;
 pub mod json;
 pub mod leef;
