@@ -191,3 +191,64 @@ fn the_reader_refuses_edge_forms() {
     assert!(read_time("1767323045", &[10, 13]).is_ok());
     assert!(read_time("Jan 01 1970 00:00:00.000 UTC", &[13]).is_ok());
 }
+
+/// The syslog header passes over a placeholder time for the next one, and then for now: QRadar
+/// takes the header's time when `devTime` is absent (formats.md §2.4).
+#[test]
+fn the_syslog_header_passes_over_edge_times() {
+    use super::{header_time, HeaderKind, SyslogHeader};
+    let at = |json: &str| header_time(&Alert::from_json(json).unwrap());
+    let real = "2026-11-22T07:01:02.030Z";
+    for (json, want) in [
+        (
+            r#"{"id":"a","lastUpdateDateTime":"0001-01-01T00:00:00Z","createdDateTime":"2026-11-22T07:01:02.03Z"}"#,
+            Some(real),
+        ),
+        (
+            r#"{"id":"a","lastUpdateDateTime":"2026-11-22T07:01:02.03Z","createdDateTime":"0001-01-01T00:00:00Z"}"#,
+            Some(real),
+        ),
+        (
+            r#"{"id":"a","lastUpdateDateTime":"1970-01-01T00:00:00Z"}"#,
+            Some("1970-01-01T00:00:00.000Z"),
+        ),
+        (
+            r#"{"id":"a","lastUpdateDateTime":"9999-12-31T23:59:59.9999999Z"}"#,
+            Some("9999-12-31T23:59:59.999Z"),
+        ),
+        (
+            r#"{"id":"a","lastUpdateDateTime":"0001-01-01T00:00:00Z"}"#,
+            None,
+        ),
+        (
+            r#"{"id":"a","lastUpdateDateTime":"1969-12-31T23:59:59Z","createdDateTime":"0001-01-01T00:00:00Z"}"#,
+            None,
+        ),
+    ] {
+        let t = at(json);
+        match want {
+            Some(w) => assert_eq!(
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                w,
+                "{json}"
+            ),
+            None => assert!((Utc::now() - t).num_seconds().abs() < 60, "{json}: {t}"),
+        }
+    }
+    // And the RFC 5424 header of a QRadar record of the alert created 0001-01-01 says 2026.
+    let (_, alert) = &alerts()[3];
+    let enc = super::MessageEncoder {
+        formatter: std::sync::Arc::new(Formatter::load("qradar").unwrap()),
+        header: SyslogHeader::new(HeaderKind::Rfc5424, 20, "c", "defender-bridge")
+            .with_clock(super::syslog::Clock::Utc),
+        max_message: None,
+    };
+    let mut out = Vec::new();
+    enc.encode(alert, &Context::default(), 0, &mut out).unwrap();
+    let msg = String::from_utf8(out).unwrap();
+    assert!(
+        msg.starts_with("<164>1 2026-11-22T07:01:02.030000Z c defender-bridge - - - LEEF:2.0|"),
+        "{msg}"
+    );
+    assert!(!msg.contains("devTime="), "{msg}");
+}

@@ -1094,6 +1094,12 @@ const EPOCH_MS: std::ops::RangeInclusive<i64> = 1_000_000_000_000..=9_999_999_99
 /// 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999Z in epoch milliseconds.
 const CEF_DATE_MS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
+/// Whether `dt` lies in 1970-9999, the years the CEF date form (and a syslog header time worth
+/// trusting) can carry.
+pub fn is_calendar_time(dt: &DateTime<Utc>) -> bool {
+    CEF_DATE_MS.contains(&dt.timestamp_millis())
+}
+
 /// `dt` in the form `c` names, or `None` when that form cannot carry it (see above).
 fn convert_time(dt: &DateTime<Utc>, c: Convert) -> Option<String> {
     let ms = dt.timestamp_millis();
@@ -1102,8 +1108,8 @@ fn convert_time(dt: &DateTime<Utc>, c: Convert) -> Option<String> {
         Convert::EpochS if EPOCH_MS.contains(&ms) => {
             format!("{}.{:03}", dt.timestamp(), dt.timestamp_subsec_millis())
         }
-        Convert::CefDate if CEF_DATE_MS.contains(&ms) => cef_date(dt, false),
-        Convert::CefDateMs if CEF_DATE_MS.contains(&ms) => cef_date(dt, true),
+        Convert::CefDate if is_calendar_time(dt) => cef_date(dt, false),
+        Convert::CefDateMs if is_calendar_time(dt) => cef_date(dt, true),
         Convert::EpochMs | Convert::EpochS | Convert::CefDate | Convert::CefDateMs => return None,
         _ => dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
     })
