@@ -23,6 +23,7 @@ const SAMPLES: &[&str] = &[
     "mde-alert-legacy-2018-docs.json",
     "mde-alerts-list-demisto-2019.json",
     "mde-alerts-edge-cases.ndjson",
+    "edge-times.ndjson",
 ];
 
 fn render(sample: &str, encoder: &MessageEncoder) -> String {

@@ -403,9 +403,15 @@ impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
             || w.machine_id.is_some()
             || w.aad_tenant_id.is_some()
             || w.computer_dns_name.is_some();
+        // An object whose every field but its id is null (or missing) is not an alert: there
+        // is nothing to forward, and no time to order or de-duplicate it by (README "Which
+        // objects are alerts"). Null and missing are the same here (`Option`), so the message
+        // names both.
         if !graph_shape && !mde_shape && w.title.is_none() && w.severity.is_none() {
             return Err(DecodeError::NotAnAlert(
-                "it has none of the fields of a Graph or Defender for Endpoint alert",
+                "besides \"id\", every field that marks a Graph or Defender for Endpoint alert \
+                 (title, severity, createdDateTime, lastUpdateDateTime, tenantId, … or their MDE \
+                 names) is null or missing",
             ));
         }
         let api = if mde_shape && !graph_shape {
@@ -913,4 +919,54 @@ fn evidence_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawEvidence<'de>
 pub(super) enum RawEvidence<'a> {
     Borrowed(&'a RawValue),
     Owned(Box<RawValue>),
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::alert::{Alert, DecodeError};
+
+    const NO_ALERT: &str = "not an alert: besides \"id\", every field that marks a Graph or \
+        Defender for Endpoint alert (title, severity, createdDateTime, lastUpdateDateTime, \
+        tenantId, … or their MDE names) is null or missing";
+
+    #[test]
+    fn an_id_with_nothing_else_is_not_an_alert() {
+        for json in [
+            r#"{"id":"a"}"#,
+            // Every field of a Graph alert null but the id.
+            r#"{"id":"a","title":null,"severity":null,"createdDateTime":null,"lastUpdateDateTime":null,
+                "tenantId":null,"serviceSource":null,"providerAlertId":null,"alertWebUrl":null,
+                "description":null,"status":null,"evidence":null,"mitreTechniques":null}"#,
+            // And of an MDE alert.
+            r#"{"id":"a","title":null,"severity":null,"alertCreationTime":null,"lastUpdateTime":null,
+                "machineId":null,"aadTenantId":null,"computerDnsName":null,"relatedUser":null}"#,
+            // Fields that do not mark an alert do not make one.
+            r#"{"id":"a","description":"d","status":"new"}"#,
+        ] {
+            match Alert::from_json(json) {
+                Err(e @ DecodeError::NotAnAlert(_)) => {
+                    assert_eq!(e.to_string(), NO_ALERT, "{json}")
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn one_marking_field_with_a_value_makes_an_alert() {
+        for field in [
+            r#""title":"t""#,
+            r#""severity":"high""#,
+            r#""createdDateTime":"0001-01-01T00:00:00Z""#,
+            r#""lastUpdateTime":"2026-01-02T03:04:05Z""#,
+            r#""aadTenantId":"t""#,
+        ] {
+            let json = format!(r#"{{"id":"a","description":null,"status":null,{field}}}"#);
+            assert!(Alert::from_json(&json).is_ok(), "{json}");
+        }
+        assert!(matches!(
+            Alert::from_json(r#"{"title":"t"}"#),
+            Err(DecodeError::NotAnAlert("it has no \"id\""))
+        ));
+    }
 }

@@ -300,11 +300,7 @@ fn check_record(
 
     // The header is written again to learn its length: the time may be "now" (an alert without
     // a valid time), but years 0-9999 have fixed widths. The record starts right after it.
-    let time = alert
-        .last_update()
-        .or(alert.created_date_time.as_ref())
-        .and_then(|t| t.valid().copied())
-        .unwrap_or_else(Utc::now);
+    let time = header_time(alert);
     let mut header = Vec::new();
     enc.header.write_as(
         &mut header,

@@ -967,7 +967,7 @@ impl Value {
             Val::Str(s) => self.convert_str(Cow::Borrowed(s)),
             Val::Owned(s) => self.convert_str(Cow::Owned(s)),
             Val::Time(t) => match t {
-                Timestamp::Valid(dt) => Some(Cow::Owned(convert_time(dt, self.convert))),
+                Timestamp::Valid(dt) => convert_time(dt, self.convert).map(Cow::Owned),
                 // A timestamp the API sent as text that is not a time: as text where text is
                 // fine, nowhere a time is required.
                 Timestamp::Invalid(s) => {
@@ -1003,7 +1003,7 @@ impl Value {
         match self.convert {
             Convert::None => Some(s),
             c if c.is_time() => match Timestamp::parse(&s) {
-                Timestamp::Valid(dt) => Some(Cow::Owned(convert_time(&dt, c))),
+                Timestamp::Valid(dt) => convert_time(&dt, c).map(Cow::Owned),
                 Timestamp::Invalid(_) => None,
             },
             Convert::Int => {
@@ -1060,14 +1060,59 @@ fn clean_cow(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
     }
 }
 
-fn convert_time(dt: &DateTime<Utc>, c: Convert) -> String {
-    match c {
-        Convert::EpochMs => dt.timestamp_millis().to_string(),
-        Convert::EpochS => format!("{}.{:03}", dt.timestamp(), dt.timestamp_subsec_millis()),
-        Convert::CefDate => cef_date(dt, false),
-        Convert::CefDateMs => cef_date(dt, true),
+// ---- times at the edges (issue 12 §3) -------------------------------------------------------
+//
+// Some Microsoft APIs send `0001-01-01T00:00:00Z` (.NET's DateTime.MinValue) for "no date", and
+// now and then `1970-01-01T00:00:00Z` (the Unix zero) or `9999-12-31T23:59:59.9999999Z`
+// (DateTime.MaxValue). Written as they are, they break the receivers: `rt=-62135596800000`,
+// `devTime=0`, a 15-digit epoch. The rule, kept here and nowhere else (every time key of every
+// format file goes through `convert_time`), is: a time that a conversion cannot write in a form
+// its receivers read right is absent. The key is left out (its fallback or default applies), as
+// for a time that is not a time at all. The JSON format writes the alert's own text: it keeps
+// every time as sent.
+//
+// * `epoch_ms` and `epoch_s` write only a full-width epoch, 13 digits of milliseconds or 10 of
+//   seconds: 2001-09-09T01:46:40Z ..= 2286-11-20T17:46:39.999Z.
+//   - QRadar reads a 10- or 13-digit `devTime` as an epoch; any other `devTime` needs a
+//     `devTimeFormat` (formats.md §2.4, rule 9), so `devTime=0`, a 12-digit 1999 or a 15-digit
+//     9999 is misread. A `devTimeFormat` pattern (`MMM dd yyyy HH:mm:ss.SSS z`) could carry
+//     such a time, but only as a second attribute that some records have and others lack, and
+//     SC4S's LEEF path ignores `devTimeFormat` and reads only its fixed list of forms (§2.4).
+//     Without `devTime`, QRadar takes the syslog header's time (§2.4: devTime only takes
+//     precedence over it), which is always right for what it is.
+//   - A CEF epoch is milliseconds since 1970 in 13 digits (formats.md rule 6, §1.6). SC4S ignores
+//     a value that starts with 12 digits but reads a shorter one with `%s`, as *seconds* (§1.6):
+//     `rt=86400000` (1970-01-02) would become 1972. A negative epoch is no CEF time at all.
+//   Defender for Endpoint dates from 2016: an alert time before 2001 or after 2286 is a
+//   placeholder, not the time of anything, so nothing real is left out.
+// * `cef_date` and `cef_date_ms` (`MMM dd yyyy HH:mm:ss[.SSS] UTC`, formats.md §1.6) write years
+//   1970-9999: CEF times count from 1970 (§1.6, Appendix A), and `yyyy` has four digits.
+// * `rfc3339` writes every time: years 0000-9999 are valid RFC 3339 (the JSON form).
+
+/// 13-digit epoch milliseconds: 10^12 ..= 10^13 - 1 (2001-09-09T01:46:40Z ..= 2286-11-20T17:46:39.999Z).
+const EPOCH_MS: std::ops::RangeInclusive<i64> = 1_000_000_000_000..=9_999_999_999_999;
+/// 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999Z in epoch milliseconds.
+const CEF_DATE_MS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
+
+/// Whether `dt` lies in 1970-9999, the years the CEF date form (and a syslog header time worth
+/// trusting) can carry.
+pub fn is_calendar_time(dt: &DateTime<Utc>) -> bool {
+    CEF_DATE_MS.contains(&dt.timestamp_millis())
+}
+
+/// `dt` in the form `c` names, or `None` when that form cannot carry it (see above).
+fn convert_time(dt: &DateTime<Utc>, c: Convert) -> Option<String> {
+    let ms = dt.timestamp_millis();
+    Some(match c {
+        Convert::EpochMs if EPOCH_MS.contains(&ms) => ms.to_string(),
+        Convert::EpochS if EPOCH_MS.contains(&ms) => {
+            format!("{}.{:03}", dt.timestamp(), dt.timestamp_subsec_millis())
+        }
+        Convert::CefDate if is_calendar_time(dt) => cef_date(dt, false),
+        Convert::CefDateMs if is_calendar_time(dt) => cef_date(dt, true),
+        Convert::EpochMs | Convert::EpochS | Convert::CefDate | Convert::CefDateMs => return None,
         _ => dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-    }
+    })
 }
 
 /// `MMM dd yyyy HH:mm:ss[.SSS] UTC`, by hand when the year has four digits.
@@ -1097,5 +1142,116 @@ impl Check {
             Check::CefSeverity => cef::valid_severity(v),
             Check::LeefSeverity => v.parse::<u8>().is_ok_and(|n| (1..=10).contains(&n)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Times at and around the edges of each conversion's window, and what each conversion
+    /// writes for them (`None`: the key is absent).
+    #[test]
+    fn edge_times_per_conversion() {
+        type Row = (
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+            &'static str,
+        );
+        #[rustfmt::skip]
+        let rows: &[Row] = &[
+            // input, epoch_ms, epoch_s, cef_date, cef_date_ms, rfc3339
+            ("0001-01-01T00:00:00Z", None, None, None, None, "0001-01-01T00:00:00Z"),
+            ("1969-12-31T23:59:59.999Z", None, None, None, None, "1969-12-31T23:59:59.999Z"),
+            ("1970-01-01T00:00:00Z", None, None,
+                Some("Jan 01 1970 00:00:00 UTC"), Some("Jan 01 1970 00:00:00.000 UTC"), "1970-01-01T00:00:00Z"),
+            ("1999-12-31T23:59:59Z", None, None,
+                Some("Dec 31 1999 23:59:59 UTC"), Some("Dec 31 1999 23:59:59.000 UTC"), "1999-12-31T23:59:59Z"),
+            ("2001-09-09T01:46:39.999Z", None, None,
+                Some("Sep 09 2001 01:46:39 UTC"), Some("Sep 09 2001 01:46:39.999 UTC"), "2001-09-09T01:46:39.999Z"),
+            ("2001-09-09T01:46:40Z", Some("1000000000000"), Some("1000000000.000"),
+                Some("Sep 09 2001 01:46:40 UTC"), Some("Sep 09 2001 01:46:40.000 UTC"), "2001-09-09T01:46:40Z"),
+            ("2026-01-02T03:04:05.6789012Z", Some("1767323045678"), Some("1767323045.678"),
+                Some("Jan 02 2026 03:04:05 UTC"), Some("Jan 02 2026 03:04:05.678 UTC"), "2026-01-02T03:04:05.678901200Z"),
+            ("2286-11-20T17:46:39.999Z", Some("9999999999999"), Some("9999999999.999"),
+                Some("Nov 20 2286 17:46:39 UTC"), Some("Nov 20 2286 17:46:39.999 UTC"), "2286-11-20T17:46:39.999Z"),
+            ("2286-11-20T17:46:40Z", None, None,
+                Some("Nov 20 2286 17:46:40 UTC"), Some("Nov 20 2286 17:46:40.000 UTC"), "2286-11-20T17:46:40Z"),
+            ("9999-12-31T23:59:59.9999999Z", None, None,
+                Some("Dec 31 9999 23:59:59 UTC"), Some("Dec 31 9999 23:59:59.999 UTC"), "9999-12-31T23:59:59.999999900Z"),
+        ];
+        for &(input, ms, s, date, date_ms, rfc) in rows {
+            let Timestamp::Valid(dt) = Timestamp::parse(input) else {
+                panic!("{input} is a time");
+            };
+            for (c, want) in [
+                (Convert::EpochMs, ms),
+                (Convert::EpochS, s),
+                (Convert::CefDate, date),
+                (Convert::CefDateMs, date_ms),
+                (Convert::Rfc3339, Some(rfc)),
+            ] {
+                assert_eq!(convert_time(&dt, c).as_deref(), want, "{input} {c:?}");
+            }
+        }
+    }
+
+    /// An epoch is written with exactly its width or not at all, whatever the time.
+    #[test]
+    fn epochs_have_their_full_width_or_are_absent() {
+        let mut ms = -62_135_596_800_000i64; // 0001-01-01
+        while ms < 253_402_300_800_000 {
+            let dt = DateTime::from_timestamp_millis(ms).unwrap();
+            if let Some(v) = convert_time(&dt, Convert::EpochMs) {
+                assert!(
+                    v.len() == 13 && v.bytes().all(|b| b.is_ascii_digit()),
+                    "{dt}: {v}"
+                );
+                assert_eq!(v.parse::<i64>().unwrap(), ms);
+            } else {
+                assert!(!EPOCH_MS.contains(&ms), "{dt}");
+            }
+            if let Some(v) = convert_time(&dt, Convert::EpochS) {
+                let (secs, frac) = v.split_once('.').unwrap();
+                assert!(secs.len() == 10 && frac.len() == 3, "{dt}: {v}");
+            }
+            ms += 7_919_999_999_977; // a prime step of about 251 years
+        }
+    }
+
+    /// The rule applies to a time read from text too (an evidence time, a constant), and a
+    /// fallback fills the key it left empty.
+    #[test]
+    fn an_edge_time_falls_back() {
+        let plan = compile(
+            "t",
+            r#"syntax = "json"
+[[field]]
+key = "t"
+path = "createdDateTime"
+fallback = ["lastUpdateDateTime"]
+convert = "epoch_ms"
+[[field]]
+key = "d"
+path = "createdDateTime"
+convert = "cef_date"
+default = "none"
+"#,
+        )
+        .unwrap();
+        let json = r#"{"id":"a","createdDateTime":"0001-01-01T00:00:00Z","lastUpdateDateTime":"2026-01-02T03:04:05.678Z"}"#;
+        let alert = Alert::from_json(json).unwrap();
+        let ctx = Context::default();
+        let eval = |i: usize| {
+            plan.fields[i]
+                .value
+                .eval(&alert, &ctx, None, &|_| true)
+                .map(|v| v.into_owned())
+        };
+        assert_eq!(eval(0).as_deref(), Some("1767323045678"));
+        assert_eq!(eval(1).as_deref(), Some("none"));
     }
 }

@@ -8,6 +8,8 @@
 pub mod cef;
 pub mod hec;
 #[cfg(test)]
+mod edges;
+#[cfg(test)]
 mod fuzz;
 pub mod json;
 pub mod leef;
@@ -381,11 +383,7 @@ impl MessageEncoder {
         out: &mut Vec<u8>,
     ) -> Result<Encoded, EncodeError> {
         let start = out.len();
-        let time = alert
-            .last_update()
-            .or(alert.created_date_time.as_ref())
-            .and_then(|t| t.valid().copied())
-            .unwrap_or_else(Utc::now);
+        let time = header_time(alert);
         self.header.write_as(
             out,
             ctx.hostname,
@@ -409,6 +407,19 @@ impl MessageEncoder {
             }
         }
     }
+}
+
+/// The time a record's syslog header carries: the alert's lastUpdate, else its created time,
+/// else now. A time outside 1970-9999 is a placeholder (`0001-01-01`, issue 12 §3) and passed
+/// over like a missing one: QRadar and SC4S fall back to the header's time when a record has
+/// none of its own (formats.md §1.6, §2.4), so the header must not carry year 1.
+pub fn header_time(alert: &Alert) -> chrono::DateTime<Utc> {
+    [alert.last_update(), alert.created_date_time.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.valid().copied())
+        .find(mapping::is_calendar_time)
+        .unwrap_or_else(Utc::now)
 }
 
 #[cfg(test)]
