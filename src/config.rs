@@ -656,7 +656,10 @@ impl Config {
                 Some((s, span)) => {
                     let k: HeaderKind = s.parse().or_else(|e: String| c.err(span.clone(), e))?;
                     if hec && k != HeaderKind::None {
-                        return c.err(span, "a HEC event has no syslog header: leave syslog out (or \"none\")");
+                        return c.err(
+                            span,
+                            "a HEC event has no syslog header: leave syslog out (or \"none\")",
+                        );
                     }
                     k
                 }
@@ -688,7 +691,10 @@ impl Config {
             .iter()
             .find_map(|(k, set)| set.then_some(*k))
             {
-                return c.err(d.url.span(), format!("{key} applies to hec+https:// destinations only"));
+                return c.err(
+                    d.url.span(),
+                    format!("{key} applies to hec+https:// destinations only"),
+                );
             }
             sink.framing = match d.framing.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
                 None => None,
@@ -950,6 +956,35 @@ mod tests {
         assert_eq!(c.destinations.len(), 2);
         assert_eq!(c.tenants[1].settings.api, Api::Mde);
         assert_eq!(c.destinations[0].output.format, "qradar");
+    }
+
+    /// A HEC destination needs its token; HEC keys elsewhere are mistakes; a HEC event has no
+    /// syslog header.
+    #[test]
+    fn hec_destinations_are_checked() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        std::env::set_var("DB_TEST_HEC_TOKEN", "t0k3n");
+        let ok = Config::from_toml(
+            "c.toml",
+            &format!("{TENANT}[[destination]]\nurl = \"hec+https://splunk:8088\"\nformat = \"json\"\nhec_token = {{ env = \"DB_TEST_HEC_TOKEN\" }}\nindexer_ack = true\nindex = \"sec\"\nack_timeout = \"30s\"\n"),
+        )
+        .unwrap();
+        let d = &ok.destinations[0].output;
+        assert_eq!(d.header.kind, HeaderKind::None);
+        assert!(d.sink.hec.indexer_ack);
+        assert_eq!(d.sink.hec.index.as_deref(), Some("sec"));
+        assert_eq!(d.sink.hec.ack_timeout, Duration::from_secs(30));
+        assert_eq!(d.sink.hec.token.as_ref().unwrap().expose(), "t0k3n");
+        for (dest, says) in [
+            ("url = \"hec+https://splunk:8088\"\nformat = \"json\"\n", "needs hec_token"),
+            ("url = \"tcp://siem:514\"\nformat = \"json\"\nindex = \"x\"\n", "index applies to hec+https:// destinations only"),
+            ("url = \"hec+https://splunk\"\nformat = \"json\"\nhec_token = { env = \"DB_TEST_HEC_TOKEN\" }\nsyslog = \"rfc5424\"\n", "no syslog header"),
+            ("url = \"hec+https://splunk\"\nformat = \"json\"\nhec_token = \"t0k3n\"\n", "cannot be written in the configuration"),
+        ] {
+            let e = err(&format!("{TENANT}[[destination]]\n{dest}"));
+            assert!(e.to_string().contains(says), "{dest}: {e}");
+            assert!(!e.to_string().contains("t0k3n"), "{e}");
+        }
     }
 
     /// A secret written into the file is refused with its line and the way to do it, and the

@@ -395,7 +395,12 @@ impl Running {
     /// collector's acks for what was sent before still answer on the same channel.
     async fn hec_channel(&self, destination: &str) -> anyhow::Result<String> {
         let key = format!("hec/channel/{destination}");
-        if let Some(v) = self.queue.notify_get(std::slice::from_ref(&key))?.pop().flatten() {
+        if let Some(v) = self
+            .queue
+            .notify_get(std::slice::from_ref(&key))?
+            .pop()
+            .flatten()
+        {
             if let Ok(channel) = String::from_utf8(v) {
                 return Ok(channel);
             }
@@ -431,7 +436,8 @@ impl Running {
     async fn start_destination(&mut self, d: &Destination) -> anyhow::Result<()> {
         let mut d = d.clone();
         let hec = &mut d.output.sink.hec;
-        if d.output.sink.destination.transport.is_hec() && hec.indexer_ack && hec.channel.is_none() {
+        if d.output.sink.destination.transport.is_hec() && hec.indexer_ack && hec.channel.is_none()
+        {
             hec.channel = Some(self.hec_channel(&d.name).await?);
         }
         let d = &d;

@@ -170,7 +170,13 @@ impl Output {
                     // allocation for its shared header (a full-length one becomes a boxed slice).
                     if let Some(env) = &self.hec {
                         let mut event = Vec::with_capacity(buf.len() + HEC_ENVELOPE_ROOM);
-                        env.wrap(alert, ctx, &buf, self.encoder.formatter.is_json(), &mut event);
+                        env.wrap(
+                            alert,
+                            ctx,
+                            &buf,
+                            self.encoder.formatter.is_json(),
+                            &mut event,
+                        );
                         if event.len() > self.sink.max_message_size() {
                             // A string record whose escaping grew it past the event limit.
                             let e = EncodeError::TooLarge {

@@ -111,7 +111,11 @@ mod tests {
         };
         for (record, json, want) in [
             (&br#"{"id":"da1"}"#[..], true, r#"{"id":"da1"}"#),
-            (b"CEF:0|Microsoft|x|y\"z", false, r#""CEF:0|Microsoft|x|y\"z""#),
+            (
+                b"CEF:0|Microsoft|x|y\"z",
+                false,
+                r#""CEF:0|Microsoft|x|y\"z""#,
+            ),
             // A JSON format's record that is not JSON (cannot happen; still valid HEC).
             (b"{broken", true, r#""{broken""#),
         ] {
@@ -119,11 +123,16 @@ mod tests {
             env().wrap(&a, &ctx, record, json, &mut out);
             assert_eq!(
                 String::from_utf8(out).unwrap(),
-                format!(r#"{{"time":1796119200.123,"host":"collector","source":"defender-bridge","sourcetype":"ms:defender:alert","index":"security","fields":{{"tenant":"contoso","tenantId":"t1","severity":"high"}},"event":{want}}}"#)
+                format!(
+                    r#"{{"time":1796119200.123,"host":"collector","source":"defender-bridge","sourcetype":"ms:defender:alert","index":"security","fields":{{"tenant":"contoso","tenantId":"t1","severity":"high"}},"event":{want}}}"#
+                )
             );
         }
         // A tenant's own host name, and no time before 1970 (HEC then uses its receipt time).
-        let old = Alert::from_json(r#"{"id":"da2","severity":"low","lastUpdateDateTime":"0001-01-01T00:00:00Z"}"#).unwrap();
+        let old = Alert::from_json(
+            r#"{"id":"da2","severity":"low","lastUpdateDateTime":"0001-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
         let mut out = Vec::new();
         let ctx = Context {
             tenant_name: Some("fabrikam"),

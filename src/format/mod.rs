@@ -6,11 +6,11 @@
 //! framing is the transport's business (`sink`).
 
 pub mod cef;
-pub mod hec;
 #[cfg(test)]
 mod edges;
 #[cfg(test)]
 mod fuzz;
+pub mod hec;
 pub mod json;
 pub mod leef;
 pub mod mapping;

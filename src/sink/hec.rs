@@ -124,7 +124,9 @@ impl Endpoint {
         if cfg.tls.insecure_skip_verify {
             b = b.danger_accept_invalid_certs(true);
         }
-        let http = b.build().map_err(|e| err(format!("cannot build the HTTP client: {e}")))?;
+        let http = b
+            .build()
+            .map_err(|e| err(format!("cannot build the HTTP client: {e}")))?;
         Ok(Endpoint {
             http,
             base: format!("{scheme}://{}:{}", d.host, d.port),
@@ -227,7 +229,10 @@ enum State {
     /// Not sent, or to be sent again.
     Waiting,
     /// Sent; its request's ackId is awaited since then.
-    Acking { ack: u64, since: Instant },
+    Acking {
+        ack: u64,
+        since: Instant,
+    },
     Delivered,
     Refused(String),
 }
@@ -502,7 +507,12 @@ async fn poll_acks(ep: &Endpoint, events: &mut VecDeque<Event>) {
     ids.sort_unstable();
     ids.dedup();
     let body = serde_json::json!({ "acks": ids }).to_string();
-    let resp = match ep.request("/services/collector/ack").body(body).send().await {
+    let resp = match ep
+        .request("/services/collector/ack")
+        .body(body)
+        .send()
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(destination = %ep.destination, "HEC ack query failed: {}", error_text(&e));

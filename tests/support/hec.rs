@@ -43,6 +43,8 @@ struct Batch {
     events: Vec<Value>,
     at: Instant,
     ack: u64,
+    /// Accepted while acks never came: lost for good, whatever the script says later.
+    lost: bool,
 }
 
 #[derive(Default)]
@@ -223,10 +225,13 @@ fn settle(shared: &Shared) {
     let mut done: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut indexed = Vec::new();
     for (channel, (_, batches)) in inner.channels.iter_mut() {
-        let ready = |b: &Batch| match acks {
-            Some(Acks::After(d)) => now - b.at >= d,
-            Some(Acks::Reversed(d)) => now - b.at >= d,
-            Some(Acks::Never) | None => false,
+        let ready = |b: &Batch| {
+            !b.lost
+                && match acks {
+                    Some(Acks::After(d)) => now - b.at >= d,
+                    Some(Acks::Reversed(d)) => now - b.at >= d,
+                    Some(Acks::Never) | None => false,
+                }
         };
         let mut keep = Vec::new();
         let mut ready_batches = Vec::new();
@@ -261,14 +266,21 @@ fn answer(code: StatusCode, body: Value) -> (StatusCode, String) {
     (code, body.to_string())
 }
 
-async fn event(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, String) {
+async fn event(
+    State(s): State<S>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
     let script = s.script.lock().expect("script").clone();
     let mut inner = lock(&s.inner);
     inner.requests += 1;
     if headers.get("authorization").and_then(|v| v.to_str().ok())
         != Some(format!("Splunk {}", script.token).as_str())
     {
-        return answer(StatusCode::UNAUTHORIZED, json!({"text": "Invalid token", "code": 4}));
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            json!({"text": "Invalid token", "code": 4}),
+        );
     }
     let encoding = headers
         .get("content-encoding")
@@ -282,7 +294,10 @@ async fn event(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) 
             .read_to_end(&mut out)
             .is_err()
         {
-            return answer(StatusCode::BAD_REQUEST, json!({"text": "Invalid data format", "code": 6}));
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"text": "Invalid data format", "code": 6}),
+            );
         }
         out
     } else {
@@ -293,14 +308,25 @@ async fn event(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) 
         .collect::<Result<_, _>>()
     {
         Ok(e) => e,
-        Err(_) => return answer(StatusCode::BAD_REQUEST, json!({"text": "Invalid data format", "code": 6})),
+        Err(_) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"text": "Invalid data format", "code": 6}),
+            )
+        }
     };
     if events.is_empty() {
-        return answer(StatusCode::BAD_REQUEST, json!({"text": "No data", "code": 5}));
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"text": "No data", "code": 5}),
+        );
     }
     if inner.busy > 0 {
         inner.busy -= 1;
-        return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"text": "Server is busy", "code": 9}));
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"text": "Server is busy", "code": 9}),
+        );
     }
     if let Some(k) = inner.reject_id.as_ref().and_then(|id| {
         events
@@ -316,7 +342,10 @@ async fn event(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) 
     }
     for e in &events {
         if e.get("event").is_none() {
-            return answer(StatusCode::BAD_REQUEST, json!({"text": "Event field is required", "code": 12}));
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({"text": "Event field is required", "code": 12}),
+            );
         }
     }
     match script.acks {
@@ -330,7 +359,10 @@ async fn event(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) 
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
             else {
-                return answer(StatusCode::BAD_REQUEST, json!({"text": "Data channel is missing", "code": 10}));
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    json!({"text": "Data channel is missing", "code": 10}),
+                );
             };
             if !inner.channels_seen.contains(&channel) {
                 inner.channels_seen.push(channel.clone());
@@ -342,14 +374,22 @@ async fn event(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) 
                 events,
                 at: Instant::now(),
                 ack: id,
+                lost: script.acks == Some(Acks::Never),
             });
-            answer(StatusCode::OK, json!({"text": "Success", "code": 0, "ackId": id}))
+            answer(
+                StatusCode::OK,
+                json!({"text": "Success", "code": 0, "ackId": id}),
+            )
         }
     }
 }
 
 /// Acks true once, then forgotten (false), as Splunk's.
-async fn ack(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, String) {
+async fn ack(
+    State(s): State<S>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
     settle(&s);
     let mut inner = lock(&s.inner);
     inner.ack_queries += 1;
@@ -357,7 +397,10 @@ async fn ack(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) ->
         .get("x-splunk-request-channel")
         .and_then(|v| v.to_str().ok())
     else {
-        return answer(StatusCode::BAD_REQUEST, json!({"text": "Data channel is missing", "code": 10}));
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"text": "Data channel is missing", "code": 10}),
+        );
     };
     let asked: Value = serde_json::from_slice(&body).unwrap_or_default();
     let mut out = serde_json::Map::new();
@@ -372,5 +415,8 @@ async fn ack(State(s): State<S>, headers: HeaderMap, body: axum::body::Bytes) ->
 }
 
 async fn health() -> (StatusCode, String) {
-    answer(StatusCode::OK, json!({"text": "HEC is healthy", "code": 17}))
+    answer(
+        StatusCode::OK,
+        json!({"text": "HEC is healthy", "code": 17}),
+    )
 }

@@ -7,6 +7,7 @@
 //! `dpkg -x` root of syslog-ng-core). A missing daemon fails the test; it is never skipped.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod hec;
 pub mod proxy;
 pub mod schemas;
 pub mod smtp;
