@@ -310,6 +310,12 @@ pub(crate) async fn run(
         let acking = events
             .iter()
             .any(|e| matches!(e.state, State::Acking { .. }));
+        // Acks first when due: a steady stream of new events must not starve them.
+        if acking && now.saturating_duration_since(last_poll) >= ACK_POLL {
+            last_poll = now;
+            poll_acks(&ep, &mut events).await;
+            continue;
+        }
         if waiting && retry_at.is_none_or(|t| now >= t) {
             // The first run of waiting events, in order, up to the batch limits.
             let mut idx = Vec::new();
@@ -401,11 +407,6 @@ pub(crate) async fn run(
                     retry_at = Some(Instant::now() + backoff.delay(failures));
                 }
             }
-            continue;
-        }
-        if acking && now.saturating_duration_since(last_poll) >= ACK_POLL {
-            last_poll = now;
-            poll_acks(&ep, &mut events).await;
             continue;
         }
         // Wait for a message, the next poll or the retry.
