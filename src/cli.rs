@@ -279,8 +279,9 @@ pub struct SendTestArgs {
 /// One syslog destination and how its records are made.
 #[derive(Args, Debug)]
 pub struct DestinationArgs {
-    /// Destination: udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT, relp://HOST:PORT or
-    /// relp+tls://HOST:PORT (IPv6 in brackets).
+    /// Destination: udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT, relp://HOST:PORT,
+    /// relp+tls://HOST:PORT (IPv6 in brackets), hec+https://HOST:PORT or
+    /// kafka[+tls]://BROKER:PORT,…/TOPIC.
     /// May be given more than once: each destination gets its own writer
     #[arg(long, value_name = "URL", required = true)]
     pub to: Vec<String>,
@@ -289,9 +290,29 @@ pub struct DestinationArgs {
     #[arg(long, short = 'f', value_name = "NAME|PATH")]
     pub format: String,
 
-    /// Syslog header in front of each record
-    #[arg(long, value_enum, default_value_t = SyslogArg::Rfc5424)]
-    pub syslog: SyslogArg,
+    /// Syslog header in front of each record [default: rfc5424; none for HEC and Kafka]
+    #[arg(long, value_enum)]
+    pub syslog: Option<SyslogArg>,
+
+    /// Splunk HEC: the environment variable that holds the token (never the token itself)
+    #[arg(long, value_name = "NAME")]
+    pub hec_token_env: Option<String>,
+
+    /// Splunk HEC: wait for indexer acknowledgement (the token must have it on)
+    #[arg(long)]
+    pub indexer_ack: bool,
+
+    /// Kafka: SASL user name (Azure Event Hubs: $ConnectionString)
+    #[arg(long, value_name = "NAME", requires = "sasl_password_env")]
+    pub sasl_username: Option<String>,
+
+    /// Kafka: the environment variable that holds the SASL password (never the password itself)
+    #[arg(long, value_name = "NAME", requires = "sasl_username")]
+    pub sasl_password_env: Option<String>,
+
+    /// Kafka: SASL mechanism
+    #[arg(long, value_name = "MECHANISM", default_value = "PLAIN")]
+    pub sasl_mechanism: String,
 
     /// TCP/TLS framing [default: octet-counting for tls://, lf for tcp://]
     #[arg(long, value_enum)]

@@ -318,6 +318,13 @@ pub struct RawDestination {
     pub indexer_ack: Option<bool>,
     #[serde(default)]
     pub ack_timeout: Option<Spanned<String>>,
+    /// Kafka (kafka://, kafka+tls://): SASL mechanism, user and password (env or file).
+    #[serde(default)]
+    pub sasl_mechanism: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sasl_username: Option<Spanned<String>>,
+    #[serde(default)]
+    pub sasl_password: Option<Spanned<SecretRef>>,
 }
 
 /// `ack_timeout`: HEC acks come within seconds; Splunk advises five minutes before taking one
@@ -649,9 +656,12 @@ impl Config {
                 );
             }
             let hec = sink.destination.transport.is_hec();
+            let kafka = sink.destination.transport.is_kafka();
             let kind = match d.syslog.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
-                // A HEC event carries its own time and host: no syslog header in it.
-                None if hec => HeaderKind::None,
+                // A HEC event carries its own time and host: no syslog header in it. A Kafka
+                // message has its time and tenant in its timestamp and headers; a header can
+                // still be asked for (a consumer that expects syslog lines).
+                None if hec || kafka => HeaderKind::None,
                 None => HeaderKind::Rfc5424,
                 Some((s, span)) => {
                     let k: HeaderKind = s.parse().or_else(|e: String| c.err(span.clone(), e))?;
@@ -694,6 +704,38 @@ impl Config {
                 return c.err(
                     d.url.span(),
                     format!("{key} applies to hec+https:// destinations only"),
+                );
+            }
+            if kafka {
+                sink.kafka.sasl = match (&d.sasl_mechanism, &d.sasl_username, &d.sasl_password) {
+                    (None, None, None) => None,
+                    (m, Some(user), Some(pw)) => Some(crate::sink::Sasl {
+                        mechanism: match m {
+                            None => crate::sink::SaslMechanism::Plain,
+                            Some(m) => m.get_ref().parse().or_else(|e: String| c.err(m.span(), e))?,
+                        },
+                        username: user.get_ref().clone(),
+                        password: resolve_secret(&c, pw.get_ref(), pw.span(), &mut warnings)?,
+                    }),
+                    _ => return c.err(
+                        d.url.span(),
+                        "SASL needs sasl_username and sasl_password = { env = \"…\" } or { file = \"…\" } (sasl_mechanism defaults to PLAIN)",
+                    ),
+                };
+                if d.server_name.is_some() {
+                    return c.err(d.url.span(), "server_name is not supported for Kafka: each broker's certificate is checked against that broker's own name");
+                }
+            } else if let Some(key) = [
+                ("sasl_mechanism", d.sasl_mechanism.is_some()),
+                ("sasl_username", d.sasl_username.is_some()),
+                ("sasl_password", d.sasl_password.is_some()),
+            ]
+            .iter()
+            .find_map(|(k, set)| set.then_some(*k))
+            {
+                return c.err(
+                    d.url.span(),
+                    format!("{key} applies to kafka:// and kafka+tls:// destinations only"),
                 );
             }
             sink.framing = match d.framing.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
@@ -984,6 +1026,51 @@ mod tests {
             let e = err(&format!("{TENANT}[[destination]]\n{dest}"));
             assert!(e.to_string().contains(says), "{dest}: {e}");
             assert!(!e.to_string().contains("t0k3n"), "{e}");
+        }
+    }
+
+    /// Kafka: SASL from env or file, no syslog header unless asked for, keys of other kinds
+    /// refused.
+    #[test]
+    fn kafka_destinations_are_checked() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        std::env::set_var(
+            "DB_TEST_EH_CONN",
+            "Endpoint=sb://ns/;SharedAccessKey=s3cr3t",
+        );
+        let ok = Config::from_toml(
+            "c.toml",
+            &format!("{TENANT}[[destination]]\nurl = \"kafka+tls://ns.servicebus.windows.net:9093/defender\"\nformat = \"json\"\nsasl_username = \"$ConnectionString\"\nsasl_password = {{ env = \"DB_TEST_EH_CONN\" }}\n"),
+        )
+        .unwrap();
+        let d = &ok.destinations[0].output;
+        assert_eq!(d.header.kind, HeaderKind::None);
+        let sasl = d.sink.kafka.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, crate::sink::SaslMechanism::Plain);
+        assert_eq!(sasl.username, "$ConnectionString");
+        assert!(sasl.password.expose().ends_with("s3cr3t"));
+        let ok = Config::from_toml(
+            "c.toml",
+            &format!("{TENANT}[[destination]]\nurl = \"kafka://b1,b2:9093/t\"\nformat = \"arcsight\"\nsyslog = \"rfc5424\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"u\"\nsasl_password = {{ env = \"DB_TEST_EH_CONN\" }}\n"),
+        )
+        .unwrap();
+        let d = &ok.destinations[0].output;
+        assert_eq!(d.header.kind, HeaderKind::Rfc5424);
+        assert_eq!(
+            d.sink.kafka.sasl.as_ref().unwrap().mechanism,
+            crate::sink::SaslMechanism::ScramSha512
+        );
+        for (dest, says) in [
+            ("url = \"kafka://b1/t\"\nformat = \"json\"\nsasl_username = \"u\"\n", "SASL needs sasl_username and sasl_password"),
+            ("url = \"kafka://b1/t\"\nformat = \"json\"\nsasl_mechanism = \"GSSAPI\"\nsasl_username = \"u\"\nsasl_password = { env = \"DB_TEST_EH_CONN\" }\n", "SCRAM-SHA-256"),
+            ("url = \"kafka://b1/t\"\nformat = \"json\"\nsasl_username = \"u\"\nsasl_password = \"s3cr3t\"\n", "cannot be written in the configuration"),
+            ("url = \"kafka+tls://b1/t\"\nformat = \"json\"\nserver_name = \"x\"\n", "server_name is not supported for Kafka"),
+            ("url = \"tcp://siem:514\"\nformat = \"json\"\nsasl_username = \"u\"\n", "sasl_username applies to kafka://"),
+            ("url = \"kafka://b1\"\nformat = \"json\"\n", "names its topic"),
+        ] {
+            let e = err(&format!("{TENANT}[[destination]]\n{dest}"));
+            assert!(e.to_string().contains(says), "{dest}: {e}");
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
         }
     }
 

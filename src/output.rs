@@ -88,11 +88,20 @@ impl Refused {
 /// fields; a string record's escaping can take more, and a record is cut to leave this).
 const HEC_ENVELOPE_ROOM: usize = 4096;
 
+/// What a destination's protocol puts around each record.
+enum Envelope {
+    /// Syslog: the record as it is (its header is the encoder's).
+    None,
+    /// A HEC event object.
+    Hec(crate::format::hec::HecEnvelope),
+    /// A Kafka message's key, headers and time.
+    Kafka(crate::format::kafka::KafkaEnvelope),
+}
+
 /// A running output.
 pub struct Output {
     encoder: MessageEncoder,
-    /// A HEC destination's event object around each record.
-    hec: Option<crate::format::hec::HecEnvelope>,
+    envelope: Envelope,
     sink: Sink,
     truncated: AtomicU64,
     dead_lettered: AtomicU64,
@@ -103,22 +112,30 @@ impl Output {
     pub fn build(cfg: &OutputConfig) -> Result<Output, Error> {
         let formatter = Formatter::load(&cfg.format)?;
         let sink = cfg.sink.build()?;
-        let hec = cfg.sink.destination.transport.is_hec().then(|| {
+        let transport = cfg.sink.destination.transport;
+        let envelope = if transport.is_hec() {
             let h = &cfg.sink.hec;
-            crate::format::hec::HecEnvelope {
+            Envelope::Hec(crate::format::hec::HecEnvelope {
                 source: h.source.clone(),
                 sourcetype: h.sourcetype.clone(),
                 index: h.index.clone(),
                 host: cfg.header.hostname().to_string(),
-            }
-        });
-        // A HEC event is the record in its object: the record leaves room for the rest.
-        let max_message = match &hec {
-            Some(_) => sink.max_message_size().saturating_sub(HEC_ENVELOPE_ROOM),
-            None => sink.max_message_size(),
+            })
+        } else if transport.is_kafka() {
+            Envelope::Kafka(crate::format::kafka::KafkaEnvelope)
+        } else {
+            Envelope::None
+        };
+        // The record leaves room for what goes around it.
+        let max_message = match &envelope {
+            Envelope::None => sink.max_message_size(),
+            Envelope::Hec(_) => sink.max_message_size().saturating_sub(HEC_ENVELOPE_ROOM),
+            Envelope::Kafka(_) => sink
+                .max_message_size()
+                .saturating_sub(crate::format::kafka::ENVELOPE_ROOM),
         };
         Ok(Output {
-            hec,
+            envelope,
             encoder: MessageEncoder {
                 formatter: Arc::new(formatter),
                 header: cfg.header.clone(),
@@ -168,25 +185,37 @@ impl Output {
                     // Exactly the record's size: the writer's queue holds up to `queue_capacity`
                     // records, and a Vec with spare capacity would also cost `Bytes` a second
                     // allocation for its shared header (a full-length one becomes a boxed slice).
-                    if let Some(env) = &self.hec {
-                        let mut event = Vec::with_capacity(buf.len() + HEC_ENVELOPE_ROOM);
-                        env.wrap(
-                            alert,
-                            ctx,
-                            &buf,
-                            self.encoder.formatter.is_json(),
-                            &mut event,
-                        );
-                        if event.len() > self.sink.max_message_size() {
+                    let wrapped = match &self.envelope {
+                        Envelope::None => None,
+                        Envelope::Hec(env) => {
+                            let mut event = Vec::with_capacity(buf.len() + HEC_ENVELOPE_ROOM);
+                            env.wrap(
+                                alert,
+                                ctx,
+                                &buf,
+                                self.encoder.formatter.is_json(),
+                                &mut event,
+                            );
+                            Some(event)
+                        }
+                        Envelope::Kafka(env) => {
+                            let mut msg =
+                                Vec::with_capacity(buf.len() + crate::format::kafka::ENVELOPE_ROOM);
+                            env.wrap(alert, ctx, &buf, &mut msg);
+                            Some(msg)
+                        }
+                    };
+                    if let Some(wrapped) = wrapped {
+                        if wrapped.len() > self.sink.max_message_size() {
                             // A string record whose escaping grew it past the event limit.
                             let e = EncodeError::TooLarge {
-                                size: event.len(),
+                                size: wrapped.len(),
                                 limit: self.sink.max_message_size(),
                             };
                             sent.refused.push(self.refuse(alert, ctx, index, &e));
                             continue;
                         }
-                        buf = event;
+                        buf = wrapped;
                     }
                     buf.shrink_to_fit();
                     self.sink.send(Bytes::from(buf)).await?;

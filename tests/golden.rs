@@ -121,3 +121,65 @@ fn records_are_single_lines_of_valid_utf8() {
         }
     }
 }
+
+/// The bodies the HEC and Kafka outputs send, per alert of a Graph, an MDE and the edge-times
+/// sample: the HEC event object around the JSON record (and around a CEF one, a string), and
+/// the Kafka message's key, headers, timestamp and value.
+#[test]
+fn hec_and_kafka_bodies() {
+    use defender_bridge::format::hec::{HecEnvelope, DEFAULT_SOURCE, DEFAULT_SOURCETYPE};
+    use defender_bridge::format::kafka::{unpack, KafkaEnvelope};
+    use defender_bridge::input::{decode, Decoded, Limits};
+    let hec = HecEnvelope {
+        source: DEFAULT_SOURCE.into(),
+        sourcetype: DEFAULT_SOURCETYPE.into(),
+        index: Some("defender".into()),
+        host: "collector-01.mssp.example".into(),
+    };
+    let ctx = Context {
+        tenant_name: Some("Contoso (EMEA)"),
+        hostname: None,
+    };
+    let json = encoder("json", HeaderKind::None);
+    let cef = encoder("splunk", HeaderKind::None);
+    for sample in [
+        "graph-alerts-v2-list-docs.json",
+        "mde-alert-get-docs.json",
+        "edge-times.ndjson",
+    ] {
+        let input = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data")
+                .join(sample),
+        )
+        .unwrap();
+        let (mut hec_out, mut kafka_out) = (String::new(), String::new());
+        decode(&input, Limits::default(), |d| {
+            let Decoded::Alert(_, alert) = d else { return };
+            let mut record = Vec::new();
+            json.encode(&alert, &ctx, 0, &mut record).unwrap();
+            let mut event = Vec::new();
+            hec.wrap(&alert, &ctx, &record, true, &mut event);
+            hec_out.push_str(std::str::from_utf8(&event).unwrap());
+            hec_out.push('\n');
+            let mut cef_record = Vec::new();
+            cef.encode(&alert, &ctx, 0, &mut cef_record).unwrap();
+            let mut event = Vec::new();
+            hec.wrap(&alert, &ctx, &cef_record, false, &mut event);
+            hec_out.push_str(std::str::from_utf8(&event).unwrap());
+            hec_out.push('\n');
+
+            let mut packed = Vec::new();
+            KafkaEnvelope.wrap(&alert, &ctx, &record, &mut packed);
+            let m = unpack(&packed).unwrap();
+            kafka_out.push_str(&format!("key: {}\n", String::from_utf8_lossy(m.key)));
+            for (k, v) in &m.headers {
+                kafka_out.push_str(&format!("header {k}: {}\n", String::from_utf8_lossy(v)));
+            }
+            kafka_out.push_str(&format!("timestamp_ms: {:?}\n", m.timestamp_ms));
+            kafka_out.push_str(&format!("value: {}\n\n", String::from_utf8_lossy(m.value)));
+        });
+        check(&format!("{sample}.hec.txt"), &hec_out);
+        check(&format!("{sample}.kafka.txt"), &kafka_out);
+    }
+}

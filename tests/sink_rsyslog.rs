@@ -163,9 +163,12 @@ async fn over_size_messages_are_refused_and_counted_and_exact_size_ones_arrive_w
         sink.send(marker.clone()).await.unwrap();
         sink.flush(WAIT).await.unwrap();
 
+        // Counted before waiting, so that a failure says what the writer did (CI once saw
+        // 0 of 2 lines here, not reproduced since).
+        let stats = sink.stats();
+        eprintln!("{url_scheme} to port {}: {stats:?}", rsyslog.port);
         let lines = rsyslog.wait_for_lines(2).await;
         assert_eq!(lines, vec![fits.to_vec(), marker.to_vec()], "{url_scheme}");
-        let stats = sink.stats();
         assert_eq!(stats.messages_sent, 2);
         assert_eq!(
             stats.rejected,

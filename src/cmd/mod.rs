@@ -60,10 +60,48 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config> {
 pub(crate) fn output_configs(d: &DestinationArgs) -> Result<Vec<OutputConfig>> {
     // Load the format once, up front, so a mistake in it is reported before anything connects.
     Formatter::load(&d.format)?;
-    let header = syslog_header(d.syslog, &d.header)?;
+    let secret = |flag: &str, name: &str| -> Result<defender_bridge::source::SecretString> {
+        match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => {
+                Ok(defender_bridge::source::SecretString::new(v.trim()))
+            }
+            _ => anyhow::bail!("{flag} {name}: that environment variable is not set"),
+        }
+    };
     d.to.iter()
         .map(|url| {
             let mut sink = SinkConfig::new(url.parse()?);
+            let transport = sink.destination.transport;
+            // A HEC event and a Kafka message carry their own time and tenant: no syslog
+            // header unless asked for (and never in a HEC event).
+            let kind = d.syslog.unwrap_or(if transport.is_hec() || transport.is_kafka() {
+                SyslogArg::None
+            } else {
+                SyslogArg::Rfc5424
+            });
+            if transport.is_hec() && kind != SyslogArg::None {
+                anyhow::bail!("{url}: a HEC event has no syslog header: leave --syslog out");
+            }
+            let header = syslog_header(kind, &d.header)?;
+            if transport.is_hec() {
+                let Some(name) = &d.hec_token_env else {
+                    anyhow::bail!("{url}: a HEC destination needs --hec-token-env NAME (the variable that holds the token)");
+                };
+                sink.hec.token = Some(secret("--hec-token-env", name)?);
+                sink.hec.indexer_ack = d.indexer_ack;
+            } else if d.hec_token_env.is_some() || d.indexer_ack {
+                anyhow::bail!("{url}: --hec-token-env and --indexer-ack apply to hec+https:// only");
+            }
+            if let (Some(user), Some(pw)) = (&d.sasl_username, &d.sasl_password_env) {
+                if !transport.is_kafka() {
+                    anyhow::bail!("{url}: SASL applies to kafka:// and kafka+tls:// only");
+                }
+                sink.kafka.sasl = Some(defender_bridge::sink::Sasl {
+                    mechanism: d.sasl_mechanism.parse().map_err(anyhow::Error::msg)?,
+                    username: user.clone(),
+                    password: secret("--sasl-password-env", pw)?,
+                });
+            }
             sink.framing = d.framing.map(|f| match f {
                 FramingArg::Lf => Framing::Lf,
                 FramingArg::OctetCounting => Framing::OctetCounting,
@@ -77,7 +115,7 @@ pub(crate) fn output_configs(d: &DestinationArgs) -> Result<Vec<OutputConfig>> {
             Ok(OutputConfig {
                 sink,
                 format: d.format.clone(),
-                header: header.clone(),
+                header,
             })
         })
         .collect()

@@ -12,6 +12,7 @@ mod edges;
 mod fuzz;
 pub mod hec;
 pub mod json;
+pub mod kafka;
 pub mod leef;
 pub mod mapping;
 pub mod path;

@@ -1,5 +1,6 @@
 //! Where a sink sends: `udp://host:514`, `tcp://host:514`, `tls://host:6514`,
-//! `relp://host:2514`, `relp+tls://host:2514`.
+//! `relp://host:2514`, `relp+tls://host:2514`, `hec+https://splunk:8088`,
+//! `kafka://broker1:9092,broker2:9092/topic` and `kafka+tls://…/topic`.
 //!
 //! Hosts are IPv4 literals, IPv6 literals in brackets (`tcp://[::1]:514`) or names. Names are
 //! kept as written and resolved again on every (re)connect, so a SIEM that moves behind a DNS
@@ -28,6 +29,10 @@ pub enum Transport {
     Hec,
     /// HEC over plain HTTP (`hec+http://`): a collector on this machine or a test.
     HecHttp,
+    /// Kafka (`kafka://broker:9092,…/topic`), plaintext.
+    Kafka,
+    /// Kafka over TLS (`kafka+tls://`; Azure Event Hubs: port 9093 with SASL PLAIN).
+    KafkaTls,
 }
 
 impl Transport {
@@ -41,12 +46,22 @@ impl Transport {
             Transport::RelpTls => "relp+tls",
             Transport::Hec => "hec+https",
             Transport::HecHttp => "hec+http",
+            Transport::Kafka => "kafka",
+            Transport::KafkaTls => "kafka+tls",
         }
     }
 
     /// Whether the connection is TLS.
     pub fn is_tls(self) -> bool {
-        matches!(self, Transport::Tls | Transport::RelpTls | Transport::Hec)
+        matches!(
+            self,
+            Transport::Tls | Transport::RelpTls | Transport::Hec | Transport::KafkaTls
+        )
+    }
+
+    /// Whether the destination is a Kafka topic.
+    pub fn is_kafka(self) -> bool {
+        matches!(self, Transport::Kafka | Transport::KafkaTls)
     }
 
     /// Whether the destination is a Splunk HTTP Event Collector.
@@ -69,6 +84,8 @@ impl Transport {
             Transport::Relp | Transport::RelpTls => 2514,
             // Splunk's default HEC port (docs.splunk.com "Set up and use HTTP Event Collector").
             Transport::Hec | Transport::HecHttp => 8088,
+            // Kafka's default listener port; Event Hubs listens on 9093 (written out).
+            Transport::Kafka | Transport::KafkaTls => 9092,
         }
     }
 }
@@ -95,8 +112,19 @@ impl fmt::Display for Host {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     pub transport: Transport,
+    /// The (first) host and its port.
     pub host: Host,
     pub port: u16,
+    /// Kafka: every bootstrap broker and the topic.
+    pub kafka: Option<KafkaTarget>,
+}
+
+/// The brokers and topic of a Kafka URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaTarget {
+    /// `host:port` of each bootstrap broker, in the URL's order.
+    pub brokers: Vec<String>,
+    pub topic: String,
 }
 
 impl Destination {
@@ -126,6 +154,15 @@ impl Destination {
 
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(k) = &self.kafka {
+            return write!(
+                f,
+                "{}://{}/{}",
+                self.transport.scheme(),
+                k.brokers.join(","),
+                k.topic
+            );
+        }
         write!(
             f,
             "{}://{}:{}",
@@ -144,6 +181,12 @@ impl FromStr for Destination {
             url: s.to_owned(),
             reason: reason.to_owned(),
         };
+        if let Some(rest) = s.strip_prefix("kafka://") {
+            return parse_kafka(Transport::Kafka, rest).map_err(|r| bad(&r));
+        }
+        if let Some(rest) = s.strip_prefix("kafka+tls://") {
+            return parse_kafka(Transport::KafkaTls, rest).map_err(|r| bad(&r));
+        }
         let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
         let transport = match url.scheme() {
             "udp" => Transport::Udp,
@@ -155,7 +198,7 @@ impl FromStr for Destination {
             "hec+http" => Transport::HecHttp,
             _ => {
                 return Err(bad(
-                    "the scheme must be udp, tcp, tls, relp, relp+tls, hec+https or hec+http",
+                    "the scheme must be udp, tcp, tls, relp, relp+tls, hec+https, hec+http, kafka or kafka+tls",
                 ))
             }
         };
@@ -187,8 +230,59 @@ impl FromStr for Destination {
             transport,
             host,
             port,
+            kafka: None,
         })
     }
+}
+
+/// `broker1:9092,broker2:9092/topic` (a comma-separated broker list is not a URL host, so
+/// this is parsed by hand). Topic names: Kafka's legal characters, at most 249
+/// (`org.apache.kafka.common.internals.Topic`).
+fn parse_kafka(transport: Transport, rest: &str) -> Result<Destination, String> {
+    let (hosts, topic) = rest
+        .split_once('/')
+        .ok_or("a Kafka URL names its topic: kafka://broker:9092/topic")?;
+    if topic.is_empty()
+        || topic.len() > 249
+        || topic == "."
+        || topic == ".."
+        || !topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "{topic:?} is not a Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')"
+        ));
+    }
+    let mut brokers = Vec::new();
+    let mut first = None;
+    for h in hosts.split(',') {
+        // Each broker as a URL authority, so that names, IPv4 and [IPv6] parse as elsewhere.
+        let d: Destination = format!("tcp://{h}").parse().map_err(|e: Error| match e {
+            Error::Destination { reason, .. } => format!("broker {h:?}: {reason}"),
+            e => e.to_string(),
+        })?;
+        if h.contains(['/', '?', '#', '@']) || h.is_empty() {
+            return Err(format!("broker {h:?} is not host:port"));
+        }
+        let port = if h.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+            d.port
+        } else {
+            transport.default_port()
+        };
+        brokers.push(format!("{}:{port}", d.host));
+        first.get_or_insert((d.host, port));
+    }
+    let (host, port) = first.ok_or("no broker")?;
+    Ok(Destination {
+        transport,
+        host,
+        port,
+        kafka: Some(KafkaTarget {
+            brokers,
+            topic: topic.to_string(),
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -238,6 +332,38 @@ mod tests {
         ] {
             let err = bad.parse::<Destination>().unwrap_err().to_string();
             assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn parses_kafka_urls() {
+        let d = parse("kafka://b1:9092,[::1]:9093,b3/alerts.v1");
+        assert_eq!(d.transport, Transport::Kafka);
+        let k = d.kafka.as_ref().unwrap();
+        assert_eq!(k.brokers, ["b1:9092", "[::1]:9093", "b3:9092"]);
+        assert_eq!(k.topic, "alerts.v1");
+        assert_eq!((d.host.to_string(), d.port), ("b1".to_string(), 9092));
+        assert_eq!(
+            d.to_string(),
+            "kafka://b1:9092,[::1]:9093,b3:9092/alerts.v1"
+        );
+        let d = parse("kafka+tls://ns.servicebus.windows.net:9093/defender");
+        assert!(d.transport.is_tls() && d.transport.is_kafka());
+        assert_eq!(
+            d.to_string(),
+            "kafka+tls://ns.servicebus.windows.net:9093/defender"
+        );
+        for (bad, says) in [
+            ("kafka://b1:9092", "names its topic"),
+            ("kafka://b1:9092/", "not a Kafka topic"),
+            ("kafka://b1:9092/a b", "not a Kafka topic"),
+            ("kafka://b1:9092,,b2/t", "broker"),
+            ("kafka://b1:0/t", "port 0"),
+            ("kafka://u:p@b1/t", "broker"),
+            ("kafka:///t", "broker"),
+        ] {
+            let err = bad.parse::<Destination>().unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains(bad), "{bad}: {err}");
         }
     }
 

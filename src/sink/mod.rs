@@ -1,5 +1,5 @@
-//! Syslog destinations: UDP (RFC 5426), TCP (RFC 6587), TLS (RFC 5425) and RELP (librelp
-//! `doc/relp.md`), plain or over TLS.
+//! Destinations: syslog over UDP (RFC 5426), TCP (RFC 6587), TLS (RFC 5425) and RELP (librelp
+//! `doc/relp.md`), plain or over TLS; Splunk HEC; Kafka.
 //!
 //! A [`SinkConfig`] is validated and turned by [`SinkConfig::build`] into a running [`Sink`]: a
 //! handle plus one tokio writer task per destination, so a slow or dead destination never
@@ -24,20 +24,24 @@
 //! refuses is counted and dropped, never retried.
 //!
 //! RELP (`relp.rs`) acknowledges every message: one counts as sent once the receiver's `rsp 200`
-//! for it has arrived, and after a break everything unanswered goes again.
+//! for it has arrived, and after a break everything unanswered goes again. Splunk HEC (`hec.rs`)
+//! and Kafka (`kafka.rs`) count a message once the collector's ack or the broker's `acks=all`
+//! answer says so; their messages are the output's event objects and packed Kafka messages.
 
 mod destination;
 mod framing;
 mod hec;
+mod kafka;
 mod relp;
 mod socket;
 mod tcp;
 mod tls;
 mod udp;
 
-pub use destination::{Destination, Host, Transport};
+pub use destination::{Destination, Host, KafkaTarget, Transport};
 pub use framing::Framing;
 pub use hec::{HecOptions, DEFAULT_ACK_TIMEOUT};
+pub use kafka::{partition_for_key, KafkaOptions, Sasl, SaslMechanism};
 pub use relp::{DEFAULT_WINDOW, MAX_WINDOW};
 pub use socket::Liveness;
 pub use tls::TlsOptions;
@@ -85,6 +89,8 @@ pub enum Error {
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("HEC {destination}: {reason}")]
     Hec { destination: String, reason: String },
+    #[error("Kafka {destination}: {reason}")]
+    Kafka { destination: String, reason: String },
     #[error("RELP session with {addr}: {reason}")]
     Relp { addr: SocketAddr, reason: String },
     #[error("TLS handshake with {addr} failed: {source}")]
@@ -214,6 +220,8 @@ pub struct SinkConfig {
     pub backoff: Backoff,
     /// Splunk HEC: token, indexer acknowledgement, channel (hec+https:// and hec+http://).
     pub hec: HecOptions,
+    /// Kafka: SASL (kafka:// and kafka+tls://).
+    pub kafka: KafkaOptions,
 }
 
 /// `resend_on_reconnect` default, 1 MiB. What a receiver's TCP acknowledged but its program had
@@ -243,6 +251,7 @@ impl SinkConfig {
             liveness: Liveness::default(),
             backoff: Backoff::default(),
             hec: HecOptions::default(),
+            kafka: KafkaOptions::default(),
         }
     }
 
@@ -254,7 +263,9 @@ impl SinkConfig {
             | Transport::Relp
             | Transport::RelpTls
             | Transport::Hec
-            | Transport::HecHttp => None,
+            | Transport::HecHttp
+            | Transport::Kafka
+            | Transport::KafkaTls => None,
             Transport::Tcp => Some(self.framing.unwrap_or(Framing::Lf)),
             Transport::Tls => Some(self.framing.unwrap_or(Framing::OctetCounting)),
         }
@@ -271,6 +282,7 @@ impl SinkConfig {
                 // One event of a batch; HEC's own limit is per request (limits.conf
                 // `max_content_length`, 1 MB on older versions), and batches stay under it.
                 Transport::Hec | Transport::HecHttp => hec::MAX_EVENT,
+                Transport::Kafka | Transport::KafkaTls => kafka::MAX_MESSAGE,
             })
     }
 
@@ -304,9 +316,19 @@ impl SinkConfig {
                 )));
             }
         }
+        if dest.transport.is_kafka() && self.tls.server_name.is_some() {
+            return Err(Error::Config(format!(
+                "{dest}: server_name is not supported for Kafka (each broker is checked against its own name)"
+            )));
+        }
+        if !dest.transport.is_kafka() && self.kafka != KafkaOptions::default() {
+            return Err(Error::Config(format!(
+                "{dest}: SASL applies to kafka:// and kafka+tls:// destinations only"
+            )));
+        }
         if !dest.transport.is_tls() && self.tls != TlsOptions::default() {
             return Err(Error::Config(format!(
-                "{dest}: TLS options need a tls:// or relp+tls:// destination"
+                "{dest}: TLS options need a tls://, relp+tls://, hec+https:// or kafka+tls:// destination"
             )));
         }
         if max == 0 {
@@ -363,6 +385,12 @@ impl SinkConfig {
                 rx,
                 shared.clone(),
             )),
+            (Transport::Kafka | Transport::KafkaTls, _) => tokio::spawn(kafka::run(
+                kafka::Endpoint::new(self)?,
+                self.backoff,
+                rx,
+                shared.clone(),
+            )),
             (Transport::Relp | Transport::RelpTls, _) => tokio::spawn(relp::run(
                 self.connector()?,
                 self.window,
@@ -409,6 +437,7 @@ impl SinkConfig {
             }
             Transport::Relp | Transport::RelpTls => relp::probe(&self.connector()?).await,
             Transport::Hec | Transport::HecHttp => hec::Endpoint::new(self)?.probe().await,
+            Transport::Kafka | Transport::KafkaTls => kafka::Endpoint::new(self)?.probe().await,
         }
     }
 }

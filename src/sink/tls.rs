@@ -67,6 +67,14 @@ impl TlsOptions {
             },
         };
 
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(self.client_config(destination)?),
+            server_name,
+        })
+    }
+
+    /// The rustls configuration: roots (or no verification) and the client certificate.
+    pub(crate) fn client_config(&self, destination: &str) -> Result<Arc<ClientConfig>, Error> {
         let provider = provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -106,10 +114,7 @@ impl TlsOptions {
             )))
             }
         };
-        Ok(TlsClient {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            server_name,
-        })
+        Ok(Arc::new(config))
     }
 
     fn roots(&self, destination: &str) -> Result<RootCertStore, Error> {

@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod hec;
+pub mod kafka;
 pub mod proxy;
 pub mod schemas;
 pub mod smtp;
