@@ -324,6 +324,8 @@ fn bench() -> anyhow::Result<ExitCode> {
         shutdown_timeout: Duration::from_secs(10),
         queue_max_bytes: defender_bridge::config::DEFAULT_QUEUE_MAX_BYTES,
         metrics_listen: None,
+        shard: None,
+        tenants_in_file: 0,
         tenants: (0..n)
             .map(|i| {
                 let mut s = TenantSettings::new(

@@ -37,7 +37,7 @@ pub enum Command {
     /// Send one clearly marked synthetic test alert to a destination
     SendTest(SendTestArgs),
     /// Run the daemon: poll every configured tenant and forward alerts to the destinations
-    Run(ConfigArg),
+    Run(RunArgs),
     /// The whole pipeline on sample alerts from a built-in fake of Entra ID and the Graph API
     /// (no Azure account needed)
     #[cfg(feature = "demo")]
@@ -60,6 +60,10 @@ pub enum Command {
     /// Show the dead letters (what could not be forwarded or sent) and replay them
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Move tenants' checkpoints between instances when the shard count changes (the daemon
+    /// of the state directory stopped)
+    #[command(subcommand)]
+    State(StateCommand),
     /// Write the man pages or a shell completion script (for packagers: packaging/build.sh)
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -139,6 +143,63 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum StateCommand {
+    /// Write this instance's checkpoints (all, or the tenants named) as JSON to stdout
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// A tenant's name or id; may be given more than once [default: every tenant]
+        #[arg(long, value_name = "NAME|ID")]
+        tenant: Vec<String>,
+    },
+    /// Store the checkpoints of export files for this instance's tenants (its shard's), where
+    /// it has none or an older one
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Files written by `state export`
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+}
+
+/// Which instance this is, when several share the tenants (README "Scale-out").
+#[derive(Args, Debug, Clone, Default)]
+pub struct InstanceArgs {
+    /// Poll only the tenants of shard I of N (rendezvous hashing of tenant id and API), over
+    /// `shard` in the configuration; also written IofN (systemd: defender-bridge@0of3)
+    #[arg(long, value_name = "I/N", conflicts_with = "shard_from_hostname")]
+    pub shard: Option<String>,
+
+    /// Take the shard from the host name's trailing -I (a StatefulSet pod defender-bridge-I),
+    /// of N shards
+    #[arg(long, value_name = "N")]
+    pub shard_from_hostname: Option<u32>,
+
+    /// The state directory (queue and checkpoints), over `state_dir` in the configuration;
+    /// each instance needs its own
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The metrics, health and status endpoint, over `metrics_listen` in the configuration
+    /// ("" for none)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct NotifyTestArgs {
     #[command(flatten)]
@@ -165,6 +226,9 @@ pub struct StatusArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+
+    #[command(flatten)]
+    pub instance: InstanceArgs,
 
     /// Also get a token and one page of alerts per tenant, and send a test record to each
     /// destination

@@ -179,6 +179,9 @@ impl<'de> Deserialize<'de> for SecretRef {
 pub struct RawConfig {
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// `"I/N"`: this instance polls only shard I's tenants (src/shard.rs).
+    #[serde(default)]
+    pub shard: Option<Spanned<String>>,
     #[serde(default)]
     pub poll_interval: Option<Spanned<String>>,
     #[serde(default)]
@@ -377,7 +380,11 @@ pub struct Config {
     /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served (`metrics_listen`;
     /// `None`: off). Loopback by default: the endpoint has no authentication.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// This instance's tenants: all of the file's, or with a shard only those it owns.
     pub tenants: Vec<Tenant>,
+    /// The shard this instance is (`shard` or `--shard`), and how many tenants the file has.
+    pub shard: Option<crate::shard::Shard>,
+    pub tenants_in_file: usize,
     pub destinations: Vec<Destination>,
     /// `[smtp]` and the `[[notification]]` rules (src/notify/).
     pub notifications: crate::notify::Notifications,
@@ -894,11 +901,43 @@ impl Config {
                     }
                 },
             },
+            shard: match &raw.shard {
+                None => None,
+                Some(v) => Some(
+                    v.get_ref()
+                        .parse()
+                        .or_else(|e: String| c.err(v.span(), e))?,
+                ),
+            },
+            tenants_in_file: tenants.len(),
             tenants,
             destinations,
             notifications,
             warnings,
         })
+        .map(|mut c| {
+            if let Some(s) = c.shard {
+                c.set_shard(s);
+            }
+            c
+        })
+    }
+
+    /// Makes this instance shard `shard` (over `shard` in the file): it keeps only the tenants
+    /// the shard owns.
+    pub fn set_shard(&mut self, shard: crate::shard::Shard) {
+        self.shard = Some(shard);
+        self.tenants
+            .retain(|t| shard.owns(&t.settings.tenant_id, t.settings.api));
+    }
+
+    /// `--state-dir`: another state directory (and the dead-letter file in it, unless the
+    /// file names one).
+    pub fn set_state_dir(&mut self, dir: PathBuf) {
+        if self.dead_letter == self.state_dir.join("dead-letter.ndjson") {
+            self.dead_letter = dir.join("dead-letter.ndjson");
+        }
+        self.state_dir = dir;
     }
 }
 
@@ -1027,6 +1066,35 @@ mod tests {
             assert!(e.to_string().contains(says), "{dest}: {e}");
             assert!(!e.to_string().contains("t0k3n"), "{e}");
         }
+    }
+
+    /// `shard = "I/N"` keeps this shard's tenants only; a bad value is said at its line.
+    #[test]
+    fn a_shard_keeps_its_tenants() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let mut src = String::from("shard = \"1/2\"\n");
+        for i in 0..40 {
+            src.push_str(&format!("[[tenant]]\nname = \"t{i}\"\ntenant_id = \"aaaaaaaa-0000-4000-8000-{i:012}\"\nclient_id = \"c\"\nclient_secret = {{ env = \"DB_TEST_SECRET_A\" }}\n"));
+        }
+        src.push_str("[[destination]]\nurl = \"tcp://siem:514\"\nformat = \"json\"\n");
+        let c = Config::from_toml("c.toml", &src).unwrap();
+        let shard = c.shard.unwrap();
+        assert_eq!(shard.to_string(), "1/2");
+        assert_eq!(c.tenants_in_file, 40);
+        assert!(
+            c.tenants.len() > 5 && c.tenants.len() < 35,
+            "{}",
+            c.tenants.len()
+        );
+        assert!(c
+            .tenants
+            .iter()
+            .all(|t| shard.owns(&t.settings.tenant_id, t.settings.api)));
+        let e = Config::from_toml("c.toml", &src.replace("1/2", "2/2")).unwrap_err();
+        assert!(
+            e.to_string().contains("does not exist") && e.line == Some(1),
+            "{e}"
+        );
     }
 
     /// Kafka: SASL from env or file, no syslog header unless asked for, keys of other kinds

@@ -109,6 +109,7 @@ pub async fn run_with_reload(
         Err(e) => tracing::warn!("cannot import the dead-letter file of an older version: {e:#}"),
     }
     let mut running = Running::new(queue.clone(), http, config.shutdown_timeout);
+    running.set_shard(&config);
     running.set_tenant_map(&config);
     // Before the tenants and destinations: it hears their first events.
     running.start_notifier(&config);
@@ -309,6 +310,7 @@ impl Running {
                 tenants: std::sync::Mutex::new(Vec::new()),
                 destinations: std::sync::Mutex::new(Vec::new()),
                 queue: queue.clone(),
+                shard: std::sync::Mutex::new(None),
             }),
             queue,
             http,
@@ -667,7 +669,13 @@ impl Running {
 
     /// Moves from `old` to `new` (a configuration that has been validated): destinations
     /// first, so that a new tenant's alerts have their destinations.
+    fn set_shard(&self, config: &Config) {
+        *self.health.shard.lock().unwrap_or_else(|p| p.into_inner()) =
+            config.shard.map(|s| (s, config.tenants_in_file));
+    }
+
     async fn reload(&mut self, old: &Config, new: &Config) {
+        self.set_shard(new);
         for w in &new.warnings {
             tracing::warn!("{w}");
         }

@@ -93,6 +93,8 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<(
         shutdown_timeout: Duration::from_secs(10),
         queue_max_bytes: crate::config::DEFAULT_QUEUE_MAX_BYTES,
         metrics_listen: None,
+        shard: None,
+        tenants_in_file: 0,
         tenants: tenants
             .iter()
             .enumerate()

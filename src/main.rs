@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Command::Tenants(cmd) => block_on(tenants(cmd)),
         Command::Formats(cmd) => formats(cmd),
         Command::DeadLetters(cmd) => block_on(dead_letters(cmd)),
+        Command::State(cmd) => cmd::state::state(cmd),
         Command::Generate(args) => generate::run(args),
     };
     match result {

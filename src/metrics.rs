@@ -132,6 +132,8 @@ pub struct Health {
     pub tenants: Mutex<Vec<TenantView>>,
     pub destinations: Mutex<Vec<DestinationView>>,
     pub queue: Queue,
+    /// This instance's shard and the tenant count of its configuration file.
+    pub shard: Mutex<Option<(crate::shard::Shard, usize)>>,
 }
 
 /// What `/status` answers and `defender-bridge status` prints.
@@ -146,6 +148,9 @@ pub struct StatusReport {
     pub queue_bytes: u64,
     pub queue_max_bytes: u64,
     pub dead_letters: usize,
+    /// "I/N of M tenants" when this instance is one shard of several.
+    #[serde(default)]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -294,6 +299,11 @@ impl Health {
         metrics::counter!("defender_bridge_queue_commits_total").absolute(q.commits);
         metrics::gauge!("defender_bridge_dead_letters").set(dead_letters as f64);
         StatusReport {
+            shard: self
+                .shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|(s, n)| format!("{s} ({} of {n} tenant(s))", tenants.len())),
             ready: problems.is_empty(),
             problems,
             tenants,
@@ -504,6 +514,7 @@ mod tests {
             queue_bytes: 10,
             queue_max_bytes: 20,
             dead_letters: 0,
+            shard: Some("1/3 (1 of 3 tenant(s))".into()),
         };
         let back: StatusReport =
             serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");

@@ -1,6 +1,6 @@
 //! `check`: the configuration, and with `--online` the tenants and destinations.
 
-use super::{fits, init_logging_at, load_config};
+use super::{fits, init_logging_at, load_instance};
 use crate::cli::CheckArgs;
 use anyhow::Result;
 use defender_bridge::format::Context;
@@ -27,13 +27,22 @@ pub(crate) fn endpoints(s: &defender_bridge::source::TenantSettings) -> String {
 
 pub(crate) async fn check(args: CheckArgs) -> Result<ExitCode> {
     init_logging_at("error");
-    let config = load_config(&args.config.config)?;
-    println!(
-        "{}: OK: {} tenant(s), {} destination(s)",
-        args.config.config.display(),
-        config.tenants.len(),
-        config.destinations.len()
-    );
+    let config = load_instance(&args.config.config, &args.instance)?;
+    match config.shard {
+        Some(shard) => println!(
+            "{}: OK: shard {shard}: {} of {} tenant(s), {} destination(s)",
+            args.config.config.display(),
+            config.tenants.len(),
+            config.tenants_in_file,
+            config.destinations.len()
+        ),
+        None => println!(
+            "{}: OK: {} tenant(s), {} destination(s)",
+            args.config.config.display(),
+            config.tenants.len(),
+            config.destinations.len()
+        ),
+    }
     for t in &config.tenants {
         println!("tenant {}: {}", t.settings.name, endpoints(&t.settings));
     }

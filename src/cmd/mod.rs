@@ -10,6 +10,7 @@ pub(crate) mod formats;
 pub(crate) mod notify_test;
 pub(crate) mod run;
 pub(crate) mod send;
+pub(crate) mod state;
 pub(crate) mod status;
 pub(crate) mod tenants;
 
@@ -54,6 +55,44 @@ pub(crate) fn load_config(path: &std::path::Path) -> Result<Config> {
         eprintln!("warning: {w}");
     }
     Ok(config)
+}
+
+/// The configuration file with this instance's `--shard`, `--state-dir` and `--metrics-listen`
+/// over it.
+pub(crate) fn load_instance(
+    path: &std::path::Path,
+    i: &crate::cli::InstanceArgs,
+) -> Result<Config> {
+    let mut config = load_config(path)?;
+    apply_instance(&mut config, i)?;
+    Ok(config)
+}
+
+pub(crate) fn apply_instance(config: &mut Config, i: &crate::cli::InstanceArgs) -> Result<()> {
+    use defender_bridge::shard::Shard;
+    let shard = match (&i.shard, i.shard_from_hostname) {
+        (Some(s), _) => Some(s.parse::<Shard>().map_err(anyhow::Error::msg)?),
+        (None, Some(n)) => {
+            let host = hostname::get()?.to_string_lossy().into_owned();
+            Some(Shard::from_hostname(&host, n).map_err(anyhow::Error::msg)?)
+        }
+        (None, None) => None,
+    };
+    if let Some(s) = shard {
+        config.set_shard(s);
+    }
+    if let Some(dir) = &i.state_dir {
+        config.set_state_dir(dir.clone());
+    }
+    if let Some(m) = &i.metrics_listen {
+        config.metrics_listen = match m.trim() {
+            "" => None,
+            a => Some(a.parse().map_err(|_| {
+                anyhow::anyhow!("--metrics-listen {a:?}: write an address and port such as 127.0.0.1:9464, or \"\" for none")
+            })?),
+        };
+    }
+    Ok(())
 }
 
 /// `--to` and its options → one output config per destination.

@@ -1,20 +1,29 @@
 //! `run`: the daemon, with SIGHUP reloads.
 
-use super::{init_logging_at, load_config, shutdown_signal};
-use crate::cli::ConfigArg;
+use super::{apply_instance, init_logging_at, load_instance, shutdown_signal};
+use crate::cli::{InstanceArgs, RunArgs};
 use anyhow::{bail, Result};
 use defender_bridge::config::Config;
 use defender_bridge::daemon;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) async fn run_daemon(args: ConfigArg) -> Result<ExitCode> {
-    let config = load_config(&args.config)?;
+pub(crate) async fn run_daemon(run: RunArgs) -> Result<ExitCode> {
+    let args = run.config;
+    let config = load_instance(&args.config, &run.instance)?;
     init_logging_at(&config.log_level);
-    if config.tenants.is_empty() || config.destinations.is_empty() {
+    if config.tenants_in_file == 0 || config.destinations.is_empty() {
         bail!(
             "{}: nothing to do: the configuration needs at least one [[tenant]] and one [[destination]]",
             args.config.display()
+        );
+    }
+    if let Some(shard) = config.shard {
+        // A shard may own none of a few tenants: it runs (and takes its share after a reload).
+        tracing::info!(
+            "shard {shard}: polls {} of the {} tenant(s) of the configuration",
+            config.tenants.len(),
+            config.tenants_in_file
         );
     }
     let stop = CancellationToken::new();
@@ -25,7 +34,7 @@ pub(crate) async fn run_daemon(args: ConfigArg) -> Result<ExitCode> {
         signal.cancel();
     });
     let (reloads, reload_rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(reload_on_sighup(args.config.clone(), reloads));
+    tokio::spawn(reload_on_sighup(args.config.clone(), run.instance, reloads));
     daemon::run_with_reload(config, stop, Some(reload_rx)).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -35,6 +44,7 @@ pub(crate) async fn run_daemon(args: ConfigArg) -> Result<ExitCode> {
 /// running configuration stays (issue 10 §3).
 pub(crate) async fn reload_on_sighup(
     path: std::path::PathBuf,
+    instance: InstanceArgs,
     reloads: tokio::sync::mpsc::Sender<Config>,
 ) {
     #[cfg(unix)]
@@ -46,8 +56,14 @@ pub(crate) async fn reload_on_sighup(
         };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading {}", path.display());
-            match Config::load(&path) {
-                Ok(c) if c.tenants.is_empty() || c.destinations.is_empty() => tracing::error!(
+            let loaded = Config::load(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|mut c| {
+                    apply_instance(&mut c, &instance)?;
+                    Ok(c)
+                });
+            match loaded {
+                Ok(c) if c.tenants_in_file == 0 || c.destinations.is_empty() => tracing::error!(
                     "reload refused: {} needs at least one [[tenant]] and one [[destination]]; the running configuration stays",
                     path.display()
                 ),
@@ -63,5 +79,5 @@ pub(crate) async fn reload_on_sighup(
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, reloads);
+    let _ = (path, instance, reloads);
 }

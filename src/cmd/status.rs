@@ -112,6 +112,9 @@ pub(crate) fn status_table(
         "\nqueue: {} of {} bytes; {} dead letter(s)",
         r.queue_bytes, r.queue_max_bytes, r.dead_letters
     );
+    if let Some(shard) = &r.shard {
+        let _ = writeln!(out, "shard: {shard}");
+    }
     if r.problems.is_empty() {
         let _ = writeln!(out, "all well");
     } else {

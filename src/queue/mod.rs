@@ -342,6 +342,47 @@ impl Queue {
             .map_err(|e| self.store_err(&format!("checkpoint {key:?} is damaged: {e}")))
     }
 
+    /// Every checkpoint, by key (`state export`).
+    pub fn checkpoints(&self) -> Result<Vec<(String, Checkpoint)>, QueueError> {
+        let txn = self
+            .shared
+            .db()?
+            .begin_read()
+            .map_err(|e| self.store_err(&e))?;
+        let table = txn
+            .open_table(CHECKPOINTS)
+            .map_err(|e| self.store_err(&e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.store_err(&e))? {
+            let (k, v) = entry.map_err(|e| self.store_err(&e))?;
+            let cp = serde_json::from_slice(v.value()).map_err(|e| {
+                self.store_err(&format!("checkpoint {:?} is damaged: {e}", k.value()))
+            })?;
+            out.push((k.value().to_string(), cp));
+        }
+        Ok(out)
+    }
+
+    /// Stores `checkpoint` under `key`, replacing what is there (`state import`, with the
+    /// daemon stopped).
+    pub fn put_checkpoint(&self, key: &str, checkpoint: &Checkpoint) -> Result<(), QueueError> {
+        let bytes = serde_json::to_vec(checkpoint).map_err(|e| self.store_err(&e))?;
+        let txn = self
+            .shared
+            .db()?
+            .begin_write()
+            .map_err(|e| self.store_err(&e))?;
+        {
+            let mut table = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| self.store_err(&e))?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(|e| self.store_err(&e))?;
+        }
+        txn.commit().map_err(|e| self.store_err(&e))
+    }
+
     /// Moves a checkpoint file of the days before the queue into the store (once: the file is
     /// renamed to `….json.migrated`). Returns whether it did.
     pub fn migrate_checkpoint_file(&self, key: &str, file: &Path) -> Result<bool, QueueError> {
