@@ -58,11 +58,6 @@ pub fn build_http_client(settings: &HttpSettings) -> Result<reqwest::Client, Htt
     let mut builder = reqwest::Client::builder()
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.request_timeout)
-        // Every tenant's poller shares this client. Without a bound the pool keeps one idle
-        // connection per poll that ever ran at once (HTTP/1.1; a start of 10,000 tenants
-        // opened 13,790 and held 720 MiB of TLS buffers): 64 idle per host serve the steady
-        // state, the rest close after use (issue 13 §5). HTTP/2 (Graph) multiplexes anyway.
-        .pool_max_idle_per_host(64)
         .user_agent(settings.user_agent.clone())
         .no_proxy();
     if let Some(path) = &settings.extra_ca_file {
