@@ -323,6 +323,10 @@ fn bench() -> anyhow::Result<ExitCode> {
         log_level: "warn".to_string(),
         shutdown_timeout: Duration::from_secs(10),
         queue_max_bytes: defender_bridge::config::DEFAULT_QUEUE_MAX_BYTES,
+        max_concurrent_requests: std::env::var("MANY_TENANTS_REQUESTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(defender_bridge::config::DEFAULT_MAX_CONCURRENT_REQUESTS),
         metrics_listen: None,
         shard: None,
         tenants_in_file: 0,

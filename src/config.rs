@@ -207,6 +207,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub queue_max_bytes: Option<Spanned<u64>>,
     #[serde(default)]
+    pub max_concurrent_requests: Option<Spanned<u64>>,
+    #[serde(default)]
     pub shutdown_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub metrics_listen: Option<Spanned<String>>,
@@ -377,6 +379,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Most bytes the durable queue holds before polling pauses (issue 9 §2).
     pub queue_max_bytes: u64,
+    /// Most sign-in and API requests in flight at once, over all tenants (issue 13 §5).
+    pub max_concurrent_requests: usize,
     /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served (`metrics_listen`;
     /// `None`: off). Loopback by default: the endpoint has no authentication.
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -402,6 +406,12 @@ pub const DEFAULT_METRICS_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V
 /// `queue_max_bytes` default: 1 GiB holds about 300,000 alerts with evidence.
 pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 1 << 30;
 const MIN_QUEUE_MAX_BYTES: u64 = 1 << 20;
+
+/// `max_concurrent_requests` default. Each request in flight holds a pooled HTTPS connection
+/// (70 KiB with its TLS buffers, README "Performance"); 256 of them poll 10,000 tenants in a
+/// tenth of a 60 s interval at Graph's usual answer time of about half a second.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
+const MAX_CONCURRENT_REQUESTS: u64 = 65_536;
 
 pub(crate) struct Ctx<'a> {
     origin: &'a str,
@@ -885,6 +895,16 @@ impl Config {
                 }
                 Some(q) => *q.get_ref(),
             },
+            max_concurrent_requests: match &raw.max_concurrent_requests {
+                None => DEFAULT_MAX_CONCURRENT_REQUESTS,
+                Some(n) if !(1..=MAX_CONCURRENT_REQUESTS).contains(n.get_ref()) => {
+                    return c.err(
+                        n.span(),
+                        format!("max_concurrent_requests must be from 1 to {MAX_CONCURRENT_REQUESTS}"),
+                    )
+                }
+                Some(n) => *n.get_ref() as usize,
+            },
             metrics_listen: match &raw.metrics_listen {
                 None => Some(DEFAULT_METRICS_LISTEN),
                 Some(m) if m.get_ref().trim().is_empty() => None,
@@ -1037,6 +1057,30 @@ mod tests {
         assert_eq!(c.destinations.len(), 2);
         assert_eq!(c.tenants[1].settings.api, Api::Mde);
         assert_eq!(c.destinations[0].output.format, "qradar");
+    }
+
+    #[test]
+    fn max_concurrent_requests_is_bounded() {
+        std::env::set_var("DB_TEST_SECRET_A", "x");
+        let dest = "[[destination]]\nurl = \"udp://127.0.0.1:514\"\nformat = \"json\"\n";
+        let load = |v: &str| Config::from_toml("c.toml", &format!("{v}\n{TENANT}{dest}"));
+        assert_eq!(
+            load("").unwrap().max_concurrent_requests,
+            DEFAULT_MAX_CONCURRENT_REQUESTS
+        );
+        assert_eq!(
+            load("max_concurrent_requests = 8")
+                .unwrap()
+                .max_concurrent_requests,
+            8
+        );
+        for bad in ["0", "65537"] {
+            let e = err(&format!("max_concurrent_requests = {bad}\n{TENANT}{dest}")).to_string();
+            assert!(
+                e.contains("c.toml:1") && e.contains("from 1 to 65536"),
+                "{e}"
+            );
+        }
     }
 
     /// A HEC destination needs its token; HEC keys elsewhere are mistakes; a HEC event has no

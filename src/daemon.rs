@@ -109,6 +109,7 @@ pub async fn run_with_reload(
         Err(e) => tracing::warn!("cannot import the dead-letter file of an older version: {e:#}"),
     }
     let mut running = Running::new(queue.clone(), http, config.shutdown_timeout);
+    running.request_slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
     running.set_shard(&config);
     running.set_tenant_map(&config);
     // Before the tenants and destinations: it hears their first events.
@@ -301,6 +302,8 @@ struct Running {
     /// Health events: the log, and the notifier.
     events: crate::event::Events,
     notifier: Option<NotifierTask>,
+    /// `max_concurrent_requests`, shared by every tenant's poller.
+    request_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Running {
@@ -321,6 +324,9 @@ impl Running {
             destinations: Default::default(),
             events: crate::event::Events::new(),
             notifier: None,
+            request_slots: Arc::new(tokio::sync::Semaphore::new(
+                crate::config::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            )),
         }
     }
 
@@ -564,6 +570,7 @@ impl Running {
         let key = checkpoint_key(&settings.tenant_id, settings.api);
         let (http, start_queue) = (self.http.clone(), self.queue.clone());
         let events = self.events.clone();
+        let slots = self.request_slots.clone();
         let pages = TenantPages {
             tenant: tenant.clone(),
             queue: self.queue.clone(),
@@ -589,7 +596,8 @@ impl Running {
                     Poller::connect_with_checkpoint(settings.clone(), http.clone(), checkpoint)
                         .map_err(|e| e.to_string())?
                         .with_status(status.clone())
-                        .with_events(events.clone());
+                        .with_events(events.clone())
+                        .with_request_slots(slots.clone());
                 // One line per tenant at start (issue 10 §6): where it signs in, what it polls,
                 // and where it goes on from.
                 tracing::info!(tenant = %settings.name, tenant_id = %settings.tenant_id,
@@ -684,6 +692,10 @@ impl Running {
             (
                 "queue_max_bytes",
                 old.queue_max_bytes != new.queue_max_bytes,
+            ),
+            (
+                "max_concurrent_requests",
+                old.max_concurrent_requests != new.max_concurrent_requests,
             ),
             ("metrics_listen", old.metrics_listen != new.metrics_listen),
             (

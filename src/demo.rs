@@ -92,6 +92,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<(
         log_level: "info".to_string(),
         shutdown_timeout: Duration::from_secs(10),
         queue_max_bytes: crate::config::DEFAULT_QUEUE_MAX_BYTES,
+        max_concurrent_requests: crate::config::DEFAULT_MAX_CONCURRENT_REQUESTS,
         metrics_listen: None,
         shard: None,
         tenants_in_file: 0,

@@ -18,6 +18,7 @@ pub mod event;
 pub mod fake_api;
 pub mod format;
 pub mod input;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod output;

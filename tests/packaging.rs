@@ -1,7 +1,7 @@
 //! The .deb and .rpm of `bash packaging/build.sh`, inspected without installing them: files,
 //! modes, owners, conffiles, dependencies and scriptlets; the glibc floor of the packaged
-//! binary; the systemd unit (`systemd-analyze verify` and `security`); the man pages and
-//! completions.
+//! binary; the systemd units, the service and the shards' template (`systemd-analyze verify`
+//! and `security`); the man pages and completions.
 //!
 //! **The first run builds the release binary and the packages** (about 10 minutes on 2 cores)
 //! when target/packages/ holds no .deb or .rpm; later runs reuse them. After changing the
@@ -18,6 +18,11 @@ use std::sync::OnceLock;
 const INSTALLER: &str = ".ci/install-packaging-tools.sh";
 /// RHEL 8's glibc: the oldest the packaged binary must run on.
 const GLIBC_FLOOR: [u32; 2] = [2, 28];
+/// The packaged systemd units: the service and the template of the shards
+/// (`defender-bridge@0of3`), each in packaging/ and in /usr/lib/systemd/system/.
+const UNITS: &[&str] = &["defender-bridge.service", "defender-bridge@.service"];
+/// The instance of the template that `systemd-analyze` checks.
+const SHARD_INSTANCE: &str = "defender-bridge@0of3.service";
 /// The visible commands, each with its own man page.
 const SUBCOMMANDS: &[&str] = &[
     "convert",
@@ -156,6 +161,10 @@ fn expected_files() -> Vec<(String, &'static str)> {
             "/usr/lib/systemd/system/defender-bridge.service".to_string(),
             "-rw-r--r--",
         ),
+        (
+            "/usr/lib/systemd/system/defender-bridge@.service".to_string(),
+            "-rw-r--r--",
+        ),
         ("/etc/defender-bridge/config.toml".to_string(), "-rw-r-----"),
         (
             "/usr/share/bash-completion/completions/defender-bridge".to_string(),
@@ -209,14 +218,13 @@ fn deb_holds_every_file_with_its_mode_and_owner() {
             "unexpected {path}"
         );
     }
-    // The unit in the package is the one in the repository.
-    let shipped = std::fs::read(
-        p.root
-            .join("usr/lib/systemd/system/defender-bridge.service"),
-    )
-    .expect("unit in the .deb");
-    let ours = std::fs::read(manifest_dir().join("packaging/defender-bridge.service")).unwrap();
-    assert_eq!(shipped, ours);
+    // The units in the package are the ones in the repository.
+    for unit in UNITS {
+        let shipped = std::fs::read(p.root.join("usr/lib/systemd/system").join(unit))
+            .unwrap_or_else(|e| panic!("{unit} in the .deb: {e}"));
+        let ours = std::fs::read(manifest_dir().join("packaging").join(unit)).unwrap();
+        assert_eq!(shipped, ours, "{unit}");
+    }
 }
 
 #[test]
@@ -267,6 +275,8 @@ fn deb_control_conffiles_depends_and_scripts() {
         postinst.contains("deb-systemd-helper debian-installed"),
         "{postinst}"
     );
+    // The template gets no snippet at all: its instances are the operator's to enable.
+    assert!(!postinst.contains("defender-bridge@"), "{postinst}");
     for never in ["deb-systemd-invoke start", "new installations run enable"] {
         assert!(
             !postinst.contains(never),
@@ -462,69 +472,78 @@ fn packaged_binary_runs_on_glibc_2_28_and_both_packages_hold_it() {
     );
 }
 
-/// The packaged unit with ExecStart's binary resolvable here (it is not installed).
-fn unit_copy(p: &Packages) -> PathBuf {
-    let unit = std::fs::read_to_string(
-        p.root
-            .join("usr/lib/systemd/system/defender-bridge.service"),
-    )
-    .expect("unit in the .deb");
+/// The packaged unit `name` (one of UNITS) with ExecStart's binary resolvable here (it is not
+/// installed), and the path to check: the unit's own, or for the template its instance
+/// SHARD_INSTANCE, which systemd-analyze loads from the template beside it.
+fn unit_copy(p: &Packages, name: &str) -> PathBuf {
+    let unit = std::fs::read_to_string(p.root.join("usr/lib/systemd/system").join(name))
+        .unwrap_or_else(|e| panic!("{name} in the .deb: {e}"));
     let bin = p.root.join("usr/bin/defender-bridge");
     let dir = manifest_dir().join("target/packaging-test/unit");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("defender-bridge.service");
     std::fs::write(
-        &path,
+        dir.join(name),
         unit.replace("/usr/bin/defender-bridge", path_str(&bin)),
     )
     .unwrap();
-    path
+    if name.ends_with("@.service") {
+        dir.join(SHARD_INSTANCE)
+    } else {
+        dir.join(name)
+    }
 }
 
 #[test]
 fn unit_verifies() {
     let p = packages();
-    let unit = unit_copy(p);
-    // --man=no: the man page is not installed here (.ci/package-install-test.sh verifies the
-    // installed unit with it).
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no", path_str(&unit)])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run systemd-analyze ({e}): `bash {INSTALLER}`"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify: {stderr}");
-    // It exits 0 on unknown keys too; only lines about our unit count.
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("defender-bridge"))
-        .collect();
-    assert!(ours.is_empty(), "systemd-analyze verify: {ours:#?}");
+    for name in UNITS {
+        let unit = unit_copy(p, name);
+        // --man=no: the man page is not installed here (.ci/package-install-test.sh verifies
+        // the installed unit with it).
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no", path_str(&unit)])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run systemd-analyze ({e}): `bash {INSTALLER}`"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "systemd-analyze verify {name}: {stderr}"
+        );
+        // It exits 0 on unknown keys too; only lines about our units count.
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("defender-bridge"))
+            .collect();
+        assert!(ours.is_empty(), "systemd-analyze verify {name}: {ours:#?}");
+    }
 }
 
 #[test]
 fn unit_security_exposure_is_at_most_2() {
     let p = packages();
-    let unit = unit_copy(p);
-    // systemd 252 (Debian 12) has --offline: the unit file alone, no running systemd needed.
-    let out = run(
-        "systemd-analyze",
-        &["security", "--offline=true", "--no-pager", path_str(&unit)],
-        "rates the unit's sandbox",
-    );
-    let overall = out
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for defender-bridge.service: ")
-                .nth(1)
-        })
-        .unwrap_or_else(|| panic!("no overall exposure in:\n{out}"));
-    let score: f64 = overall
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("cannot read the score in {overall:?}"));
-    eprintln!("systemd-analyze security: {overall}");
-    assert!(score <= 2.0, "exposure {score} > 2.0:\n{out}");
+    for name in UNITS {
+        let unit = unit_copy(p, name);
+        // systemd 252 (Debian 12) has --offline: the unit file alone, no running systemd needed.
+        let out = run(
+            "systemd-analyze",
+            &["security", "--offline=true", "--no-pager", path_str(&unit)],
+            "rates the unit's sandbox",
+        );
+        // The instance's name for the template (defender-bridge@0of3.service).
+        let checked = unit.file_name().unwrap().to_string_lossy().into_owned();
+        let needle = format!("Overall exposure level for {checked}: ");
+        let overall = out
+            .lines()
+            .find_map(|l| l.split(needle.as_str()).nth(1))
+            .unwrap_or_else(|| panic!("no overall exposure in:\n{out}"));
+        let score: f64 = overall
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read the score in {overall:?}"));
+        eprintln!("systemd-analyze security {checked}: {overall}");
+        assert!(score <= 2.0, "{checked}: exposure {score} > 2.0:\n{out}");
+    }
 }
 
 #[test]

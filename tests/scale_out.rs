@@ -35,8 +35,14 @@ async fn receiver() -> (u16, Seen) {
     let s = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                return;
+            // EMFILE and the like pass: a receiver that stopped accepting would look like loss.
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    eprintln!("receiver: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let s = s.clone();
             tokio::spawn(async move {
@@ -59,10 +65,18 @@ async fn receiver() -> (u16, Seen) {
     (port, seen)
 }
 
-fn write_config(dir: &Path, fake: &FakeApi, ca: &Path, port: u16) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    fake: &FakeApi,
+    ca: &Path,
+    port: u16,
+    tenants: usize,
+    extra: &str,
+) -> PathBuf {
     let base = fake.base_url();
     let mut c = format!(
         r#"
+{extra}
 poll_interval = "2s"
 initial_lookback = "1h"
 ca_file = "{ca}"
@@ -75,7 +89,7 @@ syslog = "none"
 "#,
         ca = ca.display()
     );
-    for i in 0..TENANTS {
+    for i in 0..tenants {
         c.push_str(&format!(
             "\n[[tenant]]\nname = \"t{i:04}\"\ntenant_id = \"{}\"\nclient_id = \"{CLIENT}\"\nclient_secret = {{ env = \"SHARED_SECRET\" }}\nauthority_host = \"{base}\"\napi_base_url = \"{base}\"\n",
             tenant_id(i)
@@ -120,11 +134,12 @@ fn publish(
     fake: &FakeApi,
     v: u32,
     last: &mut chrono::DateTime<chrono::Utc>,
+    tenants: usize,
 ) -> Vec<(String, String)> {
     let t0 = (chrono::Utc::now() - chrono::Duration::seconds(2))
         .max(*last + chrono::Duration::seconds(2));
     *last = t0;
-    (0..TENANTS)
+    (0..tenants)
         .map(|i| {
             let tid = tenant_id(i);
             let id = format!("da-{i:05}");
@@ -183,6 +198,10 @@ fn export(config: &Path, state: &Path) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
+    // This process serves the API to three or four daemons of 250+ tenants each, one HTTPS
+    // connection per polling tenant: more than a soft limit of 1,024 open files (CI's), which
+    // the daemons raise for themselves as well.
+    defender_bridge::limits::raise_open_files();
     let fake = FakeApi::start().await.unwrap();
     for i in 0..TENANTS {
         fake.add_tenant(&tenant_id(i), CLIENT, FakeCredential::Secret(SECRET.into()));
@@ -190,7 +209,7 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
     let dir = tempfile::tempdir().unwrap();
     let ca = fake.write_ca_file(dir.path()).unwrap();
     let (port, seen) = receiver().await;
-    let config = write_config(dir.path(), &fake, &ca, port);
+    let config = write_config(dir.path(), &fake, &ca, port, TENANTS, "");
     let state = |i: usize| dir.path().join(format!("state-{i}"));
 
     // `check` shows the shard's share.
@@ -216,7 +235,7 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
 
     // 1. Three shards: every first version arrives, each tenant signed in by one instance.
     let mut last = chrono::Utc::now() - chrono::Duration::minutes(5);
-    let mut want = publish(&fake, 0, &mut last);
+    let mut want = publish(&fake, 0, &mut last, TENANTS);
     let mut shards: Vec<Child> = (0..3)
         .map(|i| start(&config, &state(i), &format!("{i}/3")))
         .collect();
@@ -231,7 +250,7 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
     assert_eq!(duplicates(&seen), 0);
 
     // 2. SIGKILL of shard 1 while new versions come; restarted, it loses nothing.
-    want.extend(publish(&fake, 1, &mut last));
+    want.extend(publish(&fake, 1, &mut last, TENANTS));
     let mut killed = shards.remove(1);
     tokio::time::sleep(Duration::from_millis(700)).await;
     killed.start_kill().unwrap();
@@ -282,7 +301,7 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
     // resuming from their checkpoints, does not send them again (without the import it would
     // start from initial_lookback and repeat every one of them).
     tokio::time::sleep(Duration::from_secs(8)).await;
-    want.extend(publish(&fake, 2, &mut last));
+    want.extend(publish(&fake, 2, &mut last, TENANTS));
     wait_for(&seen, &want, "four shards").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -308,4 +327,47 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
     for c in shards {
         stop(c).await;
     }
+}
+
+/// Issue 13 §5: the requests in flight, and with them the pooled connections and their
+/// descriptors, stay under `max_concurrent_requests` however many tenants poll at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_stay_under_max_concurrent_requests() {
+    const N: usize = 200;
+    const SLOTS: usize = 8;
+    defender_bridge::limits::raise_open_files();
+    let fake = FakeApi::start().await.unwrap();
+    fake.set_latency(Duration::from_millis(50));
+    for i in 0..N {
+        fake.add_tenant(&tenant_id(i), CLIENT, FakeCredential::Secret(SECRET.into()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fake.write_ca_file(dir.path()).unwrap();
+    let (port, seen) = receiver().await;
+    let config = write_config(
+        dir.path(),
+        &fake,
+        &ca,
+        port,
+        N,
+        &format!("max_concurrent_requests = {SLOTS}"),
+    );
+    let mut last = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let want = publish(&fake, 0, &mut last, N);
+    let child = start(&config, &dir.path().join("state"), "0/1");
+    wait_for(&seen, &want, "every tenant's alert").await;
+    // A second sweep or more, from the pooled connections.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id().unwrap()))
+        .unwrap()
+        .count();
+    let most = fake.most_concurrent_requests();
+    stop(child).await;
+    assert!(
+        (2..=SLOTS).contains(&most),
+        "{most} requests in flight at once, {SLOTS} allowed"
+    );
+    // Without the bound: one connection per tenant, over 200 descriptors.
+    assert!(fds < 64, "{fds} open descriptors for {N} tenants");
+    assert_eq!(duplicates(&seen), 0);
 }

@@ -12,6 +12,9 @@ pub(crate) async fn run_daemon(run: RunArgs) -> Result<ExitCode> {
     let args = run.config;
     let config = load_instance(&args.config, &run.instance)?;
     init_logging_at(&config.log_level);
+    if let Some(n) = defender_bridge::limits::raise_open_files() {
+        tracing::debug!("open files: up to {n}");
+    }
     if config.tenants_in_file == 0 || config.destinations.is_empty() {
         bail!(
             "{}: nothing to do: the configuration needs at least one [[tenant]] and one [[destination]]",

@@ -168,13 +168,20 @@ struct Shared {
     /// The fake's clock minus the real one: the `Date` header of every answer (a machine whose
     /// clock is off sees Microsoft's clock differ from its own).
     clock_offset: Mutex<chrono::Duration>,
+    /// Requests in their latency wait now, and the most there ever were at once.
+    waiting: std::sync::atomic::AtomicUsize,
+    most_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
     async fn wait_latency(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
         let d = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
         if !d.is_zero() {
+            let now = self.waiting.fetch_add(1, SeqCst) + 1;
+            self.most_waiting.fetch_max(now, SeqCst);
             tokio::time::sleep(d).await;
+            self.waiting.fetch_sub(1, SeqCst);
         }
     }
 
@@ -220,6 +227,8 @@ impl FakeApi {
             token_lifetime: Mutex::new(Duration::from_secs(3599)),
             latency: Mutex::new(Duration::ZERO),
             clock_offset: Mutex::new(chrono::Duration::zero()),
+            waiting: Default::default(),
+            most_waiting: Default::default(),
         });
         let router = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
@@ -439,6 +448,14 @@ impl FakeApi {
     /// Every alert version put into a 200 response so far, in order.
     pub fn served(&self) -> Vec<Served> {
         self.shared.lock().served.clone()
+    }
+
+    /// The most requests (token and API) that were in the fake at once, counted while
+    /// [`FakeApi::set_latency`] holds them; 0 without latency.
+    pub fn most_concurrent_requests(&self) -> usize {
+        self.shared
+            .most_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Token requests answered with a token, per tenant.
@@ -1065,6 +1082,8 @@ mod tests {
             token_lifetime: Mutex::new(Duration::ZERO),
             latency: Mutex::new(Duration::ZERO),
             clock_offset: Mutex::new(chrono::Duration::zero()),
+            waiting: Default::default(),
+            most_waiting: Default::default(),
         };
         shared.lock().tenants.insert("t".into(), tenant);
         let field = "lastUpdateDateTime";

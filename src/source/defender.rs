@@ -235,6 +235,9 @@ pub struct Poller {
     expiry_checked: Option<tokio::time::Instant>,
     /// Where poll failures, recoveries and expiry warnings go (the log and the notifier).
     events: crate::event::Events,
+    /// The daemon's bound on HTTP requests in flight, shared by every tenant
+    /// (`max_concurrent_requests`): see [`Poller::with_request_slots`].
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// How long before a certificate or secret expires the log starts warning (issue 10 §7).
@@ -380,6 +383,7 @@ impl Poller {
             status: Arc::default(),
             expiry_checked: None,
             events: crate::event::Events::new(),
+            slots: None,
         }
     }
 
@@ -409,6 +413,31 @@ impl Poller {
     pub fn with_events(mut self, events: crate::event::Events) -> Self {
         self.events = events;
         self
+    }
+
+    /// Shares `slots` with the other tenants: each sign-in and each API request (sent and its
+    /// body read) holds one, and nothing else does (rate-limiter waits, Retry-After waits and
+    /// the queue's back-pressure hold none, so a throttled tenant delays no other). Every
+    /// request in flight keeps a pooled connection and its TLS buffers: without a bound, the
+    /// first sweep of 10,000 tenants had 10,000 in flight at once (README "Performance").
+    pub fn with_request_slots(mut self, slots: Arc<tokio::sync::Semaphore>) -> Self {
+        self.slots = Some(slots);
+        self
+    }
+
+    /// A slot of [`Poller::with_request_slots`], `None` when unbounded (or closed, which
+    /// nothing does).
+    async fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.slots {
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+
+    /// The tenant's token, signing in (within a slot) when the cached one will not do.
+    async fn token(&self) -> Result<azure_core::credentials::AccessToken, AuthError> {
+        let _slot = self.slot().await;
+        self.tokens.token().await
     }
 
     /// A handle on the tenant's health, updated by [`Poller::run`].
@@ -569,7 +598,7 @@ impl Poller {
         self.poll_started_at = requests;
         let limited = self.limited_micros.load(Ordering::Relaxed);
         // Sign in first: a failed sign-in costs none of the API's budget and shows at once.
-        self.tokens.token().await?;
+        self.token().await?;
         // Wait for the rate limiter before the window is drawn, not after: a window that ends
         // where the wait began misses every version that lived only during the wait (it is
         // replaced before the next window), and a tenant held by its limiter would miss many.
@@ -1073,12 +1102,15 @@ impl Poller {
         let mut transient = 0u32;
         let mut throttled = 0u32;
         loop {
-            let token = self.tokens.token().await?;
+            let token = self.token().await?;
             if !self.prepaid.swap(false, Ordering::Relaxed) {
                 let waited = self.limiter.acquire().await;
                 self.limited_micros
                     .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             }
+            // Held until the body is read (or the answer is known to be a failure); released
+            // before any wait below.
+            let slot = self.slot().await;
             let mut req = self.http.get(url).bearer_auth(token.token.secret());
             if s.api == Api::Graph {
                 // defender-api.md §3.1: receive evolvable enum members added after v1.0.
@@ -1121,6 +1153,7 @@ impl Poller {
                         401 if !renewed => {
                             // Expired or revoked token: sign in again, once.
                             tracing::info!(tenant = %s.name, "API answered 401, renewing the token");
+                            drop(slot);
                             self.tokens.invalidate();
                             renewed = true;
                             continue;
@@ -1143,6 +1176,7 @@ impl Poller {
                             }
                             let wait = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
                             tracing::warn!(tenant = %s.name, "throttled (429), waiting {wait:?} as Retry-After says");
+                            drop(slot);
                             tokio::time::sleep(wait).await;
                             continue;
                         }
@@ -1156,6 +1190,7 @@ impl Poller {
                     }
                 }
             };
+            drop(slot);
             transient += 1;
             if transient >= REQUEST_ATTEMPTS {
                 return Err(PollError::Transport(failure));

@@ -1,0 +1,43 @@
+//! The process's limit of open files. Every tenant's poll holds an HTTPS connection and every
+//! destination a socket: at a few thousand tenants the usual soft limit of 1,024 is reached
+//! before the hard one (often 524,288), and what fails then is `accept` or `connect` with
+//! EMFILE. A daemon raises its soft limit to the hard one at start, as Go's runtime does for
+//! every program since Go 1.19 (its release notes, "os" package); systemd units set `LimitNOFILE` besides.
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit. Returns the limit in effect (after the
+/// change, or as it was when it could not be changed); `None` where it cannot be read.
+pub fn raise_open_files() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(raised.rlim_cur);
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_soft_limit_ends_at_the_hard_one() {
+        let after = super::raise_open_files().expect("getrlimit works on Linux");
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+        assert_eq!(after, lim.rlim_cur);
+    }
+}
