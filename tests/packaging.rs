@@ -275,14 +275,35 @@ fn deb_control_conffiles_depends_and_scripts() {
         postinst.contains("deb-systemd-helper debian-installed"),
         "{postinst}"
     );
-    // The template gets no snippet at all: its instances are the operator's to enable.
-    assert!(!postinst.contains("defender-bridge@"), "{postinst}");
+    // The template's instances are the operator's to enable: no cargo-deb snippet names the
+    // template; the running ones are restarted on upgrade, and only then.
+    let shards = postinst
+        .lines()
+        .filter(|l| l.contains("defender-bridge@"))
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        shards,
+        ["systemctl try-restart 'defender-bridge@*.service' >/dev/null 2>&1 || true"],
+        "{postinst}"
+    );
+    assert!(
+        postinst.contains("[ \"$1\" = \"configure\" ] && [ -n \"$2\" ]"),
+        "shards restarted on upgrade only: {postinst}"
+    );
     for never in ["deb-systemd-invoke start", "new installations run enable"] {
         assert!(
             !postinst.contains(never),
             "postinst has {never:?}:\n{postinst}"
         );
     }
+    let prerm = run("dpkg-deb", &["-I", deb, "prerm"], "reads prerm");
+    assert!(
+        prerm.contains("if [ \"$1\" = \"remove\" ]")
+            && prerm.contains("systemctl stop 'defender-bridge@*.service'"),
+        "removal stops the shards: {prerm}"
+    );
     let postrm = run("dpkg-deb", &["-I", deb, "postrm"], "reads postrm");
     assert!(
         postrm.contains("rm -rf /etc/defender-bridge /var/lib/defender-bridge"),
@@ -361,10 +382,12 @@ fn rpm_scriptlets_and_requires() {
     assert!(pre.contains("groupadd -r defender-bridge"), "{pre}");
     assert!(pre.contains("useradd -r -g defender-bridge"), "{pre}");
     let post = section("postinstall");
-    assert!(
-        post.contains("systemctl try-restart defender-bridge.service"),
-        "{post}"
-    );
+    for unit in ["defender-bridge.service", "'defender-bridge@*.service'"] {
+        assert!(
+            post.contains(&format!("systemctl try-restart {unit}")),
+            "{post}"
+        );
+    }
     assert!(
         post.contains("\"$1\" -ge 2"),
         "try-restart on upgrade only: {post}"
@@ -378,7 +401,8 @@ fn rpm_scriptlets_and_requires() {
     }
     let preun = section("preuninstall");
     assert!(
-        preun.contains("disable --now defender-bridge.service"),
+        preun.contains("disable --now defender-bridge.service")
+            && preun.contains("systemctl stop 'defender-bridge@*.service'"),
         "{preun}"
     );
     assert!(preun.contains("\"$1\" -eq 0"), "only on erase: {preun}");

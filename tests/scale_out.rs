@@ -24,8 +24,19 @@ fn tenant_id(i: usize) -> String {
     format!("cccccccc-0000-4000-8000-{:012}", i + 1)
 }
 
-/// Every line the receiver read, as (alert id, lastUpdateDateTime) → times seen.
-type Seen = Arc<Mutex<BTreeMap<(String, String), usize>>>;
+/// An alert version: its id and lastUpdateDateTime, as an instant. Not the text: the API
+/// writes 7 fractional digits and a record 0, 3, 6 or 9 (RFC 3339 as chrono writes it), so
+/// `.0145890Z` arrives as `.014589Z` — whenever the 7th digit is 0, for every alert of a
+/// publication stamped from one instant, which made this test fail one run in a few.
+type Version = (String, chrono::DateTime<chrono::Utc>);
+
+/// Every line the receiver read, as versions → times seen.
+type Seen = Arc<Mutex<BTreeMap<Version, usize>>>;
+
+fn instant(t: &str) -> chrono::DateTime<chrono::Utc> {
+    t.parse()
+        .unwrap_or_else(|e| panic!("{t:?} is not an RFC 3339 time: {e}"))
+}
 
 /// A TCP receiver of JSON records, one per line, from any number of connections.
 async fn receiver() -> (u16, Seen) {
@@ -45,9 +56,18 @@ async fn receiver() -> (u16, Seen) {
                 }
             };
             let s = s.clone();
+            eprintln!("receiver: connection from {:?}", conn.peer_addr());
             tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(conn).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                loop {
+                    let line = match lines.next_line().await {
+                        Ok(Some(line)) => line,
+                        Ok(None) => break,
+                        Err(e) => {
+                            eprintln!("receiver: read: {e}");
+                            break;
+                        }
+                    };
                     // A killed instance may leave half a line at the end of its connection.
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                         eprintln!("not a whole record: {line:.80}");
@@ -55,7 +75,7 @@ async fn receiver() -> (u16, Seen) {
                     };
                     let key = (
                         v["id"].as_str().unwrap().to_string(),
-                        v["lastUpdateDateTime"].as_str().unwrap().to_string(),
+                        instant(v["lastUpdateDateTime"].as_str().unwrap()),
                     );
                     *s.lock().unwrap().entry(key).or_default() += 1;
                 }
@@ -135,7 +155,7 @@ fn publish(
     v: u32,
     last: &mut chrono::DateTime<chrono::Utc>,
     tenants: usize,
-) -> Vec<(String, String)> {
+) -> Vec<Version> {
     let t0 = (chrono::Utc::now() - chrono::Duration::seconds(2))
         .max(*last + chrono::Duration::seconds(2));
     *last = t0;
@@ -151,28 +171,58 @@ fn publish(
                 ["new", "inProgress", "resolved"][v as usize % 3],
                 i,
             );
-            let last = a["lastUpdateDateTime"].as_str().unwrap().to_string();
+            let last = instant(a["lastUpdateDateTime"].as_str().unwrap());
             fake.upsert_alert(&tid, Api::Graph, a);
             (id, last)
         })
         .collect()
 }
 
-async fn wait_for(seen: &Seen, want: &[(String, String)], what: &str) {
+async fn wait_for(fake: &FakeApi, seen: &Seen, want: &[Version], what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let missing = {
+        let missing: Vec<&Version> = {
             let s = seen.lock().unwrap();
-            want.iter().filter(|k| !s.contains_key(*k)).count()
+            want.iter().filter(|k| !s.contains_key(*k)).collect()
         };
-        if missing == 0 {
+        if missing.is_empty() {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: {missing} of {} versions missing",
-            want.len()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            // Served by the fake and not received is the daemon's loss; not served, its windows'.
+            let served: std::collections::HashSet<Version> = fake
+                .served()
+                .into_iter()
+                .map(|s| (s.id, s.last_update))
+                .collect();
+            let (id, at) = missing[0];
+            let i: usize = id.trim_start_matches("da-").parse().unwrap();
+            let requests: Vec<String> = fake
+                .requests()
+                .into_iter()
+                .filter(|r| r.tenant.as_deref() == Some(tenant_id(i).as_str()))
+                .map(|r| format!("{} {:?} {}", r.status, r.query, r.path))
+                .collect();
+            let (received, of_first) = {
+                let s = seen.lock().unwrap();
+                let of: Vec<String> = s
+                    .keys()
+                    .filter(|(i, _)| i == &missing[0].0)
+                    .map(|(_, t)| t.to_rfc3339())
+                    .collect();
+                (s.len(), of)
+            };
+            panic!(
+                "{what}: {} of {} versions missing ({} of them served by the fake, {received} \
+                 received in all); the first, \
+                 {id} at {at} (received at {of_first:?}), tenant {i}: {} requests: {:#?}",
+                missing.len(),
+                want.len(),
+                missing.iter().filter(|k| served.contains(**k)).count(),
+                requests.len(),
+                &requests[requests.len().saturating_sub(4)..],
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -239,7 +289,7 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
     let mut shards: Vec<Child> = (0..3)
         .map(|i| start(&config, &state(i), &format!("{i}/3")))
         .collect();
-    wait_for(&seen, &want, "three shards").await;
+    wait_for(&fake, &seen, &want, "three shards").await;
     for i in 0..TENANTS {
         assert_eq!(
             fake.tokens_issued(&tenant_id(i)),
@@ -256,7 +306,7 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
     killed.start_kill().unwrap();
     let _ = killed.wait().await;
     shards.insert(1, start(&config, &state(1), "1/3"));
-    wait_for(&seen, &want, "after the SIGKILL").await;
+    wait_for(&fake, &seen, &want, "after the SIGKILL").await;
     let after_kill = duplicates(&seen);
     // At most what shard 1 had sent and not yet moved its cursor past: its share of one version.
     assert!(after_kill <= owned, "{after_kill} duplicates");
@@ -302,7 +352,7 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
     // start from initial_lookback and repeat every one of them).
     tokio::time::sleep(Duration::from_secs(8)).await;
     want.extend(publish(&fake, 2, &mut last, TENANTS));
-    wait_for(&seen, &want, "four shards").await;
+    wait_for(&fake, &seen, &want, "four shards").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         duplicates(&seen),
@@ -355,7 +405,7 @@ async fn requests_in_flight_stay_under_max_concurrent_requests() {
     let mut last = chrono::Utc::now() - chrono::Duration::minutes(5);
     let want = publish(&fake, 0, &mut last, N);
     let child = start(&config, &dir.path().join("state"), "0/1");
-    wait_for(&seen, &want, "every tenant's alert").await;
+    wait_for(&fake, &seen, &want, "every tenant's alert").await;
     // A second sweep or more, from the pooled connections.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id().unwrap()))

@@ -7,6 +7,8 @@ if [ -d /run/systemd/system ]; then
     # An upgrade restarts the service only if it was running.
     if [ "$1" -ge 2 ]; then
         systemctl try-restart defender-bridge.service >/dev/null 2>&1 || :
+        # And the shards that run (defender-bridge@IofN.service).
+        systemctl try-restart 'defender-bridge@*.service' >/dev/null 2>&1 || :
     fi
 fi
 exit 0
