@@ -108,8 +108,7 @@ pub async fn run_with_reload(
         ),
         Err(e) => tracing::warn!("cannot import the dead-letter file of an older version: {e:#}"),
     }
-    let mut running = Running::new(queue.clone(), http, config.shutdown_timeout);
-    running.request_slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
+    let mut running = Running::new(queue.clone(), http, &config);
     running.set_shard(&config);
     running.set_tenant_map(&config);
     // Before the tenants and destinations: it hears their first events.
@@ -307,7 +306,7 @@ struct Running {
 }
 
 impl Running {
-    fn new(queue: Queue, http: reqwest::Client, shutdown_timeout: Duration) -> Running {
+    fn new(queue: Queue, http: reqwest::Client, config: &Config) -> Running {
         Running {
             health: Arc::new(crate::metrics::Health {
                 tenants: std::sync::Mutex::new(Vec::new()),
@@ -317,16 +316,14 @@ impl Running {
             }),
             queue,
             http,
-            shutdown_timeout,
+            shutdown_timeout: config.shutdown_timeout,
             stats: Arc::new(RunStats::default()),
             tenant_map: crate::delivery::TenantMap::default(),
             tenants: Default::default(),
             destinations: Default::default(),
             events: crate::event::Events::new(),
             notifier: None,
-            request_slots: Arc::new(tokio::sync::Semaphore::new(
-                crate::config::DEFAULT_MAX_CONCURRENT_REQUESTS,
-            )),
+            request_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         }
     }
 

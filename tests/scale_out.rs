@@ -120,6 +120,33 @@ syslog = "none"
     path
 }
 
+struct Setup {
+    fake: FakeApi,
+    dir: tempfile::TempDir,
+    seen: Seen,
+    config: PathBuf,
+}
+
+/// The fake API with `tenants` tenants answering after `latency`, a receiver, and a
+/// configuration of them all (`extra`: more top-level settings).
+async fn setup(tenants: usize, latency: Duration, extra: &str) -> Setup {
+    let fake = FakeApi::start().await.unwrap();
+    fake.set_latency(latency);
+    for i in 0..tenants {
+        fake.add_tenant(&tenant_id(i), CLIENT, FakeCredential::Secret(SECRET.into()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = fake.write_ca_file(dir.path()).unwrap();
+    let (port, seen) = receiver().await;
+    let config = write_config(dir.path(), &fake, &ca, port, tenants, extra);
+    Setup {
+        fake,
+        dir,
+        seen,
+        config,
+    }
+}
+
 fn start(config: &Path, state: &Path, shard: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_defender-bridge"))
         .args(["run", "--config", config.to_str().unwrap()])
@@ -252,14 +279,12 @@ async fn three_shards_share_the_tenants_survive_a_kill_9_and_grow_to_four() {
     // connection per polling tenant: more than a soft limit of 1,024 open files (CI's), which
     // the daemons raise for themselves as well.
     defender_bridge::limits::raise_open_files();
-    let fake = FakeApi::start().await.unwrap();
-    for i in 0..TENANTS {
-        fake.add_tenant(&tenant_id(i), CLIENT, FakeCredential::Secret(SECRET.into()));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let ca = fake.write_ca_file(dir.path()).unwrap();
-    let (port, seen) = receiver().await;
-    let config = write_config(dir.path(), &fake, &ca, port, TENANTS, "");
+    let Setup {
+        fake,
+        dir,
+        seen,
+        config,
+    } = setup(TENANTS, Duration::ZERO, "").await;
     let state = |i: usize| dir.path().join(format!("state-{i}"));
 
     // `check` shows the shard's share.
@@ -386,22 +411,17 @@ async fn requests_in_flight_stay_under_max_concurrent_requests() {
     const N: usize = 200;
     const SLOTS: usize = 8;
     defender_bridge::limits::raise_open_files();
-    let fake = FakeApi::start().await.unwrap();
-    fake.set_latency(Duration::from_millis(50));
-    for i in 0..N {
-        fake.add_tenant(&tenant_id(i), CLIENT, FakeCredential::Secret(SECRET.into()));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let ca = fake.write_ca_file(dir.path()).unwrap();
-    let (port, seen) = receiver().await;
-    let config = write_config(
-        dir.path(),
-        &fake,
-        &ca,
-        port,
+    let Setup {
+        fake,
+        dir,
+        seen,
+        config,
+    } = setup(
         N,
+        Duration::from_millis(50),
         &format!("max_concurrent_requests = {SLOTS}"),
-    );
+    )
+    .await;
     let mut last = chrono::Utc::now() - chrono::Duration::minutes(5);
     let want = publish(&fake, 0, &mut last, N);
     let child = start(&config, &dir.path().join("state"), "0/1");

@@ -178,10 +178,17 @@ impl Shared {
         use std::sync::atomic::Ordering::SeqCst;
         let d = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
         if !d.is_zero() {
+            // Counted down on drop too: a client that gives up ends the handler mid-sleep.
+            struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, SeqCst);
+                }
+            }
             let now = self.waiting.fetch_add(1, SeqCst) + 1;
+            let _waiting = Waiting(&self.waiting);
             self.most_waiting.fetch_max(now, SeqCst);
             tokio::time::sleep(d).await;
-            self.waiting.fetch_sub(1, SeqCst);
         }
     }
 
