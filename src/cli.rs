@@ -324,8 +324,12 @@ pub struct SendArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
 
-    /// Alert files: a single alert, an API page {"value": [...]}, a JSON array or NDJSON.
-    /// Reads stdin when none is given or for `-`.
+    /// Decode and encode on this many threads [default: one per core]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+
+    /// Alert files: a single alert, an API page {"value": [...]}, a JSON array or NDJSON,
+    /// read as a stream. Reads stdin when none is given or for `-`.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }
@@ -449,8 +453,12 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_size: Option<usize>,
 
-    /// Alert files: a single alert, an API page {"value": [...]}, a JSON array or NDJSON.
-    /// Reads stdin when none is given or for `-`.
+    /// Decode and encode on this many threads [default: one per core]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
+
+    /// Alert files: a single alert, an API page {"value": [...]}, a JSON array or NDJSON,
+    /// read as a stream. Reads stdin when none is given or for `-`.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }

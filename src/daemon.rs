@@ -303,6 +303,8 @@ struct Running {
     notifier: Option<NotifierTask>,
     /// `max_concurrent_requests`, shared by every tenant's poller.
     request_slots: Arc<tokio::sync::Semaphore>,
+    /// The threads that make the destinations' records, one per core.
+    workers: crate::workers::Workers,
 }
 
 impl Running {
@@ -324,6 +326,7 @@ impl Running {
             events: crate::event::Events::new(),
             notifier: None,
             request_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
+            workers: crate::workers::Workers::new(crate::workers::default_jobs()),
         }
     }
 
@@ -463,6 +466,7 @@ impl Running {
             progress,
             leave: leave.clone(),
             events: self.events.clone(),
+            workers: self.workers.clone(),
         };
         // Down and up, as health events (issue 11 §5).
         {

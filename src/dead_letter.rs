@@ -173,7 +173,13 @@ impl DeadLetterFile {
     /// Appends one letter as one line and makes it durable (`fdatasync`) before returning, so
     /// that `send` reports a dead letter only once it is safe.
     pub fn write(&self, letter: &Letter<'_>) -> std::io::Result<()> {
-        let mut line = letter.to_json();
+        self.write_json(&letter.to_json())
+    }
+
+    /// [`write`](Self::write) of a letter already made ([`Letter::to_json`]).
+    pub fn write_json(&self, letter: &[u8]) -> std::io::Result<()> {
+        let mut line = Vec::with_capacity(letter.len() + 1);
+        line.extend_from_slice(letter);
         line.push(b'\n');
         let mut file = self
             .file

@@ -15,8 +15,10 @@ use crate::alert::Alert;
 use crate::config::{Destination, Tenant};
 use crate::dead_letter::Letter;
 use crate::format::Context;
-use crate::output::Output;
+use crate::output::{Messages, Output};
 use crate::queue::{Queue, QueueError, Record};
+use crate::workers::{InOrder, Workers};
+use bytes::Bytes;
 
 /// Records read from the queue at once.
 const READ_BATCH: usize = 512;
@@ -55,6 +57,19 @@ pub struct Forwarder {
     pub leave: CancellationToken,
     /// Where "records went to the dead letters" is said (the log and the notifier).
     pub events: crate::event::Events,
+    /// The threads that decode and encode the records, shared by every destination.
+    pub workers: Workers,
+}
+
+/// Records a worker makes at once: a read of the queue ([`READ_BATCH`]) is spread over the
+/// workers in pieces of this many.
+const PIECE: usize = 128;
+
+/// One queue record made ready on a worker: its messages and its dead letters.
+struct Prepared {
+    seq: u64,
+    messages: Vec<Bytes>,
+    letters: Vec<Vec<u8>>,
 }
 
 /// The tenants by name, as the delivery loops read them.
@@ -189,18 +204,47 @@ impl Forwarder {
                     continue;
                 }
                 let mut out_of_time = false;
-                for (seq, bytes) in batch {
-                    // Handing over waits while the writer's queue is full (a destination that
-                    // is down): the stop's deadline must still reach this loop.
-                    tokio::select! {
-                        () = self.forward(&queue, seq, &bytes) => {}
-                        () = &mut drained => {
-                            out_of_time = true;
-                            break;
-                        }
+                // The pieces are made on the workers at once and handed over in order.
+                let tenants = self
+                    .tenants
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let mut pieces = InOrder::new(batch.len().div_ceil(PIECE));
+                let mut batch = batch.into_iter();
+                loop {
+                    let piece: Vec<(u64, Vec<u8>)> = batch.by_ref().take(PIECE).collect();
+                    if piece.is_empty() {
+                        break;
                     }
-                    pending.push_back((self.output.accepted(), seq, std::time::Instant::now()));
-                    read = seq;
+                    let (me, tenants) = (self.clone(), tenants.clone());
+                    pieces.push(
+                        self.workers
+                            .spawn(move || {
+                                piece
+                                    .into_iter()
+                                    .map(|(seq, bytes)| me.prepare(&tenants, seq, &bytes))
+                                    .collect::<Vec<_>>()
+                            })
+                            .await,
+                    );
+                }
+                'pieces: while !pieces.is_empty() {
+                    let prepared = pieces.next().await;
+                    for record in prepared {
+                        let seq = record.seq;
+                        // Handing over waits while the writer's queue is full (a destination
+                        // that is down): the stop's deadline must still reach this loop.
+                        tokio::select! {
+                            () = self.deliver(&queue, record) => {}
+                            () = &mut drained => {
+                                out_of_time = true;
+                                break 'pieces;
+                            }
+                        }
+                        pending.push_back((self.output.accepted(), seq, std::time::Instant::now()));
+                        read = seq;
+                    }
                 }
                 if out_of_time {
                     break;
@@ -234,11 +278,16 @@ impl Forwarder {
         Ok(acked)
     }
 
-    /// Makes and hands over one record's messages. A record that cannot be read or decoded,
-    /// or that cannot fit the destination, goes to the dead letters (in the store, before the
-    /// cursor can move past it): it must not hold up the records behind it.
-    async fn forward(&self, queue: &Queue, seq: u64, bytes: &[u8]) {
+    /// Makes one record's messages (on a worker). A record that cannot be read or decoded,
+    /// or that cannot fit the destination, becomes a dead letter, kept by [`Self::deliver`]
+    /// before the cursor can move past it: it must not hold up the records behind it.
+    fn prepare(&self, tenants: &HashMap<String, Tenant>, seq: u64, bytes: &[u8]) -> Prepared {
         let name = &self.destination.name;
+        let mut prepared = Prepared {
+            seq,
+            messages: Vec::new(),
+            letters: Vec::new(),
+        };
         let record = match Record::decode(bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -254,8 +303,8 @@ impl Forwarder {
                     record: &text,
                     alert: None,
                 };
-                keep_letters(queue, &self.events, name, vec![letter.to_json()]).await;
-                return;
+                prepared.letters.push(letter.to_json());
+                return prepared;
             }
         };
         #[cfg(test)]
@@ -278,8 +327,8 @@ impl Forwarder {
                     record: record.alert.get(),
                     alert: Some(&record.alert),
                 };
-                keep_letters(queue, &self.events, name, vec![letter.to_json()]).await;
-                return;
+                prepared.letters.push(letter.to_json());
+                return prepared;
             }
         };
         // A record replayed for one destination (`dead-letters replay`) is only its.
@@ -288,13 +337,8 @@ impl Forwarder {
             .as_deref()
             .is_none_or(|d| d == self.destination.output.sink.destination.to_string());
         if !mine || !self.destination.wants(&record.tenant_name, &alert.severity) {
-            return;
+            return prepared;
         }
-        let tenants = self
-            .tenants
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let tenant = tenants.get(&record.tenant_name);
         if alert.alert_web_url.is_none() {
             // The MDE API has no alert link; Graph's alertWebUrl has this form.
@@ -307,27 +351,38 @@ impl Forwarder {
             tenant_name: Some(&record.tenant_name),
             hostname: tenant.and_then(|t| t.syslog_hostname.as_deref()),
         };
+        let mut messages = Messages::default();
+        let encoder = self.output.encoder();
+        for r in encoder.encode(&alert, &ctx, &mut messages) {
+            prepared
+                .letters
+                .push(r.letter(name, &alert, Some(&record.alert), &ctx).to_json());
+        }
+        prepared.messages = messages.into_bytes().collect();
+        prepared
+    }
+
+    /// Hands a prepared record's messages to the writer, in order, and keeps its dead letters.
+    async fn deliver(&self, queue: &Queue, prepared: Prepared) {
+        let name = &self.destination.name;
         let mut failures = 0u32;
-        let sent = loop {
-            match self.output.send(&alert, &ctx).await {
-                Ok(sent) => break sent,
-                Err(e) => {
-                    // The writer has stopped: retry, this destination alone waits.
-                    failures += 1;
-                    let delay = Duration::from_millis(100 * u64::from(failures.min(50)));
-                    tracing::error!(destination = %name, alert = %record.alert_id,
-                        "cannot hand the record over, retrying in {delay:?}: {e}");
-                    tokio::time::sleep(delay).await;
+        for m in prepared.messages {
+            loop {
+                match self.output.queue(m.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        // The writer has stopped: retry, this destination alone waits.
+                        failures += 1;
+                        let delay = Duration::from_millis(100 * u64::from(failures.min(50)));
+                        tracing::error!(destination = %name, seq = prepared.seq,
+                            "cannot hand the record over, retrying in {delay:?}: {e}");
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
-        };
-        if !sent.refused.is_empty() {
-            let letters = sent
-                .refused
-                .iter()
-                .map(|r| r.letter(name, &alert, Some(&record.alert), &ctx).to_json())
-                .collect();
-            keep_letters(queue, &self.events, name, letters).await;
+        }
+        if !prepared.letters.is_empty() {
+            keep_letters(queue, &self.events, name, prepared.letters).await;
         }
     }
 
@@ -509,6 +564,7 @@ mod tests {
             progress: Arc::default(),
             leave: CancellationToken::new(),
             events: crate::event::Events::new(),
+            workers: Workers::new(2),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run_supervised(
@@ -590,6 +646,7 @@ mod tests {
             progress: Arc::default(),
             leave: CancellationToken::new(),
             events: crate::event::Events::new(),
+            workers: Workers::new(2),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(
@@ -729,6 +786,7 @@ mod tests {
             progress: Arc::default(),
             leave: CancellationToken::new(),
             events: crate::event::Events::new(),
+            workers: Workers::new(2),
         };
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(

@@ -29,3 +29,4 @@ pub mod source;
 pub mod state;
 pub mod systemd;
 pub mod tenants;
+pub mod workers;

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = LOG_FORMAT.set(cli.log_format);
     let result = match cli.command {
-        Command::Convert(args) => convert(args),
+        Command::Convert(args) => block_on(convert(args)),
         Command::Send(args) => block_on(send(args)),
         Command::SendTest(args) => block_on(send_test(args)),
         Command::Run(args) => block_on(run_daemon(args)),

@@ -98,13 +98,177 @@ enum Envelope {
     Kafka(crate::format::kafka::KafkaEnvelope),
 }
 
-/// A running output.
-pub struct Output {
+/// The messages of some alerts for one output, in order, in one buffer (a worker fills it; the
+/// writer's queue then holds slices of it, not one allocation per message).
+#[derive(Debug, Default)]
+pub struct Messages {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Messages {
+    /// Room for about `bytes` of messages, `count` of them.
+    pub fn with_capacity(bytes: usize, count: usize) -> Messages {
+        Messages {
+            buf: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(count),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of all the messages.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter()).map(|(s, &e)| &self.buf[s..e])
+    }
+
+    /// One `Bytes` per message, sharing one buffer.
+    pub fn into_bytes(mut self) -> impl Iterator<Item = Bytes> {
+        // The writer's queue holds up to `queue_capacity` messages, and so their buffers: much
+        // spare room is given back (a copy, worth it for one alert's messages, not for a
+        // chunk's that filled their estimate).
+        if self.buf.capacity() - self.buf.len() > self.buf.len() / 4 {
+            self.buf.shrink_to_fit();
+        }
+        let all = Bytes::from(self.buf);
+        let starts = std::iter::once(0).chain(self.ends.clone());
+        starts.zip(self.ends).map(move |(s, e)| all.slice(s..e))
+    }
+}
+
+/// How one output makes its messages from alerts: the format, the syslog header, the size
+/// limit and the protocol's envelope. Pure and synchronous, so the worker threads share it.
+pub struct OutputEncoder {
     encoder: MessageEncoder,
     envelope: Envelope,
-    sink: Sink,
+    /// The destination's limit for a whole message (envelope included).
+    max_message_size: usize,
+    destination: String,
     truncated: AtomicU64,
     dead_lettered: AtomicU64,
+}
+
+impl OutputEncoder {
+    /// An encoder for stdout (`convert`): records as they are, cut to `encoder.max_message`.
+    pub fn plain(encoder: MessageEncoder) -> OutputEncoder {
+        OutputEncoder {
+            max_message_size: encoder.max_message.unwrap_or(usize::MAX),
+            encoder,
+            envelope: Envelope::None,
+            destination: "stdout".to_string(),
+            truncated: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        }
+    }
+
+    pub fn formatter(&self) -> &Formatter {
+        &self.encoder.formatter
+    }
+
+    /// The destination URL (`stdout` for `convert`).
+    pub fn destination(&self) -> &str {
+        &self.destination
+    }
+
+    /// Values cut short so far.
+    pub fn truncated(&self) -> u64 {
+        self.truncated.load(Ordering::Relaxed)
+    }
+
+    /// Appends the alert's messages to `out`, in order. A record that cannot fit the
+    /// destination's size is handed back instead.
+    pub fn encode(&self, alert: &Alert<'_>, ctx: &Context<'_>, out: &mut Messages) -> Vec<Refused> {
+        let mut refused = Vec::new();
+        let mut record = Vec::new();
+        for index in 0..self.encoder.formatter.record_count(alert) {
+            let buf = match self.envelope {
+                Envelope::None => &mut out.buf,
+                _ => {
+                    record.clear();
+                    &mut record
+                }
+            };
+            match self.encoder.encode(alert, ctx, index, buf) {
+                Ok(e) => {
+                    self.truncated
+                        .fetch_add(u64::from(e.truncated), Ordering::Relaxed);
+                    let start = out.buf.len();
+                    match &self.envelope {
+                        Envelope::None => {}
+                        Envelope::Hec(env) => env.wrap(
+                            alert,
+                            ctx,
+                            &record,
+                            self.encoder.formatter.is_json(),
+                            &mut out.buf,
+                        ),
+                        Envelope::Kafka(env) => env.wrap(alert, ctx, &record, &mut out.buf),
+                    }
+                    let size = out.buf.len() - out.ends.last().copied().unwrap_or(0);
+                    if !matches!(self.envelope, Envelope::None) && size > self.max_message_size {
+                        // A string record whose escaping grew it past the event limit.
+                        out.buf.truncate(start);
+                        let e = EncodeError::TooLarge {
+                            size,
+                            limit: self.max_message_size,
+                        };
+                        refused.push(self.refuse(alert, ctx, index, &e));
+                        continue;
+                    }
+                    out.ends.push(out.buf.len());
+                }
+                Err(e @ EncodeError::TooLarge { .. }) => {
+                    refused.push(self.refuse(alert, ctx, index, &e))
+                }
+            }
+        }
+        refused
+    }
+
+    fn refuse(
+        &self,
+        alert: &Alert<'_>,
+        ctx: &Context<'_>,
+        index: usize,
+        e: &EncodeError,
+    ) -> Refused {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let mut whole = Vec::new();
+        let unlimited = MessageEncoder {
+            max_message: None,
+            ..self.encoder.clone()
+        };
+        // Without a limit encoding cannot fail.
+        let _ = unlimited.encode(alert, ctx, index, &mut whole);
+        let reason = e.to_string();
+        tracing::warn!(
+            destination = %self.destination,
+            alert = %alert.id,
+            %reason,
+            "record does not fit the destination; it goes to the dead letters"
+        );
+        Refused {
+            reason,
+            record: String::from_utf8_lossy(&whole).into_owned(),
+        }
+    }
+}
+
+/// A running output.
+pub struct Output {
+    encoder: Arc<OutputEncoder>,
+    sink: Sink,
 }
 
 impl Output {
@@ -135,15 +299,19 @@ impl Output {
                 .saturating_sub(crate::format::kafka::ENVELOPE_ROOM),
         };
         Ok(Output {
-            envelope,
-            encoder: MessageEncoder {
-                formatter: Arc::new(formatter),
-                header: cfg.header.clone(),
-                max_message: Some(max_message),
-            },
+            encoder: Arc::new(OutputEncoder {
+                envelope,
+                encoder: MessageEncoder {
+                    formatter: Arc::new(formatter),
+                    header: cfg.header.clone(),
+                    max_message: Some(max_message),
+                },
+                max_message_size: sink.max_message_size(),
+                destination: sink.destination().to_string(),
+                truncated: AtomicU64::new(0),
+                dead_lettered: AtomicU64::new(0),
+            }),
             sink,
-            truncated: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
         })
     }
 
@@ -168,100 +336,45 @@ impl Output {
     }
 
     pub fn formatter(&self) -> &Formatter {
-        &self.encoder.formatter
+        self.encoder.formatter()
+    }
+
+    /// How this output makes its messages, for the worker threads.
+    pub fn encoder(&self) -> Arc<OutputEncoder> {
+        self.encoder.clone()
     }
 
     /// Makes the alert's messages and queues them, in order. A record that cannot fit the
     /// destination's size is handed back in [`Sent::refused`]. Waits while the writer's queue
     /// is full.
     pub async fn send(&self, alert: &Alert<'_>, ctx: &Context<'_>) -> Result<Sent, Error> {
-        let mut sent = Sent::default();
-        for index in 0..self.encoder.formatter.record_count(alert) {
-            let mut buf = Vec::with_capacity(2048);
-            match self.encoder.encode(alert, ctx, index, &mut buf) {
-                Ok(e) => {
-                    self.truncated
-                        .fetch_add(u64::from(e.truncated), Ordering::Relaxed);
-                    // Exactly the record's size: the writer's queue holds up to `queue_capacity`
-                    // records, and a Vec with spare capacity would also cost `Bytes` a second
-                    // allocation for its shared header (a full-length one becomes a boxed slice).
-                    let wrapped = match &self.envelope {
-                        Envelope::None => None,
-                        Envelope::Hec(env) => {
-                            let mut event = Vec::with_capacity(buf.len() + HEC_ENVELOPE_ROOM);
-                            env.wrap(
-                                alert,
-                                ctx,
-                                &buf,
-                                self.encoder.formatter.is_json(),
-                                &mut event,
-                            );
-                            Some(event)
-                        }
-                        Envelope::Kafka(env) => {
-                            let mut msg =
-                                Vec::with_capacity(buf.len() + crate::format::kafka::ENVELOPE_ROOM);
-                            env.wrap(alert, ctx, &buf, &mut msg);
-                            Some(msg)
-                        }
-                    };
-                    if let Some(wrapped) = wrapped {
-                        if wrapped.len() > self.sink.max_message_size() {
-                            // A string record whose escaping grew it past the event limit.
-                            let e = EncodeError::TooLarge {
-                                size: wrapped.len(),
-                                limit: self.sink.max_message_size(),
-                            };
-                            sent.refused.push(self.refuse(alert, ctx, index, &e));
-                            continue;
-                        }
-                        buf = wrapped;
-                    }
-                    buf.shrink_to_fit();
-                    self.sink.send(Bytes::from(buf)).await?;
-                    sent.queued += 1;
-                }
-                Err(e @ EncodeError::TooLarge { .. }) => {
-                    sent.refused.push(self.refuse(alert, ctx, index, &e))
-                }
-            }
-        }
-        Ok(sent)
+        let mut messages = Messages::default();
+        let refused = self.encoder.encode(alert, ctx, &mut messages);
+        let queued = self.hand_over(messages).await?;
+        Ok(Sent { queued, refused })
     }
 
-    fn refuse(
-        &self,
-        alert: &Alert<'_>,
-        ctx: &Context<'_>,
-        index: usize,
-        e: &EncodeError,
-    ) -> Refused {
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        let mut whole = Vec::new();
-        let unlimited = MessageEncoder {
-            max_message: None,
-            ..self.encoder.clone()
-        };
-        // Without a limit encoding cannot fail.
-        let _ = unlimited.encode(alert, ctx, index, &mut whole);
-        let reason = e.to_string();
-        tracing::warn!(
-            destination = self.destination(),
-            alert = %alert.id,
-            %reason,
-            "record does not fit the destination; it goes to the dead letters"
-        );
-        Refused {
-            reason,
-            record: String::from_utf8_lossy(&whole).into_owned(),
+    /// Queues one message made by [`OutputEncoder::encode`]; waits while the writer's queue is
+    /// full.
+    pub async fn queue(&self, message: Bytes) -> Result<(), Error> {
+        Ok(self.sink.send(message).await?)
+    }
+
+    /// Queues messages made by [`OutputEncoder::encode`], in order; waits while the writer's
+    /// queue is full. Returns how many were queued.
+    pub async fn hand_over(&self, messages: Messages) -> Result<usize, Error> {
+        let n = messages.len();
+        for m in messages.into_bytes() {
+            self.sink.send(m).await?;
         }
+        Ok(n)
     }
 
     pub fn stats(&self) -> OutputStats {
         OutputStats {
             sink: self.sink.stats(),
-            truncated: self.truncated.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            truncated: self.encoder.truncated.load(Ordering::Relaxed),
+            dead_lettered: self.encoder.dead_lettered.load(Ordering::Relaxed),
         }
     }
 

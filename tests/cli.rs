@@ -231,3 +231,92 @@ fn formats_list_and_show() {
     let out = run(&["formats", "show", "cef"], None);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The same alerts as NDJSON, as a JSON array and as a pretty-printed API page, with bad
+/// elements among them, streamed on one worker and on several: the same records in input
+/// order and the same problems, with their lines.
+#[test]
+fn convert_gives_the_same_records_in_order_on_any_number_of_workers() {
+    let alert: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/mde-alert-get-docs.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let n = 2_000;
+    let alerts: Vec<String> = (0..n)
+        .map(|i| {
+            let mut a = alert.clone();
+            a["id"] = serde_json::Value::String(format!("da{i:08}"));
+            // Sizes vary, so that workers finish out of order.
+            a["description"] = serde_json::Value::String("d".repeat(i % 7 * 900));
+            a.to_string()
+        })
+        .collect();
+    let mut with_bad = alerts.clone();
+    with_bad.insert(1_000, "[1, 2]".to_string());
+    with_bad.insert(1_500, "{\"id\": \"x\", \"title\": oops}".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let shapes = [
+        ("alerts.ndjson", with_bad.join("\n")),
+        (
+            "alerts-array.json",
+            format!("[\n{}\n]", with_bad.join(",\n")),
+        ),
+        (
+            "alerts-page.json",
+            format!(
+                "{{\n  \"@odata.context\": \"x\",\n  \"value\": [\n    {}\n  ]\n}}\n",
+                with_bad.join(",\n    ")
+            ),
+        ),
+    ];
+    for (name, body) in shapes {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let path = path.to_str().unwrap();
+        let one = run(&["convert", "-f", "qradar", "--jobs", "1", path], None);
+        assert_eq!(one.status.code(), Some(1), "{name}");
+        let records: Vec<&str> = std::str::from_utf8(&one.stdout).unwrap().lines().collect();
+        assert_eq!(records.len(), n, "{name}");
+        for (i, r) in records.iter().enumerate() {
+            assert!(
+                r.contains(&format!("da{i:08}")),
+                "{name}: record {i} is {r}"
+            );
+        }
+        let stderr = text(&one.stderr);
+        let line = |l: usize| {
+            if name.ends_with("ndjson") {
+                l
+            } else {
+                l + 1 + usize::from(name.contains("page")) * 2
+            }
+        };
+        assert!(
+            stderr.contains(&format!(
+                "{path}:{}: expected an alert object\n",
+                line(1_001)
+            )),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "{path}:{}: invalid JSON: expected value",
+                line(1_501)
+            )),
+            "{name}: {stderr}"
+        );
+        for jobs in ["2", "5"] {
+            let many = run(&["convert", "-f", "qradar", "--jobs", jobs, path], None);
+            assert_eq!(many.status.code(), Some(1));
+            assert!(
+                many.stdout == one.stdout,
+                "{name}: --jobs {jobs} changed the records"
+            );
+            assert_eq!(text(&many.stderr), stderr, "{name}: --jobs {jobs}");
+        }
+    }
+}

@@ -390,3 +390,143 @@ fn unsafe_kill(pid: i32) -> i32 {
         .map(|s| s.code().unwrap_or(-1))
         .unwrap_or(-1)
 }
+
+/// Alerts of the MDE sample, each with its own id, as NDJSON lines.
+fn mde_lines(n: usize, tag: &str) -> Vec<String> {
+    let alert: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("tests/data/mde-alert-get-docs.json").unwrap(),
+    )
+    .unwrap();
+    (0..n)
+        .map(|i| {
+            let mut a = alert.clone();
+            a["id"] = serde_json::Value::String(format!("da{i:08}-{tag}"));
+            a.to_string()
+        })
+        .collect()
+}
+
+/// `tail -f alerts.ndjson | defender-bridge send`: each alert goes out as it arrives, while
+/// stdin stays open, and the rest when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_streams_stdin_without_waiting_for_its_end() {
+    use tokio::io::AsyncWriteExt;
+    let tcp = rsyslog(RsyslogInput::Tcp).await;
+    let to = format!("tcp://127.0.0.1:{}", tcp.port);
+    let mut cmd = tokio::process::Command::from({
+        let mut c = bin();
+        c.args(["send", "-f", "arcsight", "--to", &to])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    });
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = mde_lines(3, "piped");
+    for (i, line) in lines.iter().enumerate() {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+        // Arrived at the SIEM with stdin still open.
+        let got = tcp.wait_for_lines(i + 1).await;
+        let last = text(got.last().unwrap());
+        assert!(last.contains(&format!("da{i:08}-piped")), "{last}");
+    }
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{to}: 3 record(s) written")),
+        "{stderr}"
+    );
+    assert_eq!(tcp.wait_for_lines(3).await.len(), 3);
+}
+
+/// A large input on several workers: every record arrives once, in input order, exactly as
+/// `convert` makes it; the bad lines in it are reported with their line numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_input_on_all_workers_arrives_whole_and_in_order() {
+    let tcp = rsyslog(RsyslogInput::Tcp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("backlog.ndjson");
+    let mut lines = mde_lines(8_000, "backlog");
+    // Bad lines here and there (line numbers 1-based).
+    for at in [0, 4_999, 7_345] {
+        lines.insert(at, "{\"id\": broken".to_string());
+    }
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let oracle = bin()
+        .args([
+            "convert",
+            "-f",
+            "arcsight",
+            "--syslog",
+            "rfc5424",
+            "--hostname",
+            "h",
+            "--jobs",
+            "1",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(oracle.status.code(), Some(1));
+    let want = split_lines(&oracle.stdout);
+    assert_eq!(want.len(), 8_000);
+    let to = format!("tcp://127.0.0.1:{}", tcp.port);
+    let out = run(bin()
+        .args([
+            "send",
+            "-f",
+            "arcsight",
+            "--hostname",
+            "h",
+            "--jobs",
+            "3",
+            "--to",
+            &to,
+        ])
+        .arg(&input))
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for line in [1, 5_000, 7_346] {
+        assert!(
+            stderr.contains(&format!("{}:{line}: invalid JSON", input.display())),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!("{to}: 8000 record(s) written")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("8000 alert(s) read, 3 input(s) rejected"),
+        "{stderr}"
+    );
+    let got = tcp.wait_for_lines(8_000).await;
+    // rsyslog writes the message as received (its template in support), so the records must
+    // be the oracle's, in order, each once.
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            g.ends_with(strip_header(w)),
+            "record {i}: {} vs {}",
+            text(g),
+            text(w)
+        );
+    }
+}
+
+/// The record after its RFC 5424 header's timestamp (made at send time, not equal).
+fn strip_header(record: &[u8]) -> &[u8] {
+    let s = std::str::from_utf8(record).unwrap();
+    let cef = s.find("CEF:").unwrap();
+    &record[cef..]
+}

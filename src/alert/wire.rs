@@ -255,8 +255,11 @@ pub(super) trait EvidenceList<'a> {
     fn into_evidence(self) -> Vec<Evidence<'a>>;
 }
 
-/// Evidence objects decoded in the alert's pass. `needs_raw` when one of them needs its JSON
-/// text (see [`decode`]).
+/// Why the one-pass decoding stops early: an evidence object needs its JSON text.
+const NEEDS_RAW: &str = "an evidence object needs its JSON text";
+
+/// Evidence objects decoded in the alert's pass. `needs_raw` when `evidence` is not a list (see
+/// [`decode`]); an object that needs its JSON text ends the pass instead ([`NEEDS_RAW`]).
 #[derive(Default)]
 pub(super) struct OnePass<'a> {
     items: Vec<Evidence<'a>>,
@@ -312,7 +315,9 @@ impl<'de> Deserialize<'de> for OnePass<'de> {
                     match item {
                         OnePassItem::Null => {}
                         OnePassItem::Typed(e) => out.items.push(e),
-                        OnePassItem::NeedsRaw => out.needs_raw = true,
+                        // The thorough way reads the whole alert again: the rest of this pass
+                        // would be thrown away.
+                        OnePassItem::NeedsRaw => return Err(de::Error::custom(NEEDS_RAW)),
                     }
                 }
                 Ok(out)

@@ -1,38 +1,40 @@
 //! `convert`: alerts from files or stdin to records on stdout.
 
-use super::{bail_rejected, input_names, read_input, syslog_header};
+use super::{bail_rejected, stream::stream, syslog_header};
 use crate::cli::ConvertArgs;
 use anyhow::{Context as _, Result};
-use defender_bridge::format::{Context, Formatter, MessageEncoder};
+use defender_bridge::convert::Summary;
+use defender_bridge::format::{Formatter, MessageEncoder};
+use defender_bridge::output::OutputEncoder;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-pub(crate) fn convert(args: ConvertArgs) -> Result<ExitCode> {
+pub(crate) async fn convert(args: ConvertArgs) -> Result<ExitCode> {
     let formatter = Formatter::load(&args.format)?;
-    let encoder = MessageEncoder {
+    let output = Arc::new(OutputEncoder::plain(MessageEncoder {
         formatter: Arc::new(formatter),
         header: syslog_header(args.syslog, &args.header)?,
         max_message: args.max_size,
-    };
-    let ctx = Context {
-        tenant_name: args.tenant_name.as_deref(),
-        hostname: None,
-    };
+    }));
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
     let mut err = std::io::stderr();
-    let mut rejected = 0;
-    for name in input_names(&args.files) {
-        let Some((origin, bytes)) = read_input(&name, &mut rejected)? else {
-            continue;
-        };
-        let summary =
-            defender_bridge::convert::convert(&origin, &bytes, &encoder, &ctx, &mut out, &mut err)
-                .context("cannot write to stdout")?;
-        rejected += summary.rejected;
-    }
+    let mut summary = Summary::default();
+    let unreadable = stream(
+        &args.files,
+        args.jobs.map(usize::from),
+        vec![output],
+        args.tenant_name.clone(),
+        async |origin, encoded| {
+            summary
+                .add(&encoded, origin, &mut out, &mut err)
+                .context("cannot write to stdout")
+        },
+    )
+    .await?;
     out.flush().context("cannot write to stdout")?;
+    let rejected = summary.rejected + unreadable;
     if rejected > 0 {
         bail_rejected(rejected)
     } else {

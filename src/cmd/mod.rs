@@ -12,9 +12,9 @@ pub(crate) mod run;
 pub(crate) mod send;
 pub(crate) mod state;
 pub(crate) mod status;
+pub(crate) mod stream;
 pub(crate) mod tenants;
 
-use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
@@ -184,25 +184,6 @@ pub(crate) fn input_names(files: &[std::path::PathBuf]) -> Vec<String> {
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect()
-    }
-}
-
-/// Reads one input; a file that cannot be read is reported and counted, not fatal.
-pub(crate) fn read_input(name: &str, rejected: &mut usize) -> Result<Option<(String, Vec<u8>)>> {
-    if name == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("cannot read stdin")?;
-        return Ok(Some(("<stdin>".to_string(), buf)));
-    }
-    match std::fs::read(name) {
-        Ok(b) => Ok(Some((name.to_string(), b))),
-        Err(e) => {
-            eprintln!("{name}: cannot read: {e}");
-            *rejected += 1;
-            Ok(None)
-        }
     }
 }
 

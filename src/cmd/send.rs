@@ -1,11 +1,10 @@
 //! `send` and `send-test`: alerts from files or stdin, or one test alert, to destinations.
 
-use super::{fits, init_logging, input_names, output_configs, read_input, shutdown_signal};
+use super::{fits, init_logging, output_configs, shutdown_signal, stream::stream};
 use crate::cli::{SendArgs, SendTestArgs};
 use anyhow::{Context as _, Result};
-use defender_bridge::alert::Alert;
+use defender_bridge::convert::problem_line;
 use defender_bridge::format::Context;
-use defender_bridge::input::{self, Decoded, Limits};
 use defender_bridge::output::{self, Output};
 use std::process::ExitCode;
 
@@ -23,51 +22,35 @@ pub(crate) async fn send(args: SendArgs) -> Result<ExitCode> {
         .iter()
         .map(Output::build)
         .collect::<Result<Vec<_>, _>>()?;
-    let ctx = Context {
-        tenant_name: args.tenant_name.as_deref(),
-        hostname: None,
-    };
     let mut rejected = 0usize;
     let mut alerts = 0usize;
     let work = async {
-        for name in input_names(&args.files) {
-            // Read off the async threads: a signal must still be noticed while stdin blocks.
-            let (read, unreadable) = tokio::task::spawn_blocking(move || {
-                let mut unreadable = 0;
-                read_input(&name, &mut unreadable).map(|r| (r, unreadable))
-            })
-            .await
-            .context("reading input")??;
-            rejected += unreadable;
-            let Some((origin, bytes)) = read else {
-                continue;
-            };
-            let mut decoded: Vec<Alert<'static>> = Vec::new();
-            input::decode(&bytes, Limits::default(), |d| match d {
-                Decoded::Alert(_, a) => decoded.push(a.into_owned()),
-                Decoded::Problem(p) => {
-                    if p.rejected {
-                        rejected += 1;
-                    }
-                    let kind = if p.rejected { "" } else { "warning: " };
-                    eprintln!("{origin}:{}: {kind}{}", p.line, p.message);
+        let unreadable = stream(
+            &args.files,
+            args.jobs.map(usize::from),
+            outputs.iter().map(Output::encoder).collect(),
+            args.tenant_name.clone(),
+            async |origin, encoded| {
+                alerts += encoded.alerts;
+                for p in &encoded.problems {
+                    rejected += usize::from(p.rejected);
+                    eprintln!("{}", problem_line(origin, p));
                 }
-            });
-            for alert in decoded {
-                for o in &outputs {
-                    let sent = o.send(&alert, &ctx).await?;
-                    for r in &sent.refused {
-                        if let Some(file) = &letters {
-                            file.write(&r.letter(o.destination(), &alert, None, &ctx))
-                                .with_context(|| {
-                                    format!("dead-letter file {}", file.path().display())
-                                })?;
-                        }
+                if let Some(file) = &letters {
+                    for r in &encoded.refused {
+                        file.write_json(&r.letter).with_context(|| {
+                            format!("dead-letter file {}", file.path().display())
+                        })?;
                     }
                 }
-                alerts += 1;
-            }
-        }
+                for (o, messages) in outputs.iter().zip(encoded.messages) {
+                    o.hand_over(messages).await?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        rejected += unreadable;
         anyhow::Ok(())
     };
     let interrupted = tokio::select! {

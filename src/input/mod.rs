@@ -1,10 +1,19 @@
 //! Reading alerts from files and stdin: a single alert object, an API list response
 //! (`{"value": [...]}`), a JSON array, or NDJSON (one alert a line).
 //!
+//! The input is streamed ([`Reader`], `split.rs`): it is cut into [`Chunk`]s of whole units
+//! (lines, array elements) with a buffer bounded by `max_alert_bytes`, and each chunk is decoded
+//! on its own ([`Chunk::decode`]), so that chunks can be decoded on several threads and the
+//! memory used does not grow with the input.
+//!
 //! A bad line or element is reported with its line number and skipped; the rest still decode.
 //! Limits keep hostile input from hurting: an alert larger than `max_alert_bytes` is refused,
 //! nesting deeper than serde_json's recursion limit (128) is an error, not a stack overflow, and
 //! invalid UTF-8 is replaced with U+FFFD rather than losing the alert.
+
+mod split;
+
+pub use split::{Chunk, Reader};
 
 use std::borrow::Cow;
 
@@ -48,47 +57,11 @@ pub enum Decoded<'a> {
 
 /// Decodes every alert in `input`, calling `emit` for each alert and each problem.
 pub fn decode(input: &[u8], limits: Limits, mut emit: impl FnMut(Decoded<'_>)) {
-    let text: Cow<str> = match std::str::from_utf8(input) {
-        Ok(s) => Cow::Borrowed(s),
-        Err(e) => {
-            let line = line_of(input, e.valid_up_to());
-            emit(Decoded::Problem(Problem {
-                line,
-                message: "invalid UTF-8, replaced with U+FFFD".to_string(),
-                rejected: false,
-            }));
-            String::from_utf8_lossy(input)
-        }
-    };
-    let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text);
-    if text.trim().is_empty() {
-        return;
+    let mut reader = Reader::new(input, limits);
+    // Reading a slice cannot fail.
+    while let Ok(Some(chunk)) = reader.next_chunk() {
+        chunk.decode(&mut emit);
     }
-    let mut d = Decoder {
-        text,
-        limits,
-        emit: &mut emit,
-        lines: LineCounter::default(),
-    };
-    match serde_json::from_str::<&RawValue>(text) {
-        Ok(doc) => d.document(doc),
-        Err(e) if looks_like_ndjson(text) => {
-            let _ = e;
-            d.ndjson();
-        }
-        Err(e) => d.problem(
-            e.line().max(1),
-            format!("invalid JSON: {}", strip_position(&e)),
-            true,
-        ),
-    }
-}
-
-struct Decoder<'t, 'f> {
-    text: &'t str,
-    limits: Limits,
-    emit: &'f mut dyn FnMut(Decoded<'_>),
-    lines: LineCounter,
 }
 
 #[derive(Deserialize)]
@@ -97,140 +70,103 @@ struct ListPage<'a> {
     value: Option<Vec<&'a RawValue>>,
 }
 
-impl<'t> Decoder<'t, '_> {
-    fn problem(&mut self, line: usize, message: String, rejected: bool) {
-        (self.emit)(Decoded::Problem(Problem {
-            line,
-            message,
-            rejected,
-        }));
-    }
-
-    fn line_at(&mut self, raw: &str) -> usize {
-        let offset = raw.as_ptr() as usize - self.text.as_ptr() as usize;
-        self.lines.line(self.text, offset)
-    }
-
-    /// A whole-input JSON document.
-    fn document(&mut self, doc: &'t RawValue) {
-        let t = doc.get();
-        match t.as_bytes().first() {
-            Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(t) {
-                Ok(items) => items.into_iter().for_each(|i| self.element(i)),
-                Err(e) => self.problem(1, format!("invalid JSON array: {e}"), true),
-            },
-            Some(b'{') => match serde_json::from_str::<ListPage>(t) {
-                Ok(ListPage { value: Some(items) }) => {
-                    items.into_iter().for_each(|i| self.element(i))
-                }
-                // An object whose `value` is not a list is an alert like any other.
-                _ => self.element(doc),
-            },
-            _ => {
-                let line = self.line_at(t);
-                self.problem(
-                    line,
-                    "expected an alert object, a JSON array of alerts, or an API page {\"value\": [...]}".to_string(),
-                    true,
-                );
-            }
-        }
-    }
-
-    /// One alert: an array element, the whole document, or an NDJSON line.
-    fn element(&mut self, raw: &RawValue) {
-        let line = self.line_at(raw.get());
-        self.alert(line, raw.get());
-    }
-
-    fn alert(&mut self, line: usize, json: &str) {
-        if json.len() > self.limits.max_alert_bytes {
-            self.problem(
-                line,
-                format!(
-                    "alert of {} bytes is larger than the limit of {} bytes",
-                    json.len(),
-                    self.limits.max_alert_bytes
-                ),
-                true,
-            );
-            return;
-        }
-        if !json.trim_start().starts_with('{') {
-            self.problem(line, "expected an alert object".to_string(), true);
-            return;
-        }
-        match Alert::from_json(json) {
-            Ok(a) => (self.emit)(Decoded::Alert(line, Box::new(a))),
-            Err(crate::alert::DecodeError::Json(e)) if is_surrogate_error(&e) => {
-                // Lone UTF-16 surrogates (`\ud800`) cannot be Rust strings; keep the alert with
-                // U+FFFD in their place.
-                match Alert::from_json(&replace_lone_surrogates(json)) {
-                    Ok(a) => {
-                        self.problem(
-                            line,
-                            "lone UTF-16 surrogate escape replaced with U+FFFD".to_string(),
-                            false,
-                        );
-                        (self.emit)(Decoded::Alert(line, Box::new(a)))
-                    }
-                    Err(e) => self.problem(line, e.to_string(), true),
-                }
-            }
-            Err(e) => self.problem(line, e.to_string(), true),
-        }
-    }
-
-    fn ndjson(&mut self) {
-        let text = self.text;
-        for (i, line) in text.split('\n').enumerate() {
-            let line_no = i + 1;
-            let trimmed = line.trim();
-            if trimmed.is_empty() {
+impl Chunk {
+    /// Decodes the chunk's units, calling `emit` for each alert and each problem, in order.
+    pub fn decode(&self, emit: &mut dyn FnMut(Decoded<'_>)) {
+        for unit in &self.units {
+            if let Some(p) = Chunk::unit_problem(unit) {
+                emit(Decoded::Problem(p));
                 continue;
             }
-            if trimmed.len() > self.limits.max_alert_bytes {
-                self.problem(
-                    line_no,
-                    format!(
-                        "line of {} bytes is larger than the limit of {} bytes",
-                        trimmed.len(),
-                        self.limits.max_alert_bytes
-                    ),
-                    true,
-                );
-                continue;
-            }
-            if !trimmed.starts_with('{') {
-                self.problem(line_no, "expected an alert object".to_string(), true);
-                continue;
-            }
-            // A line may itself be an API page (Elastic's NDJSON ends with `{"value":[]}`).
-            match serde_json::from_str::<ListPage>(trimmed) {
-                Ok(ListPage { value: Some(items) }) => {
-                    for item in items {
-                        self.alert(line_no, item.get());
-                    }
+            let bytes = &self.text[unit.start..unit.end];
+            let text = match std::str::from_utf8(bytes) {
+                Ok(s) => Cow::Borrowed(s),
+                Err(e) => {
+                    let line = unit.line + count_lines(&bytes[..e.valid_up_to()]);
+                    emit(Decoded::Problem(Problem {
+                        line,
+                        message: "invalid UTF-8, replaced with U+FFFD".to_string(),
+                        rejected: false,
+                    }));
+                    String::from_utf8_lossy(bytes)
                 }
-                Ok(ListPage { value: None }) => self.alert(line_no, trimmed),
-                Err(e) => self.problem(
-                    line_no,
-                    format!("invalid JSON: {}", strip_position(&e)),
-                    true,
-                ),
-            }
+            };
+            object(unit.line, &text, emit);
         }
     }
 }
 
-/// NDJSON rather than one broken document: one of the first lines is a whole JSON value.
-fn looks_like_ndjson(text: &str) -> bool {
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let candidates: Vec<&str> = lines.by_ref().take(3).collect();
-    candidates.len() > 1
-        && candidates
-            .iter()
-            .any(|l| l.starts_with('{') && serde_json::from_str::<&RawValue>(l).is_ok())
+/// One object of the input: an alert, or an API page of them (a line of NDJSON may be one:
+/// Elastic's NDJSON ends with `{"value":[]}`). The alert is tried first: that is one pass over
+/// an alert, and only a page, which has no `id`, is read twice.
+fn object(line: usize, json: &str, emit: &mut dyn FnMut(Decoded<'_>)) {
+    let error = match Alert::from_json(json) {
+        Ok(a) => return emit(Decoded::Alert(line, Box::new(a))),
+        Err(crate::alert::DecodeError::Json(e)) if is_surrogate_error(&e) => {
+            return repaired(line, json, emit)
+        }
+        Err(e) => e,
+    };
+    match serde_json::from_str::<ListPage>(json) {
+        Ok(ListPage { value: Some(items) }) => {
+            let mut counted = (0, line);
+            for item in items {
+                let offset = item.get().as_ptr() as usize - json.as_ptr() as usize;
+                counted.1 += count_lines(&json.as_bytes()[counted.0..offset]);
+                counted.0 = offset;
+                alert(counted.1, item.get(), emit);
+            }
+        }
+        Ok(ListPage { value: None }) => problem(emit, line, error.to_string()),
+        Err(e) => problem(
+            emit,
+            line + e.line().max(1) - 1,
+            format!("invalid JSON: {}", strip_position(&e)),
+        ),
+    }
+}
+
+/// An element of a page.
+fn alert(line: usize, json: &str, emit: &mut dyn FnMut(Decoded<'_>)) {
+    if !json.starts_with('{') {
+        return problem(emit, line, "expected an alert object".to_string());
+    }
+    match Alert::from_json(json) {
+        Ok(a) => emit(Decoded::Alert(line, Box::new(a))),
+        Err(crate::alert::DecodeError::Json(e)) if is_surrogate_error(&e) => {
+            repaired(line, json, emit)
+        }
+        Err(e) => problem(emit, line, e.to_string()),
+    }
+}
+
+/// Lone UTF-16 surrogates (`\ud800`) cannot be Rust strings; the alert is kept with U+FFFD in
+/// their place.
+fn repaired(line: usize, json: &str, emit: &mut dyn FnMut(Decoded<'_>)) {
+    let fixed = replace_lone_surrogates(json);
+    match Alert::from_json(&fixed) {
+        Ok(a) => {
+            emit(Decoded::Problem(Problem {
+                line,
+                message: "lone UTF-16 surrogate escape replaced with U+FFFD".to_string(),
+                rejected: false,
+            }));
+            emit(Decoded::Alert(line, Box::new(a)))
+        }
+        Err(e) => problem(emit, line, e.to_string()),
+    }
+}
+
+fn problem(emit: &mut dyn FnMut(Decoded<'_>), line: usize, message: String) {
+    emit(Decoded::Problem(Problem {
+        line,
+        message,
+        rejected: true,
+    }))
+}
+
+fn count_lines(b: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', b).count()
 }
 
 /// serde_json's message without its trailing " at line L column C" (we report the line).
@@ -291,31 +227,6 @@ pub(crate) fn replace_lone_surrogates(json: &str) -> String {
     }
     out.push_str(&json[last..]);
     out
-}
-
-/// Line numbers for increasing byte offsets, counted once.
-#[derive(Default)]
-struct LineCounter {
-    offset: usize,
-    line: usize,
-}
-
-impl LineCounter {
-    fn line(&mut self, text: &str, offset: usize) -> usize {
-        if offset < self.offset {
-            *self = LineCounter::default();
-        }
-        self.line += text.as_bytes()[self.offset..offset]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        self.offset = offset;
-        self.line + 1
-    }
-}
-
-fn line_of(bytes: &[u8], offset: usize) -> usize {
-    bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]
