@@ -29,6 +29,8 @@
 //! Prints each run and the medians. Exits 1 when a run failed or a target was missed, 2 when
 //! the bench itself could not run.
 
+mod support;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
@@ -39,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use defender_bridge::queue::{Queue, Record};
+use support::{alert_template, env_number, median};
 
 const DEFAULT_RECORDS: u64 = 1_000_000;
 const DEFAULT_RUNS: usize = 3;
@@ -58,33 +61,6 @@ fn main() -> ExitCode {
         eprintln!("replay: {e:#}");
         ExitCode::from(2)
     })
-}
-
-fn env_number<T: std::str::FromStr + PartialOrd + Default>(
-    name: &str,
-    default: T,
-) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .ok()
-            .filter(|n| *n > T::default())
-            .with_context(|| format!("{name} must be a positive number")),
-        Err(_) => Ok(default),
-    }
-}
-
-/// The alert: the MDE docs' example without its null fields and evidence (about 1.2 KB),
-/// with `@ID@` where each copy's id goes.
-fn alert_template() -> anyhow::Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mde-alert-get-docs.json");
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let serde_json::Value::Object(mut alert) = serde_json::from_str(&text)? else {
-        bail!("{}: not an object", path.display());
-    };
-    alert.retain(|k, v| !v.is_null() && k != "evidence");
-    alert.insert("id".into(), "@ID@".into());
-    Ok(serde_json::to_string(&alert)?)
 }
 
 /// Fills `<dir>/queue.redb` with `n` alert versions behind the cursor of [`DESTINATION`].
@@ -388,11 +364,6 @@ fn stop(child: &mut Child) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn bench() -> anyhow::Result<ExitCode> {

@@ -28,6 +28,8 @@
 //! Prints each run and the medians. Exits 1 when a run failed (a record lost or received twice,
 //! a stall of 60 s, an unclean exit), 2 when the bench itself could not run.
 
+mod support;
+
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
@@ -37,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use support::{alert_template, env_number, median};
 
 const DEFAULT_RECORDS: u64 = 100_000;
 const DEFAULT_RUNS: usize = 3;
@@ -53,33 +56,6 @@ fn main() -> ExitCode {
         eprintln!("vs_syslog_ng: {e:#}");
         ExitCode::from(2)
     })
-}
-
-fn env_number<T: std::str::FromStr + PartialOrd + Default>(
-    name: &str,
-    default: T,
-) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .ok()
-            .filter(|n| *n > T::default())
-            .with_context(|| format!("{name} must be a positive number")),
-        Err(_) => Ok(default),
-    }
-}
-
-/// The alert: the MDE docs' example without its null fields and evidence (about 1.2 KB),
-/// with `@ID@` where each copy's id goes (benches/replay.rs).
-fn alert_template() -> anyhow::Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mde-alert-get-docs.json");
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let serde_json::Value::Object(mut alert) = serde_json::from_str(&text)? else {
-        bail!("{}: not an object", path.display());
-    };
-    alert.retain(|k, v| !v.is_null() && k != "evidence");
-    alert.insert("id".into(), "@ID@".into());
-    Ok(serde_json::to_string(&alert)?)
 }
 
 /// Writes `n` alerts as NDJSON; alert `i` has the id `da<i, 18 digits>_1364969609` (what
@@ -406,11 +382,6 @@ fn one_run(
         .arg(input);
     let convert = timed(&mut cmd, &dir.join("convert.log"), n, None, false);
     Ok([ng, send, convert])
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn figures(n: u64, r: &Run) -> String {

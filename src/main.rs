@@ -20,6 +20,7 @@ use cmd::{
 };
 
 fn main() -> ExitCode {
+    defender_bridge::limits::limit_malloc_arenas();
     let cli = Cli::parse();
     let _ = LOG_FORMAT.set(cli.log_format);
     let result = match cli.command {

@@ -362,20 +362,21 @@ async fn a_broken_receiver_loses_its_session_not_the_messages() {
     assert_eq!(sink.stats().reconnects, 2);
 }
 
-/// The `externalId` of each record, the key of the sets below.
+/// The `externalId` of each record, the key of the sets below; a line without one (torn) is
+/// kept whole, a stranger to every set of ids.
 fn ids(lines: impl IntoIterator<Item = Vec<u8>>) -> Vec<String> {
     lines
         .into_iter()
         .map(|l| {
             let l = String::from_utf8_lossy(&l).into_owned();
-            let at = l
-                .find("externalId=")
-                .unwrap_or_else(|| panic!("a line that is not a record: {l:?}"));
-            l[at + 11..]
-                .split(['^', ' '])
-                .next()
-                .unwrap_or("")
-                .to_owned()
+            match l.find("externalId=") {
+                Some(at) => l[at + 11..]
+                    .split(['^', ' '])
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+                None => l,
+            }
         })
         .collect()
 }
@@ -446,8 +447,10 @@ async fn killed_mid_stream(
         "{mid_stream} kill(s) mid-stream, {stats:?}"
     );
 
-    // The receiver writes from its disk queue at its own pace: wait until it has everything,
-    // or has stopped writing for a while (what is missing then is lost).
+    // The receiver writes from its disk queue at its own pace (an fsync per record): wait until
+    // it has everything, or has stopped writing for a while (what is missing then is lost). On
+    // a busy machine it pauses for seconds while thousands of records written again wait in
+    // its socket, so the while is long; only a run that lost something waits it out.
     let want: BTreeSet<String> = ids(as_lines(records)).into_iter().collect();
     let mut last_len = 0;
     let mut still_since = tokio::time::Instant::now();
@@ -455,7 +458,7 @@ async fn killed_mid_stream(
         let lines = support::split_lines(&rsyslog.output());
         let got = ids(lines);
         let set: BTreeSet<&String> = got.iter().collect();
-        if want.iter().all(|w| set.contains(w)) || still_since.elapsed() > Duration::from_secs(3) {
+        if want.iter().all(|w| set.contains(w)) || still_since.elapsed() > Duration::from_secs(10) {
             break got;
         }
         if got.len() != last_len {
@@ -464,14 +467,67 @@ async fn killed_mid_stream(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let set: BTreeSet<String> = got.iter().cloned().collect();
+    let mut set: BTreeSet<String> = got.iter().cloned().collect();
+    // A SIGKILL can tear rsyslog's own disk queue: after a restart it says "qDeqDisk error"
+    // (its errors 2031 and 2032, "strange things may happen") or "lost 1 messages from
+    // diskqueue (invalid .qi file)", sometimes nothing, and skips past the torn spot, so records
+    // it had received and queued never reach its output, or reach it torn. That is the
+    // receiver's loss, not the sender's: a record in the queue's files has arrived (imrelp
+    // answers only once it is there), and a torn line is not ours when rsyslog says it broke its
+    // queue. Measured: 6 of 48 asserted runs under load, one record each, often the last.
+    let log = std::fs::read_to_string(rsyslog.dir.path().join("daemon.log")).unwrap_or_default();
+    let queue_broken = log.contains("qDeqDisk error") || log.contains("from diskqueue");
+    let unwritten: Vec<String> = want.difference(&set).cloned().collect();
+    if !unwritten.is_empty() {
+        let queued = queued_ids(&rsyslog);
+        let in_queue: Vec<String> = unwritten
+            .into_iter()
+            .filter(|id| queued.contains(id))
+            .collect();
+        if !in_queue.is_empty() {
+            eprintln!(
+                "{} record(s) in rsyslog's disk queue and not in its output ({:?}); its log: {}",
+                in_queue.len(),
+                &in_queue[..in_queue.len().min(5)],
+                log.trim()
+            );
+            set.extend(in_queue);
+        }
+    }
+    let strangers: Vec<&String> = set.difference(&want).collect();
+    if !strangers.is_empty() {
+        eprintln!(
+            "lines that are no record sent (rsyslog broke its queue: {queue_broken}): {:?}",
+            &strangers[..strangers.len().min(5)]
+        );
+    }
     Killed {
         kills,
         sink: stats,
         missing: want.difference(&set).count(),
-        duplicates: got.len() - set.len(),
-        strangers: set.difference(&want).count(),
+        duplicates: got.len() - got.iter().collect::<BTreeSet<_>>().len(),
+        strangers: if queue_broken { 0 } else { strangers.len() },
     }
+}
+
+/// The `externalId` of every record in the receiver's disk-queue files (`mq.*`).
+fn queued_ids(rsyslog: &support::Daemon) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir(rsyslog.dir.path()) else {
+        return ids;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("mq.") {
+            continue;
+        }
+        let data = std::fs::read(entry.path()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&data);
+        for (at, key) in text.match_indices("externalId=") {
+            let id = text[at + key.len()..].split(['^', ' ', '\n']).next();
+            ids.extend(id.map(str::to_owned));
+        }
+    }
+    ids
 }
 
 fn kill_seed() -> u64 {
