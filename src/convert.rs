@@ -48,7 +48,7 @@ pub fn encode_chunk(chunk: &Chunk, outputs: &[Arc<OutputEncoder>], ctx: &Context
         // Records are about the size of their alerts (a format writes most of its fields).
         messages: outputs
             .iter()
-            .map(|_| Messages::with_capacity(chunk.len() + chunk.len() / 4, chunk.units()))
+            .map(|o| o.messages(chunk.len() + chunk.len() / 4, chunk.units()))
             .collect(),
         ..Encoded::default()
     };

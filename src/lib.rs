@@ -22,6 +22,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod output;
+pub mod pool;
 pub mod queue;
 pub mod shard;
 pub mod sink;

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::alert::Alert;
 use crate::dead_letter::Letter;
 use crate::format::{Context, EncodeError, FormatError, Formatter, MessageEncoder, SyslogHeader};
+use crate::pool::BufferPool;
 use crate::sink::{self, Sink, SinkConfig};
 
 /// Everything one output is built from.
@@ -104,17 +105,11 @@ enum Envelope {
 pub struct Messages {
     buf: Vec<u8>,
     ends: Vec<usize>,
+    /// Where the buffer came from and goes back to, for a chunk's messages.
+    pool: Option<BufferPool>,
 }
 
 impl Messages {
-    /// Room for about `bytes` of messages, `count` of them.
-    pub fn with_capacity(bytes: usize, count: usize) -> Messages {
-        Messages {
-            buf: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(count),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.ends.len()
     }
@@ -133,25 +128,47 @@ impl Messages {
         starts.zip(self.ends.iter()).map(|(s, &e)| &self.buf[s..e])
     }
 
-    /// One `Bytes` per message, sharing one buffer.
+    /// One `Bytes` per message, sharing one buffer (which goes back to its pool, if it came
+    /// from one, once the last of them is dropped).
     pub fn into_bytes(mut self) -> impl Iterator<Item = Bytes> {
-        // The writer's queue holds up to `queue_capacity` messages, and so their buffers: much
-        // spare room is given back (a copy, worth it for one alert's messages, not for a
-        // chunk's that filled their estimate).
-        if self.buf.capacity() - self.buf.len() > self.buf.len() / 4 {
-            self.buf.shrink_to_fit();
-        }
-        let all = Bytes::from(self.buf);
-        let starts = std::iter::once(0).chain(self.ends.clone());
-        starts.zip(self.ends).map(move |(s, e)| all.slice(s..e))
+        let mut buf = std::mem::take(&mut self.buf);
+        let ends = std::mem::take(&mut self.ends);
+        let all = match self.pool.take() {
+            Some(pool) => pool.freeze(buf),
+            None => {
+                // The writer's queue holds up to `queue_capacity` messages, and so their
+                // buffers: much spare room is given back (a copy, worth it for one alert's
+                // messages; a chunk's buffer is pooled instead).
+                if buf.capacity() - buf.len() > buf.len() / 4 {
+                    buf.shrink_to_fit();
+                }
+                Bytes::from(buf)
+            }
+        };
+        let starts = std::iter::once(0).chain(ends.clone());
+        starts.zip(ends).map(move |(s, e)| all.slice(s..e))
     }
 }
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give_back(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Spare chunk buffers kept per output: about as many as are in use at once (two chunks per
+/// worker on two cores, and those whose messages wait in the writer's queue).
+const CHUNK_BUFFERS: usize = 8;
 
 /// How one output makes its messages from alerts: the format, the syslog header, the size
 /// limit and the protocol's envelope. Pure and synchronous, so the worker threads share it.
 pub struct OutputEncoder {
     encoder: MessageEncoder,
     envelope: Envelope,
+    /// Buffers for chunks' messages ([`OutputEncoder::messages`]).
+    buffers: BufferPool,
     /// The destination's limit for a whole message (envelope included).
     max_message_size: usize,
     destination: String,
@@ -167,6 +184,7 @@ impl OutputEncoder {
             encoder,
             envelope: Envelope::None,
             destination: "stdout".to_string(),
+            buffers: BufferPool::new(CHUNK_BUFFERS),
             truncated: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
         }
@@ -179,6 +197,16 @@ impl OutputEncoder {
     /// The destination URL (`stdout` for `convert`).
     pub fn destination(&self) -> &str {
         &self.destination
+    }
+
+    /// An empty [`Messages`] with room for about `bytes` of messages, `count` of them, in a
+    /// buffer that is used again once the writer is done with it: for a chunk's messages.
+    pub fn messages(&self, bytes: usize, count: usize) -> Messages {
+        Messages {
+            buf: self.buffers.take(bytes),
+            ends: Vec::with_capacity(count),
+            pool: Some(self.buffers.clone()),
+        }
     }
 
     /// Values cut short so far.
@@ -308,6 +336,7 @@ impl Output {
                 },
                 max_message_size: sink.max_message_size(),
                 destination: sink.destination().to_string(),
+                buffers: BufferPool::new(CHUNK_BUFFERS),
                 truncated: AtomicU64::new(0),
                 dead_lettered: AtomicU64::new(0),
             }),

@@ -54,6 +54,8 @@ pub(crate) type Stream = Either<Socket, TlsStream<Socket>>;
 const BATCH_BYTES: usize = 128 * 1024;
 /// Room for the message that takes a batch past [`BATCH_BYTES`].
 const BATCH_CAPACITY: usize = BATCH_BYTES + 16 * 1024;
+/// Buffers of written batches kept for the next ones: one being filled while one is written.
+const SPARE_BATCHES: usize = 2;
 
 /// An idle writer with unacknowledged data asks the kernel again after this, doubling up to
 /// [`ACK_POLL_MAX`]: on loopback the acknowledgement is there at once, across a WAN it takes a
@@ -261,6 +263,8 @@ struct Writer {
     /// Acknowledged batches, oldest first, covering at least the last `resend` bytes.
     history: VecDeque<Batch>,
     history_bytes: usize,
+    /// Buffers of batches done with, for the next ones (see [`Writer::recycle`]).
+    spares: Vec<BytesMut>,
     conn: Option<Stream>,
     ever_connected: bool,
     /// Consecutive failures (connect or write) since the last successful write.
@@ -292,6 +296,7 @@ pub(crate) async fn run(
         resend,
         history: VecDeque::new(),
         history_bytes: 0,
+        spares: Vec::new(),
         conn: None,
         ever_connected: false,
         failures: 0,
@@ -358,6 +363,11 @@ pub(crate) async fn run(
                 counted: false,
                 end: 0,
             });
+            if batch.capacity() < BATCH_CAPACITY {
+                if let Some(spare) = w.spares.pop() {
+                    batch = spare;
+                }
+            }
             batch.reserve(BATCH_CAPACITY);
             batch_messages = 0;
         }
@@ -495,7 +505,7 @@ impl Writer {
     /// cover the last `resend` bytes.
     fn remember(&mut self, batch: Batch) {
         if self.resend == 0 {
-            return;
+            return self.recycle(batch);
         }
         self.history_bytes += batch.data.len();
         self.history.push_back(batch);
@@ -504,7 +514,26 @@ impl Writer {
                 break;
             }
             self.history_bytes -= front.data.len();
-            self.history.pop_front();
+            if let Some(old) = self.history.pop_front() {
+                self.recycle(old);
+            }
+        }
+    }
+
+    /// Keeps the buffer of a batch that is done with for a next batch: a fresh one each time
+    /// cost a page fault per 4 KiB written, as glibc gives buffers of this size back to the
+    /// kernel when they are freed (see `crate::pool`).
+    fn recycle(&mut self, batch: Batch) {
+        if self.spares.len() >= SPARE_BATCHES {
+            return;
+        }
+        // Unique once the writer holds no other slice of it; a resend's batch of a large
+        // `resend_on_reconnect` is not kept.
+        if let Ok(mut buf) = batch.data.try_into_mut() {
+            if buf.capacity() <= 2 * BATCH_CAPACITY {
+                buf.clear();
+                self.spares.push(buf);
+            }
         }
     }
 
@@ -534,7 +563,9 @@ impl Writer {
             }
         }
         // Written again or not, these are no longer the last bytes of a connection.
-        self.history.clear();
+        while let Some(old) = self.history.pop_front() {
+            self.recycle(old);
+        }
         self.history_bytes = 0;
         self.shared.down(reason);
     }
