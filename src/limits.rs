@@ -8,8 +8,8 @@
 //! eight per core, and each keeps what was freed in it for reuse. The decoding workers
 //! (`workers.rs`), tokio's threads and the input thread then hold several copies of the same
 //! few chunk-sized buffers: on the replay bench (1 M records) two arenas took the daemon's peak
-//! RSS from 49-53 MB to 42-44 MB, at the same speed within the machine's noise. The `MALLOC_ARENA_MAX` variable (glibc's `mallopt(3)` tunable)
-//! still decides when it is set.
+//! RSS from 49-53 MB to 42-44 MB, at the same speed within the machine's noise. The
+//! `MALLOC_ARENA_MAX` variable (glibc's `mallopt(3)` tunable) still decides when it is set.
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit. Returns the limit in effect (after the
 /// change, or as it was when it could not be changed); `None` where it cannot be read.
