@@ -17,6 +17,7 @@ pub mod event;
 #[cfg(feature = "demo")]
 pub mod fake_api;
 pub mod format;
+pub mod http_body;
 pub mod input;
 pub mod limits;
 pub mod metrics;

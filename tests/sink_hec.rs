@@ -158,6 +158,52 @@ async fn a_busy_storm_backs_off_and_loses_nothing() {
     assert_eq!(hec.ids(), want(500));
 }
 
+/// A 200 whose body is cut off before its ackId: the batch's fate is unknown (here the
+/// collector loses it), so it goes again instead of counting as delivered; every event is
+/// indexed once, and the sink said why it was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_batch_without_a_readable_ack_id_goes_again() {
+    let hec = HecServer::start(HecScript {
+        token: TOKEN.into(),
+        acks: Some(Acks::After(Duration::from_millis(50))),
+    });
+    hec.garble(3);
+    let sink = config(hec.port(), true, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut status = sink.status();
+    let watch = tokio::spawn(async move {
+        let mut reasons = Vec::new();
+        while status.changed().await.is_ok() {
+            if let Status::Down { reason } = &*status.borrow_and_update() {
+                reasons.push(reason.clone());
+            }
+        }
+        reasons
+    });
+    send_all(&sink, 1200).await;
+    sink.flush(Duration::from_secs(30)).await.unwrap();
+    let stats = sink.stats();
+    sink.shutdown(Duration::from_secs(5)).await.unwrap();
+    let got = counts(&hec.ids());
+    let missing: Vec<String> = want(1200)
+        .into_iter()
+        .filter(|id| !got.contains_key(id))
+        .collect();
+    let again: Vec<(&String, &usize)> = got.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        missing.is_empty() && again.is_empty() && got.len() == 1200,
+        "{} indexed; missing {missing:?}; more than once {again:?}",
+        got.len()
+    );
+    assert_eq!(stats.messages_sent, 1200);
+    let reasons = watch.await.unwrap();
+    assert!(
+        reasons.iter().any(|r| r.contains("without an ackId")),
+        "{reasons:?}"
+    );
+}
+
 /// A 400 naming one event of a batch: that event is refused (for the dead letters, with
 /// Splunk's text), the rest of the batch is sent again and indexed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

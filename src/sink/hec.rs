@@ -35,6 +35,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
 
 use super::{Backoff, Error, Shared, SinkConfig};
+use crate::http_body::{first_line, read_head};
 use crate::source::SecretString;
 
 /// Largest event by default (HEC's request limit on older versions is 1 MB, `limits.conf`
@@ -51,6 +52,12 @@ const WINDOW: usize = 20_000;
 const ACK_POLL: Duration = Duration::from_millis(500);
 /// A request that has not been answered by then has failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most of an answer to a batch or a health check that is read: HEC's are a small JSON
+/// object; the rest of a larger one is not read (see `crate::http_body`).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The most of an answer to an ack query that is read: one `"id":true` per awaited batch, and
+/// at most `WINDOW` of them.
+const MAX_ACKS_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// HEC settings of a destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +198,8 @@ impl Endpoint {
             reason: error_text(&e),
         })?;
         let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
+        let body = read_head(resp, MAX_ANSWER_BYTES).await;
+        let body = String::from_utf8_lossy(&body);
         if status.is_success() {
             Ok(self.peer().await)
         } else {
@@ -212,16 +220,6 @@ fn error_text(e: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn first_line(body: &str) -> String {
-    body.lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -478,13 +476,20 @@ async fn post<'a>(ep: &Endpoint, bodies: impl Iterator<Item = &'a Bytes>) -> Ans
         Err(e) => return Answer::Again(format!("HEC request failed: {}", error_text(&e))),
     };
     let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let text = read_head(resp, MAX_ANSWER_BYTES).await;
+    let json: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
     let said = json["text"]
         .as_str()
         .map(str::to_string)
-        .unwrap_or_else(|| first_line(&text));
+        .unwrap_or_else(|| first_line(&String::from_utf8_lossy(&text)));
     match status {
+        // Accepted but not yet indexed: without its ackId (an answer cut off, a token without
+        // indexer acknowledgement) the batch's fate is unknown, so it goes again rather than
+        // counting as delivered (docs.splunk.com "About HTTP Event Collector Indexer
+        // Acknowledgment").
+        200..=299 if ep.indexer_ack && json["ackId"].as_u64().is_none() => Answer::Again(format!(
+            "HEC answered HTTP {status} without an ackId ({said}): is indexer acknowledgement on for this token?"
+        )),
         200..=299 => Answer::Ok(json["ackId"].as_u64()),
         400 => match json["invalid-event-number"].as_u64() {
             Some(k) => Answer::BadEvent(k as usize, format!("{said} (code {})", json["code"])),
@@ -524,9 +529,10 @@ async fn poll_acks(ep: &Endpoint, events: &mut VecDeque<Event>) {
         tracing::debug!(destination = %ep.destination, "HEC ack query answered {}", resp.status());
         return;
     }
-    let json: serde_json::Value = match resp.text().await.map(|t| serde_json::from_str(&t)) {
-        Ok(Ok(v)) => v,
-        _ => return,
+    // An answer cut off at the limit does not parse: the acks are asked for again.
+    let answer = read_head(resp, MAX_ACKS_ANSWER_BYTES).await;
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&answer) else {
+        return;
     };
     let Some(acks) = json["acks"].as_object() else {
         return;

@@ -42,6 +42,7 @@ use super::checkpoint::{AlertState, Checkpoint, CheckpointError};
 use super::ratelimit::RateLimiter;
 use super::tenant::{Api, TenantSettings, UpdatePolicy};
 use crate::backoff::backoff;
+use crate::http_body::{read_limited, BodyError};
 
 /// Transient failures (5xx, timeouts, resets) retried inside one request before the poll fails
 /// and the poll-level backoff takes over.
@@ -1200,27 +1201,6 @@ impl Poller {
             tokio::time::sleep(delay).await;
         }
     }
-}
-
-enum BodyError {
-    TooLarge,
-    Read(reqwest::Error),
-}
-
-/// Reads a response body, refusing one larger than `limit` bytes before it is all in memory
-/// (issue 8 §11: a page or an error body was read whole, however large).
-async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(BodyError::TooLarge);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
-        if body.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// `{"error":{"code":…,"message":…}}` (MDE and Graph error envelope, defender-api.md §1.5) as

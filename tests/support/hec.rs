@@ -53,6 +53,8 @@ struct Inner {
     /// channel → (next ack id, batches awaiting their ack).
     channels: HashMap<String, (u64, Vec<Batch>)>,
     busy: u32,
+    /// Accepted batches still to be answered with a cut-off body (no readable ackId).
+    garble: u32,
     reject_id: Option<String>,
     requests: u64,
     rejected_requests: u64,
@@ -133,6 +135,13 @@ impl HecServer {
     /// The next `n` event requests answer 503 "Server is busy" (code 9).
     pub fn busy(&self, n: u32) {
         lock(&self.shared.inner).busy = n;
+    }
+
+    /// The next `n` accepted batches (acks on) are answered 200 with a body cut off before its
+    /// ackId, as by a proxy that drops the connection mid-answer; their ack never comes, so
+    /// they are lost unless sent again.
+    pub fn garble(&self, n: u32) {
+        lock(&self.shared.inner).garble = n;
     }
 
     /// A batch holding the event whose `event.id` is `id` is answered 400 naming it.
@@ -367,6 +376,10 @@ async fn event(
             if !inner.channels_seen.contains(&channel) {
                 inner.channels_seen.push(channel.clone());
             }
+            let garbled = inner.garble > 0;
+            if garbled {
+                inner.garble -= 1;
+            }
             let (next, batches) = inner.channels.entry(channel).or_insert((0, Vec::new()));
             let id = *next;
             *next += 1;
@@ -374,8 +387,14 @@ async fn event(
                 events,
                 at: Instant::now(),
                 ack: id,
-                lost: script.acks == Some(Acks::Never),
+                lost: garbled || script.acks == Some(Acks::Never),
             });
+            if garbled {
+                return (
+                    StatusCode::OK,
+                    r#"{"text":"Success","code":0,"ack"#.to_string(),
+                );
+            }
             answer(
                 StatusCode::OK,
                 json!({"text": "Success", "code": 0, "ackId": id}),
