@@ -363,8 +363,8 @@ impl Queue {
         Ok(out)
     }
 
-    /// Stores `checkpoint` under `key`, replacing what is there (`state import`, with the
-    /// daemon stopped).
+    /// Stores `checkpoint` under `key`, replacing what is there (`state import` with the
+    /// daemon stopped, and the move of a checkpoint file into the store).
     pub fn put_checkpoint(&self, key: &str, checkpoint: &Checkpoint) -> Result<(), QueueError> {
         let bytes = serde_json::to_vec(checkpoint).map_err(|e| self.store_err(&e))?;
         let txn = self
@@ -392,21 +392,7 @@ impl Queue {
         let Some(cp) = Checkpoint::load(file).map_err(|e| self.store_err(&e))? else {
             return Ok(false);
         };
-        let bytes = serde_json::to_vec(&cp).map_err(|e| self.store_err(&e))?;
-        let txn = self
-            .shared
-            .db()?
-            .begin_write()
-            .map_err(|e| self.store_err(&e))?;
-        {
-            let mut table = txn
-                .open_table(CHECKPOINTS)
-                .map_err(|e| self.store_err(&e))?;
-            table
-                .insert(key, bytes.as_slice())
-                .map_err(|e| self.store_err(&e))?;
-        }
-        txn.commit().map_err(|e| self.store_err(&e))?;
+        self.put_checkpoint(key, &cp)?;
         let mut done = file.as_os_str().to_owned();
         done.push(".migrated");
         std::fs::rename(file, &done).map_err(|e| self.store_err(&e))?;
