@@ -1,5 +1,6 @@
 //! API faults scripted at the HTTPS fake: 429 with Retry-After, 500s for one tenant while
-//! others flow, token expiry in the middle of paging, dropped connections, bad secrets.
+//! others flow, token expiry in the middle of paging, dropped connections, bad secrets, a gateway's
+//! HTML error page.
 mod source_support;
 
 use std::collections::BTreeSet;
@@ -272,4 +273,41 @@ async fn timeouts_are_retried() {
             .count()
             >= 4
     );
+}
+
+/// A gateway's 502 page of 200 KiB in the API's place: HTML, not the JSON error envelope, and
+/// larger than the error read limit. The error names the status and shows the page's start on
+/// one line (not a placeholder, not 200 KiB); two such answers are retried within the poll, and
+/// every alert arrives once the API answers again.
+#[tokio::test]
+async fn a_large_html_error_page_is_shown_by_its_start() {
+    let h = Harness::new().await;
+    let settings = h.tenant("contoso", A, Api::Graph);
+    let expected = seed(&h, A, 12, "gw");
+    let page = format!(
+        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\u{1b}[1m\t{}</body></html>\r\n",
+        "x".repeat(200 * 1024)
+    );
+    let mut poller = h.poller(settings);
+    let got = Received::default();
+
+    // Every attempt of the poll gets the page: the poll fails with its start.
+    h.fake.error_page_next(A, 3, 502, page.clone());
+    let e = poller.poll_once(&got.channel()).await.expect_err("502s");
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "HTTP 502: <html> <head><title>502 Bad Gateway</title></head> <body> [1m xxx"
+        ),
+        "{text}"
+    );
+    assert!(text.len() < 1_000, "{} bytes", text.len());
+    assert!(got.all().is_empty());
+
+    // Two pages, then the API: retried within one poll, nothing lost.
+    h.fake.error_page_next(A, 2, 502, page);
+    poller.poll_once(&got.channel()).await.expect("poll");
+    assert_exactly(&got.all(), &expected);
+    let gateway_errors = h.fake.requests().iter().filter(|r| r.status == 502).count();
+    assert_eq!(gateway_errors, 5);
 }

@@ -80,6 +80,10 @@ struct Faults {
     expire_tokens_after: Option<u32>,
     /// Next N API requests get a 200 whose body breaks off: the connection is closed mid-response.
     drop_connections: u32,
+    /// Next N API requests get this status and body as `text/html` (a proxy's or gateway's
+    /// error page rather than the API's JSON envelope).
+    error_pages: u32,
+    error_page: (u16, String),
     /// Next N API requests are answered only after this delay.
     slow: u32,
     slow_by: Duration,
@@ -392,6 +396,15 @@ impl FakeApi {
     /// The next `n` API requests of the tenant get a response that breaks off mid-body.
     pub fn drop_connections(&self, tenant_id: &str, n: u32) {
         self.with_tenant(tenant_id, |t| t.faults.drop_connections = n);
+    }
+
+    /// The next `n` API requests of the tenant get `status` with `body` as `text/html`: what a
+    /// proxy or an Azure front door answers in the API's place, of any size.
+    pub fn error_page_next(&self, tenant_id: &str, n: u32, status: u16, body: String) {
+        self.with_tenant(tenant_id, |t| {
+            t.faults.error_pages = n;
+            t.faults.error_page = (status, body);
+        });
     }
 
     /// The next `n` API requests of the tenant are answered after `delay` (a slow or hung API;
@@ -714,6 +727,19 @@ fn gate(
             "InternalServerError",
             "An unexpected error occurred. Retry the operation.",
         ));
+    }
+    if tenant.faults.error_pages > 0 {
+        tenant.faults.error_pages -= 1;
+        let (status, body) = tenant.faults.error_page.clone();
+        record(&mut inner, Some(tenant_id), status);
+        let mut resp = axum::response::Response::new(axum::body::Body::from(body));
+        *resp.status_mut() = axum::http::StatusCode::from_u16(status)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/html"),
+        );
+        return Gate::Respond(resp);
     }
     if tenant.faults.drop_connections > 0 {
         tenant.faults.drop_connections -= 1;

@@ -42,7 +42,7 @@ use super::checkpoint::{AlertState, Checkpoint, CheckpointError};
 use super::ratelimit::RateLimiter;
 use super::tenant::{Api, TenantSettings, UpdatePolicy};
 use crate::backoff::backoff;
-use crate::http_body::{read_limited, BodyError};
+use crate::http_body::{read_head, read_limited, BodyError};
 
 /// Transient failures (5xx, timeouts, resets) retried inside one request before the poll fails
 /// and the poll-level backoff takes over.
@@ -1204,7 +1204,8 @@ impl Poller {
 }
 
 /// `{"error":{"code":…,"message":…}}` (MDE and Graph error envelope, defender-api.md §1.5) as
-/// "code: message", else the start of the body. At most [`MAX_ERROR_BYTES`] are read.
+/// "code: message", else the start of the body (a proxy's HTML page), as HEC and the webhook
+/// show theirs. Only the first [`MAX_ERROR_BYTES`] are read: a larger body is cut, not refused.
 async fn api_error_text(resp: reqwest::Response) -> String {
     #[derive(Deserialize)]
     struct Envelope {
@@ -1217,16 +1218,15 @@ async fn api_error_text(resp: reqwest::Response) -> String {
         #[serde(default)]
         message: String,
     }
-    let body = match read_limited(resp, MAX_ERROR_BYTES).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge) => return format!("(an error body over {MAX_ERROR_BYTES} bytes)"),
-        Err(BodyError::Read(_)) => Vec::new(),
-    };
+    let body = read_head(resp, MAX_ERROR_BYTES).await;
     let text = match serde_json::from_slice::<Envelope>(&body) {
         Ok(e) => format!("{}: {}", e.error.code, e.error.message),
         Err(_) => String::from_utf8_lossy(&body).into_owned(),
     };
-    text.chars().filter(|c| !c.is_control()).take(300).collect()
+    // Each run of whitespace and control characters as one space: one log line.
+    let words = text.split(|c: char| c.is_whitespace() || c.is_control());
+    let text: Vec<&str> = words.filter(|w| !w.is_empty()).collect();
+    text.join(" ").chars().take(300).collect()
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {
