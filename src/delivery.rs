@@ -497,6 +497,69 @@ mod tests {
     pub(super) static PANICKED: std::sync::atomic::AtomicBool =
         std::sync::atomic::AtomicBool::new(false);
 
+    /// A queued alert of tenant "contoso" (`t`, Graph) with this id.
+    fn record(id: &str) -> Vec<u8> {
+        Record {
+            tenant_name: "contoso".into(),
+            tenant_id: "t".into(),
+            api: "graph".into(),
+            alert_id: id.into(),
+            last_update: chrono::Utc::now(),
+            alert: serde_json::value::RawValue::from_string(format!(
+                r#"{{"id":"{id}","title":"t","severity":"high"}}"#
+            ))
+            .expect("json"),
+            only: None,
+        }
+        .encode()
+    }
+
+    /// A queue in `dir` holding `records` for the destination `name` (JSON to `url`), and its
+    /// forwarder.
+    async fn queued(
+        dir: &std::path::Path,
+        name: &str,
+        url: &str,
+        records: Vec<Vec<u8>>,
+    ) -> (Queue, Forwarder) {
+        let queue = Queue::open(dir, 1 << 20).expect("queue");
+        let destination = Destination {
+            name: name.into(),
+            output: OutputConfig {
+                sink: SinkConfig::new(url.parse().expect("url")),
+                format: "json".into(),
+                header: SyslogHeader::new(HeaderKind::None, 20, "h", "defender-bridge"),
+            },
+            tenants: None,
+            min_severity: None,
+        };
+        queue.attach(&[name.into()]).expect("attach");
+        let cp = Checkpoint::fresh("t", "graph", chrono::Utc::now());
+        queue
+            .append("t-graph", records, Vec::new(), &cp)
+            .await
+            .expect("append");
+        let forwarder = Forwarder {
+            output: Arc::new(Output::build(&destination.output).expect("output")),
+            destination,
+            tenants: TenantMap::default(),
+            progress: Arc::default(),
+            leave: CancellationToken::new(),
+            events: crate::event::Events::new(),
+            workers: Workers::new(2),
+        };
+        (queue, forwarder)
+    }
+
+    /// What a delivery loop that was told to stop acknowledged.
+    async fn acked_at_stop(run: tokio::task::JoinHandle<Result<u64, QueueError>>) -> u64 {
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the loop ends")
+            .expect("task")
+            .expect("no queue error")
+    }
+
     /// A delivery loop that panics is started again from its cursor, and delivers the record
     /// it panicked on and the ones after it.
     #[tokio::test]
@@ -520,52 +583,9 @@ mod tests {
             }
             got
         });
-        let queue = Queue::open(dir.path(), 1 << 20).expect("queue");
-        let destination = Destination {
-            name: "siem".into(),
-            output: OutputConfig {
-                sink: SinkConfig::new(format!("tcp://{addr}").parse().expect("url")),
-                format: "json".into(),
-                header: SyslogHeader::new(HeaderKind::None, 20, "h", "defender-bridge"),
-            },
-            tenants: None,
-            min_severity: None,
-        };
-        queue.attach(&["siem".into()]).expect("attach");
-        let record = |id: &str| {
-            Record {
-                tenant_name: "contoso".into(),
-                tenant_id: "t".into(),
-                api: "graph".into(),
-                alert_id: id.into(),
-                last_update: chrono::Utc::now(),
-                alert: serde_json::value::RawValue::from_string(format!(
-                    r#"{{"id":"{id}","title":"t","severity":"high"}}"#
-                ))
-                .expect("json"),
-                only: None,
-            }
-            .encode()
-        };
-        let cp = Checkpoint::fresh("t", "graph", chrono::Utc::now());
-        queue
-            .append(
-                "t-graph",
-                vec![record("da-panics-once"), record("da-after")],
-                Vec::new(),
-                &cp,
-            )
-            .await
-            .expect("append");
-        let forwarder = Forwarder {
-            output: Arc::new(Output::build(&destination.output).expect("output")),
-            destination,
-            tenants: TenantMap::default(),
-            progress: Arc::default(),
-            leave: CancellationToken::new(),
-            events: crate::event::Events::new(),
-            workers: Workers::new(2),
-        };
+        let url = format!("tcp://{addr}");
+        let records = vec![record("da-panics-once"), record("da-after")];
+        let (queue, forwarder) = queued(dir.path(), "siem", &url, records).await;
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run_supervised(
             queue.clone(),
@@ -582,12 +602,7 @@ mod tests {
             "{got:?}"
         );
         stop.cancel();
-        let acked = tokio::time::timeout(Duration::from_secs(20), run)
-            .await
-            .expect("the loop ends")
-            .expect("task")
-            .expect("no queue error");
-        assert_eq!(acked, 2);
+        assert_eq!(acked_at_stop(run).await, 2);
     }
 
     /// A damaged record in the queue (here: bytes that are not a record) goes to the dead
@@ -605,49 +620,9 @@ mod tests {
             let mut lines = tokio::io::BufReader::new(conn).lines();
             lines.next_line().await.expect("read").expect("a line")
         });
-        let queue = Queue::open(dir.path(), 1 << 20).expect("queue");
-        let destination = Destination {
-            name: "siem".into(),
-            output: OutputConfig {
-                sink: SinkConfig::new(format!("tcp://{addr}").parse().expect("url")),
-                format: "json".into(),
-                header: SyslogHeader::new(HeaderKind::None, 20, "h", "defender-bridge"),
-            },
-            tenants: None,
-            min_severity: None,
-        };
-        queue.attach(&["siem".into()]).expect("attach");
-        let good = Record {
-            tenant_name: "contoso".into(),
-            tenant_id: "t".into(),
-            api: "graph".into(),
-            alert_id: "da-good".into(),
-            last_update: chrono::Utc::now(),
-            alert: serde_json::value::RawValue::from_string(
-                r#"{"id":"da-good","title":"good","severity":"high"}"#.into(),
-            )
-            .expect("json"),
-            only: None,
-        };
-        let cp = Checkpoint::fresh("t", "graph", chrono::Utc::now());
-        queue
-            .append(
-                "t-graph",
-                vec![b"\x00not a record".to_vec(), good.encode()],
-                Vec::new(),
-                &cp,
-            )
-            .await
-            .expect("append");
-        let forwarder = Forwarder {
-            output: Arc::new(Output::build(&destination.output).expect("output")),
-            destination,
-            tenants: TenantMap::default(),
-            progress: Arc::default(),
-            leave: CancellationToken::new(),
-            events: crate::event::Events::new(),
-            workers: Workers::new(2),
-        };
+        let url = format!("tcp://{addr}");
+        let records = vec![b"\x00not a record".to_vec(), record("da-good")];
+        let (queue, forwarder) = queued(dir.path(), "siem", &url, records).await;
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(
             queue.clone(),
@@ -660,12 +635,7 @@ mod tests {
             .expect("receiver");
         assert!(line.contains("\"da-good\""), "{line}");
         stop.cancel();
-        let acked = tokio::time::timeout(Duration::from_secs(20), run)
-            .await
-            .expect("the loop ends")
-            .expect("task")
-            .expect("no queue error");
-        assert_eq!(acked, 2);
+        assert_eq!(acked_at_stop(run).await, 2);
         let letters = queue.dead_letters().expect("letters");
         assert_eq!(letters.len(), 1, "{letters:?}");
         let letter: serde_json::Value = serde_json::from_slice(&letters[0].1).expect("JSON");
@@ -743,51 +713,9 @@ mod tests {
             }
             answered
         });
-        let queue = Queue::open(dir.path(), 1 << 20).expect("queue");
-        let destination = Destination {
-            name: "relp-siem".into(),
-            output: OutputConfig {
-                sink: SinkConfig::new(format!("relp://{addr}").parse().expect("url")),
-                format: "json".into(),
-                header: SyslogHeader::new(HeaderKind::None, 20, "h", "defender-bridge"),
-            },
-            tenants: None,
-            min_severity: None,
-        };
-        queue.attach(&["relp-siem".into()]).expect("attach");
-        let record = |id: &str| Record {
-            tenant_name: "contoso".into(),
-            tenant_id: "t".into(),
-            api: "graph".into(),
-            alert_id: id.into(),
-            last_update: chrono::Utc::now(),
-            alert: serde_json::value::RawValue::from_string(format!(
-                r#"{{"id":"{id}","title":"t","severity":"high"}}"#
-            ))
-            .expect("json"),
-            only: None,
-        };
-        let cp = Checkpoint::fresh("t", "graph", chrono::Utc::now());
-        queue
-            .append(
-                "t-graph",
-                ["da-1", "da-2", "da-3"]
-                    .map(|id| record(id).encode())
-                    .to_vec(),
-                Vec::new(),
-                &cp,
-            )
-            .await
-            .expect("append");
-        let forwarder = Forwarder {
-            output: Arc::new(Output::build(&destination.output).expect("output")),
-            destination,
-            tenants: TenantMap::default(),
-            progress: Arc::default(),
-            leave: CancellationToken::new(),
-            events: crate::event::Events::new(),
-            workers: Workers::new(2),
-        };
+        let url = format!("relp://{addr}");
+        let records = ["da-1", "da-2", "da-3"].map(record).to_vec();
+        let (queue, forwarder) = queued(dir.path(), "relp-siem", &url, records).await;
         let stop = CancellationToken::new();
         let run = tokio::spawn(forwarder.run(
             queue.clone(),
@@ -811,11 +739,7 @@ mod tests {
         let reason = letter["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("rsp 500 command disabled"), "{letter}");
         stop.cancel();
-        tokio::time::timeout(Duration::from_secs(20), run)
-            .await
-            .expect("the loop ends")
-            .expect("task")
-            .expect("no queue error");
+        acked_at_stop(run).await;
         drop(queue);
         let answered = tokio::time::timeout(Duration::from_secs(20), receiver)
             .await
