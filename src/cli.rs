@@ -324,7 +324,7 @@ pub struct SendArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
 
-    /// Decode and encode on this many threads [default: one per core]
+    /// Decode and encode on this many threads [default: one more than the cores]
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
 
@@ -453,7 +453,7 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_size: Option<usize>,
 
-    /// Decode and encode on this many threads [default: one per core]
+    /// Decode and encode on this many threads [default: one more than the cores]
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,
 

@@ -20,8 +20,11 @@ use cmd::{
 };
 
 fn main() -> ExitCode {
-    defender_bridge::limits::limit_malloc_arenas();
     let cli = Cli::parse();
+    // The daemon's memory, not the speed of `send` and `convert` (src/limits.rs).
+    if matches!(cli.command, Command::Run(_)) {
+        defender_bridge::limits::limit_malloc_arenas();
+    }
     let _ = LOG_FORMAT.set(cli.log_format);
     let result = match cli.command {
         Command::Convert(args) => block_on(convert(args)),

@@ -25,9 +25,9 @@ enum Input {
 /// Chunks read ahead of the workers.
 const READ_AHEAD: usize = 2;
 
-/// Runs `files` (stdin when empty or `-`) through `outputs` on `jobs` workers (one per core
-/// when `None`) and hands each chunk's result, in input order, to `deliver` with the name of
-/// its input. Returns the number of inputs that could not be read.
+/// Runs `files` (stdin when empty or `-`) through `outputs` on `jobs` workers (one more than
+/// the cores when `None`) and hands each chunk's result, in input order, to `deliver` with the
+/// name of its input. Returns the number of inputs that could not be read.
 pub(crate) async fn stream(
     files: &[PathBuf],
     jobs: Option<usize>,
@@ -35,7 +35,7 @@ pub(crate) async fn stream(
     tenant_name: Option<String>,
     mut deliver: impl AsyncFnMut(&str, Encoded) -> Result<()>,
 ) -> Result<usize> {
-    let workers = Workers::new(jobs.unwrap_or_else(defender_bridge::workers::default_jobs));
+    let workers = Workers::new(jobs.unwrap_or_else(defender_bridge::workers::stream_jobs));
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
     let names = input_names(files);
     std::thread::Builder::new()
