@@ -22,8 +22,8 @@ pub fn default_jobs() -> usize {
 /// workers they run an input thread, the in-order hand-over and the writer, which together take
 /// about a third of a core and leave the cores idle in turns; one more worker fills those gaps.
 /// Measured on 2 cores, `send` of 200,000 alerts, 2 and 3 workers taking turns: median wall
-/// time 1.08 → 0.93 s (6 runs each) and, on a noisier day of the machine, 1.07 → 1.04 s (8 runs
-/// each), the same CPU time; 4 workers the same as 3 (README, Backfill). The daemon keeps
+/// time 1.08 → 0.93 s (6 runs each) and, later that day on a noisier machine, 1.07 → 1.04 s (8
+/// runs each), the same CPU time; 4 workers the same as 3 (README, Backfill). The daemon keeps
 /// [`default_jobs`]: its pollers, writers and HTTP server share the cores.
 pub fn stream_jobs() -> usize {
     default_jobs() + 1
