@@ -52,3 +52,49 @@ pub fn first_line(body: &str) -> String {
         .take(200)
         .collect()
 }
+
+/// All of an answer on one line: each run of whitespace and control characters as one space, at
+/// most `max` characters. For a body whose first line says nothing (an HTML error page starts
+/// with `<html>`).
+pub fn one_line(body: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = 0;
+    let words = body.split(|c: char| c.is_whitespace() || c.is_control());
+    for word in words.filter(|w| !w.is_empty()) {
+        for c in (!out.is_empty())
+            .then_some(' ')
+            .into_iter()
+            .chain(word.chars())
+        {
+            if chars == max {
+                return out;
+            }
+            out.push(c);
+            chars += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_joins_lines_and_drops_control_characters() {
+        for (body, max, expected) in [
+            (
+                "<html>\r\n<head>\t<title>502</title>",
+                300,
+                "<html> <head> <title>502</title>",
+            ),
+            ("  a\u{1b}[1m  b \n", 300, "a [1m b"),
+            ("abc def", 5, "abc d"),
+            ("abc def", 3, "abc"),
+            ("é ü", 2, "é "),
+            ("\r\n\t ", 10, ""),
+        ] {
+            assert_eq!(one_line(body, max), expected, "{body:?}");
+        }
+    }
+}

@@ -42,7 +42,7 @@ use super::checkpoint::{AlertState, Checkpoint, CheckpointError};
 use super::ratelimit::RateLimiter;
 use super::tenant::{Api, TenantSettings, UpdatePolicy};
 use crate::backoff::backoff;
-use crate::http_body::{read_head, read_limited, BodyError};
+use crate::http_body::{one_line, read_head, read_limited, BodyError};
 
 /// Transient failures (5xx, timeouts, resets) retried inside one request before the poll fails
 /// and the poll-level backoff takes over.
@@ -1223,10 +1223,7 @@ async fn api_error_text(resp: reqwest::Response) -> String {
         Ok(e) => format!("{}: {}", e.error.code, e.error.message),
         Err(_) => String::from_utf8_lossy(&body).into_owned(),
     };
-    // Each run of whitespace and control characters as one space: one log line.
-    let words = text.split(|c: char| c.is_whitespace() || c.is_control());
-    let text: Vec<&str> = words.filter(|w| !w.is_empty()).collect();
-    text.join(" ").chars().take(300).collect()
+    one_line(&text, 300)
 }
 
 fn describe_reqwest(e: &reqwest::Error) -> String {
