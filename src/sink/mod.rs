@@ -526,6 +526,9 @@ impl Shared {
     }
 }
 
+/// Messages [`Sink::send_many`] takes the queue's room for at once.
+const SEND_MANY: usize = 256;
+
 /// What [`Sink::shutdown`] gives the writer beyond its deadline to drop the connection.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
@@ -561,6 +564,45 @@ impl Sink {
         let permit = self.tx.reserve().await.map_err(|_| self.closed())?;
         self.shared.accepted.fetch_add(1, Ordering::Relaxed);
         permit.send(msg);
+        Ok(())
+    }
+
+    /// Queues `n` messages in order, as [`Sink::send`] would one by one, but taking the queue's
+    /// room for up to [`SEND_MANY`] of them at once: one wait and one count per group instead of
+    /// per message (a chunk's messages, `send` and the daemon's delivery). On a refused message
+    /// the ones before it are queued and the rest are not.
+    pub async fn send_many(
+        &self,
+        n: usize,
+        mut msgs: impl Iterator<Item = Bytes>,
+    ) -> Result<(), Error> {
+        let mut left = n;
+        while left > 0 {
+            let group = left.min(SEND_MANY).min(self.tx.max_capacity());
+            // Reserve first, as `send` does; permits not used go back when dropped.
+            let permits = self
+                .tx
+                .reserve_many(group)
+                .await
+                .map_err(|_| self.closed())?;
+            let mut queued = 0;
+            for permit in permits {
+                let Some(msg) = msgs.next() else { break };
+                if let Err(e) = self.check(&msg) {
+                    self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+                // Counted before the writer can see it, as in `send`.
+                self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+                permit.send(msg);
+                queued += 1;
+            }
+            if queued < group {
+                // Fewer messages than `n` said.
+                return Ok(());
+            }
+            left -= group;
+        }
         Ok(())
     }
 

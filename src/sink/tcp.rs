@@ -54,6 +54,8 @@ pub(crate) type Stream = Either<Socket, TlsStream<Socket>>;
 const BATCH_BYTES: usize = 128 * 1024;
 /// Room for the message that takes a batch past [`BATCH_BYTES`].
 const BATCH_CAPACITY: usize = BATCH_BYTES + 16 * 1024;
+/// Messages the writer takes from its queue at once.
+const TAKE_MANY: usize = 64;
 /// Buffers of written batches kept for the next ones: one being filled while one is written.
 const SPARE_BATCHES: usize = 2;
 
@@ -310,9 +312,12 @@ pub(crate) async fn run(
     let mut batch_messages = 0usize;
     let mut ends = Vec::new();
     let mut scratch = [0u8; 512];
+    // Messages taken from the queue and not yet in a batch, oldest first: at most TAKE_MANY.
+    let mut taken: VecDeque<Bytes> = VecDeque::with_capacity(TAKE_MANY);
+    let mut received = Vec::with_capacity(TAKE_MANY);
 
     loop {
-        if batch_messages == 0 && w.unwritten.is_empty() {
+        if batch_messages == 0 && w.unwritten.is_empty() && taken.is_empty() {
             let idle = match w.conn.as_mut() {
                 None => Idle::Message(rx.recv().await),
                 Some(stream) => tokio::select! {
@@ -324,11 +329,7 @@ pub(crate) async fn run(
             };
             match idle {
                 Idle::Message(None) => break,
-                Idle::Message(Some(msg)) => {
-                    framing.encode(&msg, &mut batch);
-                    ends.push(batch.len());
-                    batch_messages = 1;
-                }
+                Idle::Message(Some(msg)) => taken.push_back(msg),
                 Idle::Read(read) => {
                     if let Some(ended) = read_outcome(read) {
                         w.lost(ended.reason, ended.by_peer);
@@ -346,14 +347,19 @@ pub(crate) async fn run(
         // leave its messages in the bounded queue, so that `Sink::send` waits, instead of
         // drawing them into memory batch by batch.
         while w.unwritten.is_empty() && batch.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(msg) => {
-                    framing.encode(&msg, &mut batch);
-                    ends.push(batch.len());
-                    batch_messages += 1;
+            if taken.is_empty() {
+                // Many at once: the queue's room is given back once per take, not per message.
+                // `recv_many` does not wait here: the queue is not empty and this is its only
+                // reader.
+                if rx.is_empty() || rx.recv_many(&mut received, TAKE_MANY).await == 0 {
+                    break;
                 }
-                Err(_) => break,
+                taken.extend(received.drain(..));
             }
+            let Some(msg) = taken.pop_front() else { break };
+            framing.encode(&msg, &mut batch);
+            ends.push(batch.len());
+            batch_messages += 1;
         }
         if batch_messages > 0 {
             w.unwritten.push_back(Batch {
