@@ -658,9 +658,62 @@ fn camel(mut s: Text<'_>) -> Text<'_> {
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
     {
+        if let Some(known) = KNOWN_MEMBERS.iter().find(|k| is_camel_of(k, &s)) {
+            return Cow::Borrowed(known);
+        }
         s.to_mut()[..1].make_ascii_lowercase();
     }
     s
+}
+
+/// The members MDE sends in PascalCase for `status`, `investigationState`, `classification`
+/// and `determination` (defender-api.md §1.6), camelCased: found here, they need no copy.
+const KNOWN_MEMBERS: &[&str] = &[
+    "unknown",
+    "new",
+    "inProgress",
+    "resolved",
+    "terminated",
+    "successfullyRemediated",
+    "benign",
+    "failed",
+    "partiallyRemediated",
+    "running",
+    "pendingApproval",
+    "pendingResource",
+    "partiallyInvestigated",
+    "terminatedByUser",
+    "terminatedBySystem",
+    "queued",
+    "innerFailure",
+    "preexistingAlert",
+    "unsupportedOs",
+    "unsupportedAlertType",
+    "suppressedAlert",
+    "truePositive",
+    "falsePositive",
+    "informationalExpectedActivity",
+    "multiStagedAttack",
+    "maliciousUserActivity",
+    "compromisedUser",
+    "malware",
+    "phishing",
+    "unwantedSoftware",
+    "other",
+    "securityTesting",
+    "lineOfBusinessApplication",
+    "confirmedUserActivity",
+    "confirmedActivity",
+    "notMalicious",
+    "clean",
+    "insufficientData",
+];
+
+/// Whether `camel` is `pascal` with its first letter in lower case.
+fn is_camel_of(camel: &str, pascal: &str) -> bool {
+    camel.len() == pascal.len()
+        && camel.as_bytes()[0] == pascal.as_bytes()[0].to_ascii_lowercase()
+        && camel.as_bytes()[1..] == pascal.as_bytes()[1..]
 }
 
 /// MDE `detectionSource` values → the Graph enum (defender-api.md §3.6, §1.7). Unknown values are
@@ -928,7 +981,33 @@ pub(super) enum RawEvidence<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use crate::alert::{Alert, DecodeError};
+
+    #[test]
+    fn pascal_case_members_become_camel_case() {
+        for (input, want, borrowed) in [
+            ("New", "new", true),
+            ("InProgress", "inProgress", true),
+            ("SuccessfullyRemediated", "successfullyRemediated", true),
+            (
+                "InformationalExpectedActivity",
+                "informationalExpectedActivity",
+                true,
+            ),
+            // Not a member we know: copied, first letter lowered.
+            ("SomethingNew", "somethingNew", false),
+            // Already camelCase, an acronym, or a near miss: as they are (no copy).
+            ("inProgress", "inProgress", true),
+            ("MTP", "MTP", true),
+            ("Inprogress", "inprogress", false),
+        ] {
+            let out = super::camel(Cow::Borrowed(input));
+            assert_eq!(out, want, "{input}");
+            assert_eq!(matches!(out, Cow::Borrowed(_)), borrowed, "{input}");
+        }
+    }
 
     const NO_ALERT: &str = "not an alert: besides \"id\", every field that marks a Graph or \
         Defender for Endpoint alert (title, severity, createdDateTime, lastUpdateDateTime, \

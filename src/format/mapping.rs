@@ -979,15 +979,27 @@ impl Value {
                 }
             },
             Val::List(items) => {
-                let parts: Vec<Cow<str>> = items
+                // Joined as they come, into one allocation for the usual list (a table or a
+                // conversion may make a part longer).
+                let room = items.iter().map(|i| i.len() + self.join.len()).sum();
+                let mut joined: Option<String> = None;
+                for part in items
                     .into_iter()
                     .filter_map(|i| self.convert_str(Cow::Borrowed(i)))
-                    .collect();
-                if parts.is_empty() {
-                    None
-                } else {
-                    Some(Cow::Owned(parts.join(&self.join)))
+                {
+                    match &mut joined {
+                        None => {
+                            let mut s = String::with_capacity(room);
+                            s.push_str(&part);
+                            joined = Some(s);
+                        }
+                        Some(s) => {
+                            s.push_str(&self.join);
+                            s.push_str(&part);
+                        }
+                    }
                 }
+                joined.map(Cow::Owned)
             }
         }
     }
