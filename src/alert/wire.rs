@@ -426,6 +426,12 @@ impl<'a, E: EvidenceList<'a>> WireAlert<'a, E> {
         };
 
         let mut evidence = w.evidence.into_evidence();
+        if api == Api::Mde && evidence.is_empty() {
+            // The device and the user below: room for two, not the four a first push makes,
+            // which at 1,536 bytes went past glibc's per-thread cache of small blocks (see
+            // `ITEMS_ROOM` in `format/mod.rs`).
+            evidence.reserve_exact(2);
+        }
         if api == Api::Mde && (w.machine_id.is_some() || w.computer_dns_name.is_some()) {
             // MDE names the device on the alert; Graph as deviceEvidence (defender-api.md §3.6).
             let (host, domain) = split_fqdn(w.computer_dns_name.clone());
