@@ -27,7 +27,9 @@ impl Framing {
         if msg.is_empty() {
             return Err(Error::Empty);
         }
-        if self == Framing::Lf && msg.contains(&b'\n') {
+        // memchr's vector search: `<[u8]>::contains` reads a word at a time, and took 2.4 % of
+        // `send`'s instructions (callgrind), on the thread that hands the messages over.
+        if self == Framing::Lf && memchr::memchr(b'\n', msg).is_some() {
             return Err(Error::ContainsLf);
         }
         Ok(())
