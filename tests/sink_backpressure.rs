@@ -8,10 +8,32 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use defender_bridge::sink::{Backoff, SinkConfig};
+use defender_bridge::sink::{Backoff, Sink, SinkConfig};
 use support::{free_port, Proto};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the first connection to `listener` sends, until it closes.
+fn read_all(listener: TcpListener) -> JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut out = Vec::new();
+        let _ = conn.read_to_end(&mut out).await;
+        out
+    })
+}
+
+/// Shuts `sink` down and returns what `reader` read.
+async fn close(sink: Sink, reader: JoinHandle<Vec<u8>>) -> Vec<u8> {
+    sink.shutdown(Duration::from_secs(20))
+        .await
+        .expect("shutdown");
+    tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("reader ends")
+        .expect("reader")
+}
 
 #[tokio::test]
 async fn a_down_destination_makes_send_wait_once_its_queue_is_full() {
@@ -42,22 +64,11 @@ async fn a_down_destination_makes_send_wait_once_its_queue_is_full() {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("listen");
-    let reader = tokio::spawn(async move {
-        let (mut conn, _) = listener.accept().await.expect("accept");
-        let mut out = Vec::new();
-        let _ = conn.read_to_end(&mut out).await;
-        out
-    });
+    let reader = read_all(listener);
     for i in taken..taken + 10 {
         sink.send(msg(i)).await.expect("send");
     }
-    sink.shutdown(Duration::from_secs(20))
-        .await
-        .expect("shutdown");
-    let out = tokio::time::timeout(Duration::from_secs(20), reader)
-        .await
-        .expect("reader ends")
-        .expect("reader");
+    let out = close(sink, reader).await;
     let want: Vec<u8> = (0..taken + 10)
         .flat_map(|i| {
             let mut m = msg(i).to_vec();
@@ -77,12 +88,7 @@ async fn a_down_destination_makes_send_wait_once_its_queue_is_full() {
 async fn send_many_queues_in_order_and_stops_at_a_refused_message() {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("listen");
     let port = listener.local_addr().expect("addr").port();
-    let reader = tokio::spawn(async move {
-        let (mut conn, _) = listener.accept().await.expect("accept");
-        let mut out = Vec::new();
-        let _ = conn.read_to_end(&mut out).await;
-        out
-    });
+    let reader = read_all(listener);
     let mut cfg = SinkConfig::new(format!("tcp://127.0.0.1:{port}").parse().expect("url"));
     cfg.queue_capacity = 5;
     cfg.max_message_size = Some(100);
@@ -112,13 +118,7 @@ async fn send_many_queues_in_order_and_stops_at_a_refused_message() {
     let stats = sink.stats();
     assert_eq!((stats.accepted, stats.rejected), (603, 1));
 
-    sink.shutdown(Duration::from_secs(20))
-        .await
-        .expect("shutdown");
-    let out = tokio::time::timeout(Duration::from_secs(20), reader)
-        .await
-        .expect("reader ends")
-        .expect("reader");
+    let out = close(sink, reader).await;
     let want: String = (0..603)
         .map(|i| format!("<14>1 - h app - - - record {i:04}\n"))
         .collect();
