@@ -393,7 +393,7 @@ impl Output {
     /// queue is full. Returns how many were queued.
     pub async fn hand_over(&self, messages: Messages) -> Result<usize, Error> {
         let n = messages.len();
-        self.sink.send_many(n, messages.into_bytes()).await?;
+        self.sink.send_many(messages.into_bytes()).await?;
         Ok(n)
     }
 

@@ -567,27 +567,26 @@ impl Sink {
         Ok(())
     }
 
-    /// Queues `n` messages in order, as [`Sink::send`] would one by one, but taking the queue's
-    /// room for up to [`SEND_MANY`] of them at once: one wait and one count per group instead of
-    /// per message (a chunk's messages, `send` and the daemon's delivery). On a refused message
-    /// the ones before it are queued and the rest are not.
-    pub async fn send_many(
-        &self,
-        n: usize,
-        mut msgs: impl Iterator<Item = Bytes>,
-    ) -> Result<(), Error> {
-        let mut left = n;
-        while left > 0 {
-            let group = left.min(SEND_MANY).min(self.tx.max_capacity());
+    /// Queues messages in order, as [`Sink::send`] would one by one, but taking the queue's room
+    /// for up to [`SEND_MANY`] of them at once (as many as `msgs` says it still has): one wait
+    /// and one release per group instead of per message (a chunk's messages, from
+    /// [`crate::output::Output::hand_over`]). On a refused message the ones before it are
+    /// queued and the rest are not.
+    pub async fn send_many(&self, msgs: impl IntoIterator<Item = Bytes>) -> Result<(), Error> {
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            let group = msgs
+                .size_hint()
+                .0
+                .clamp(1, SEND_MANY)
+                .min(self.tx.max_capacity());
             // Reserve first, as `send` does; permits not used go back when dropped.
             let permits = self
                 .tx
                 .reserve_many(group)
                 .await
                 .map_err(|_| self.closed())?;
-            let mut queued = 0;
-            for permit in permits {
-                let Some(msg) = msgs.next() else { break };
+            for (permit, msg) in permits.zip(msgs.by_ref()) {
                 if let Err(e) = self.check(&msg) {
                     self.shared.rejected.fetch_add(1, Ordering::Relaxed);
                     return Err(e);
@@ -595,13 +594,7 @@ impl Sink {
                 // Counted before the writer can see it, as in `send`.
                 self.shared.accepted.fetch_add(1, Ordering::Relaxed);
                 permit.send(msg);
-                queued += 1;
             }
-            if queued < group {
-                // Fewer messages than `n` said.
-                return Ok(());
-            }
-            left -= group;
         }
         Ok(())
     }
